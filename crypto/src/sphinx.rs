@@ -30,7 +30,7 @@ use crate::kdf::HopKeys;
 use crate::keys::{clamp, is_canonical, RouteKey, SecretKey};
 use crate::lioness::Lioness;
 use crate::payload;
-use crate::routing::{RecipientKind, RoutingCommand};
+use crate::routing::RoutingCommand;
 use crate::x25519;
 
 type Aes128Ctr = ctr::Ctr128BE<Aes128>;
@@ -126,8 +126,32 @@ pub(crate) fn build_header(
     header: &mut [u8],
 ) -> Result<PayloadSeeds, SphinxError> {
     validate_path(geometry, hops)?;
+    let mut commands = [[0u8; COMMAND_LEN]; MAX_HOPS_LIMIT];
+    for (hop, out) in hops.iter().zip(commands.iter_mut()) {
+        hop.command.encode(out);
+    }
+    let keys: Vec<&RouteKey> = hops.iter().map(|h| h.key).collect();
+    Ok(build_header_encoded(
+        geometry,
+        &keys,
+        &commands[..hops.len()],
+        rng,
+        header,
+    ))
+}
+
+/// `build_header` after validation, with commands already encoded (unit
+/// tests use it to forge commands no valid path contains).
+fn build_header_encoded(
+    geometry: &Geometry,
+    hop_keys: &[&RouteKey],
+    commands: &[[u8; COMMAND_LEN]],
+    rng: &mut impl CryptoRngCore,
+    header: &mut [u8],
+) -> PayloadSeeds {
     debug_assert_eq!(header.len(), geometry.header_len());
-    let n = hops.len();
+    debug_assert_eq!(hop_keys.len(), commands.len());
+    let n = hop_keys.len();
     let beta_len = geometry.beta_len();
     let stream_len = beta_len + SLOT_LEN;
 
@@ -141,8 +165,8 @@ pub(crate) fn build_header(
     let alpha0 = (ED25519_BASEPOINT_TABLE * &acc).to_montgomery().0;
 
     let mut keys: Vec<HopKeys> = Vec::with_capacity(n);
-    for (i, hop) in hops.iter().enumerate() {
-        let shared = hop.key.mul(&acc);
+    for (i, key) in hop_keys.iter().enumerate() {
+        let shared = key.mul(&acc);
         let k = HopKeys::derive(&shared);
         if i + 1 < n {
             acc *= Scalar::from_bytes_mod_order(clamp(k.blinding));
@@ -170,11 +194,9 @@ pub(crate) fn build_header(
     // of the path length), then the filler; then every earlier hop's beta
     // backwards, each wrapping the next one's MAC and truncated beta.
     let mut beta = vec![0u8; beta_len];
-    let mut cmd = [0u8; COMMAND_LEN];
-    hops[n - 1].command.encode(&mut cmd);
     let open = beta_len - (n - 1) * SLOT_LEN;
     rng.fill_bytes(&mut beta[..open]);
-    beta[..COMMAND_LEN].copy_from_slice(&cmd);
+    beta[..COMMAND_LEN].copy_from_slice(&commands[n - 1]);
     let last_stream = &streams[(n - 1) * stream_len..];
     for (b, s) in beta[..open].iter_mut().zip(last_stream) {
         *b ^= s;
@@ -185,8 +207,7 @@ pub(crate) fn build_header(
     for i in (0..n - 1).rev() {
         // plain = command | next gamma | next beta without its last slot.
         beta.copy_within(0..beta_len - SLOT_LEN, SLOT_LEN);
-        hops[i].command.encode(&mut cmd);
-        beta[..COMMAND_LEN].copy_from_slice(&cmd);
+        beta[..COMMAND_LEN].copy_from_slice(&commands[i]);
         beta[COMMAND_LEN..SLOT_LEN].copy_from_slice(&gamma);
         let stream = &streams[i * stream_len..];
         for (b, s) in beta.iter_mut().zip(stream) {
@@ -199,7 +220,7 @@ pub(crate) fn build_header(
     header[..ALPHA_LEN].copy_from_slice(&alpha0);
     header[GAMMA_OFFSET..BETA_OFFSET].copy_from_slice(&gamma);
     header[BETA_OFFSET..].copy_from_slice(&beta);
-    Ok(PayloadSeeds(keys.iter().map(|k| k.payload_seed).collect()))
+    PayloadSeeds(keys.iter().map(|k| k.payload_seed).collect())
 }
 
 /// Build a packet that carries `message` along `hops` into `out` (exactly
@@ -326,10 +347,9 @@ impl Unwrapped {
 
         match command {
             RoutingCommand::Drop => {}
-            RoutingCommand::Recipient { kind, .. } => {
+            RoutingCommand::Recipient { .. } => {
                 // A reply's payload is undone by the SURB keys, which include
                 // this layer, so every recipient kind is handled alike.
-                let _ = kind == RecipientKind::Reply;
                 Lioness::from_seed(&self.keys.payload_seed).decrypt(body);
             }
             RoutingCommand::Relay { .. } | RoutingCommand::Deliver { .. } => {
@@ -357,4 +377,68 @@ pub fn process(
     packet: &mut [u8],
 ) -> Result<Processed, SphinxError> {
     unwrap(geometry, secret, packet)?.finish(packet)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_core::{RngCore, SeedableRng};
+
+    /// A deterministic RNG for tests (the crate has no RNG dependency).
+    struct Counter(u64);
+    impl RngCore for Counter {
+        fn next_u32(&mut self) -> u32 {
+            self.next_u64() as u32
+        }
+        fn next_u64(&mut self) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            self.0
+        }
+        fn fill_bytes(&mut self, dest: &mut [u8]) {
+            for b in dest {
+                *b = (self.next_u64() >> 56) as u8;
+            }
+        }
+        fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+            self.fill_bytes(dest);
+            Ok(())
+        }
+    }
+    impl rand_core::CryptoRng for Counter {}
+    impl SeedableRng for Counter {
+        type Seed = [u8; 8];
+        fn from_seed(seed: [u8; 8]) -> Self {
+            Counter(u64::from_le_bytes(seed))
+        }
+    }
+
+    /// A sender with valid keys but a forged command: the MAC verifies, the
+    /// command does not parse, the packet is refused and left unchanged.
+    #[test]
+    fn unknown_or_malformed_command_under_valid_mac() {
+        let g = Geometry::DEFAULT;
+        let mut rng = Counter::seed_from_u64(1);
+        let secret = SecretKey::generate(&mut rng);
+        let key = RouteKey::new(&secret.public_key()).expect("honest key");
+        for (cmd, expect) in [
+            (0x00u8, SphinxError::UnknownCommand(0x00)),
+            (0x05, SphinxError::UnknownCommand(0x05)),
+            (0xff, SphinxError::UnknownCommand(0xff)),
+            (0x03, SphinxError::MalformedCommand(0x03)),
+        ] {
+            let mut raw = [0u8; COMMAND_LEN];
+            raw[0] = cmd;
+            raw[COMMAND_LEN - 1] = 1; // makes 0x03 (Drop) malformed
+            let mut pkt = vec![0u8; g.packet_len()];
+            let (header, _) = pkt.split_at_mut(g.header_len());
+            build_header_encoded(&g, &[&key], &[raw], &mut rng, header);
+            let before = pkt.clone();
+            let un = unwrap(&g, &secret, &pkt).expect("valid point");
+            assert_eq!(un.finish(&mut pkt), Err(expect));
+            assert_eq!(pkt, before);
+        }
+    }
 }
