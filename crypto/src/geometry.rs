@@ -20,6 +20,9 @@ pub const COMMAND_LEN: usize = 24;
 pub const SLOT_LEN: usize = COMMAND_LEN + MAC_LEN;
 /// The most hops any geometry may have (bounds stack scratch space).
 pub const MAX_HOPS_LIMIT: usize = 16;
+/// Smallest payload: LIONESS's 32-byte left half, a non-empty right half,
+/// the plaintext overhead and some room for a message.
+pub const MIN_PAYLOAD_LEN: usize = 64;
 /// Largest UDP payload that avoids IP fragmentation on a 1500-byte MTU path
 /// (1500 - 40 bytes of IPv6 header - 8 bytes of UDP header).
 pub const MTU_UDP_PAYLOAD: usize = 1452;
@@ -50,10 +53,11 @@ impl Geometry {
         if !(2..=MAX_HOPS_LIMIT).contains(&max_hops) {
             return Err(SphinxError::BadGeometry("max_hops must be 2 to 16"));
         }
-        if payload_len < crate::payload::OVERHEAD + 1 {
-            return Err(SphinxError::BadGeometry(
-                "payload_len must leave room for at least one message byte",
-            ));
+        if payload_len < MIN_PAYLOAD_LEN {
+            // LIONESS needs a non-empty right half, or the payload is
+            // malleable (bug found by property testing: 32 bytes let a
+            // flipped bit through to the recipient).
+            return Err(SphinxError::BadGeometry("payload_len must be at least 64"));
         }
         if payload_len > 65_535 {
             return Err(SphinxError::BadGeometry(
@@ -104,6 +108,7 @@ impl Default for Geometry {
 
 const _: () = assert!(Geometry::DEFAULT.frame_len() <= MTU_UDP_PAYLOAD);
 const _: () = assert!(Geometry::DEFAULT.max_hops >= 6);
+const _: () = assert!(MIN_PAYLOAD_LEN > lioness::BLOCK_KEY_LEN + crate::payload::OVERHEAD);
 const _: () = assert!(Geometry::JUMBO.payload_len >= 2048);
 const _: () = assert!(Geometry::DEFAULT.packet_len() == 1344);
 
@@ -124,6 +129,8 @@ mod tests {
         assert!(Geometry::new(1, 1056).is_err());
         assert!(Geometry::new(17, 1056).is_err());
         assert!(Geometry::new(6, 10).is_err());
+        assert!(Geometry::new(6, 63).is_err());
+        assert!(Geometry::new(6, 64).is_ok());
         assert!(Geometry::new(6, 70_000).is_err());
         assert_eq!(Geometry::new(6, 1056), Ok(Geometry::DEFAULT));
     }

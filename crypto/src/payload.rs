@@ -17,7 +17,12 @@ pub const OVERHEAD: usize = ZERO_PREFIX_LEN + LENGTH_LEN;
 
 /// Write `message` into the plaintext `out` (one whole payload).
 pub fn encode(message: &[u8], out: &mut [u8]) -> Result<(), SphinxError> {
-    let max = out.len().saturating_sub(OVERHEAD);
+    // The length field is a u16: a larger buffer still carries at most
+    // 65535 message bytes.
+    let max = out
+        .len()
+        .saturating_sub(OVERHEAD)
+        .min(usize::from(u16::MAX));
     if message.len() > max {
         return Err(SphinxError::MessageTooLong {
             got: message.len(),
@@ -25,8 +30,10 @@ pub fn encode(message: &[u8], out: &mut [u8]) -> Result<(), SphinxError> {
         });
     }
     out.fill(0);
-    // `max` is below 65536 for any valid geometry, so the cast is exact.
-    let len = message.len() as u16;
+    let len = u16::try_from(message.len()).map_err(|_| SphinxError::MessageTooLong {
+        got: message.len(),
+        max,
+    })?;
     out[ZERO_PREFIX_LEN..OVERHEAD].copy_from_slice(&len.to_be_bytes());
     out[OVERHEAD..OVERHEAD + message.len()].copy_from_slice(message);
     Ok(())
@@ -78,5 +85,19 @@ mod tests {
         encode(b"ab", &mut pad).expect("fits");
         pad[40] = 1; // garbage in the padding
         assert_eq!(decode(&pad), Err(SphinxError::BadPayload));
+    }
+
+    /// Regression: a buffer over 65553 bytes let a message longer than the
+    /// u16 length field encode, and then fail to decode.
+    #[test]
+    fn bug_length_field_overflow() {
+        let mut big = vec![0u8; 70_000];
+        let msg = vec![7u8; 65_536];
+        assert!(matches!(
+            encode(&msg, &mut big),
+            Err(SphinxError::MessageTooLong { max: 65_535, .. })
+        ));
+        encode(&msg[..65_535], &mut big).expect("fits the length field");
+        assert_eq!(decode(&big).map(<[u8]>::len), Ok(65_535));
     }
 }

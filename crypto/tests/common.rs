@@ -10,8 +10,11 @@ use rand_chacha::ChaCha20Rng;
 
 /// A node of the test network: secret key, prepared public key, id.
 pub struct TestNode {
+    /// The node's Sphinx secret key.
     pub secret: SecretKey,
+    /// Its public key prepared for senders.
     pub route: RouteKey,
+    /// Its id in routing commands.
     pub id: NodeId,
 }
 
@@ -71,10 +74,12 @@ pub fn hops<'a>(nodes: &'a [TestNode], commands: &[RoutingCommand]) -> Vec<Hop<'
         .collect()
 }
 
+/// A seeded RNG for packet construction.
 pub fn rng(seed: u64) -> ChaCha20Rng {
     ChaCha20Rng::seed_from_u64(seed)
 }
 
+/// Both standard geometries.
 pub fn geometries() -> [Geometry; 2] {
     [Geometry::DEFAULT, Geometry::JUMBO]
 }
