@@ -1,0 +1,106 @@
+//! Everything that makes system calls on the packet path: sockets, the
+//! reuseport steering program, and the two datagram backends.
+//!
+//! This module is the one owner of `unsafe` in the engine (STYLE.md item 2).
+//! A backend moves whole datagrams between one UDP socket and the shard:
+//! `recv` waits (up to a deadline) for at least one datagram and hands each
+//! to the shard as a borrowed slice, `send` queues a datagram (copied into a
+//! backend-owned buffer) and `flush` submits the queue in one batch.
+//!
+//! Invariants: buffers are allocated when the backend is created, never on
+//! the packet path; at most `batch` datagrams are received or queued per
+//! call; a datagram longer than the receive buffer is reported truncated,
+//! not delivered in part.
+
+pub mod portable;
+pub mod socket;
+pub mod uring;
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// One received datagram, borrowed from the backend until the callback
+/// returns.
+#[derive(Debug)]
+pub struct Datagram<'a> {
+    /// Source address.
+    pub from: SocketAddr,
+    /// The bytes (whole datagram unless `truncated`).
+    pub data: &'a [u8],
+    /// The datagram was longer than the receive buffer.
+    pub truncated: bool,
+}
+
+/// Which backend a shard runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoKind {
+    /// io_uring: multishot receive with provided buffers, batched sends.
+    Uring,
+    /// `recvmmsg`/`sendmmsg` with `ppoll`.
+    Portable,
+}
+
+impl IoKind {
+    /// Name used in config, logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            IoKind::Uring => "uring",
+            IoKind::Portable => "portable",
+        }
+    }
+}
+
+/// A datagram backend bound to one socket.
+pub trait Backend {
+    /// Which backend this is.
+    fn kind(&self) -> IoKind;
+
+    /// Wait at most `timeout` (`None`: wait until a datagram arrives; zero:
+    /// do not wait) for datagrams, then hand each available one, at most the
+    /// backend's batch size, to `on_datagram`. Returns how many were handed
+    /// over. An interrupted wait returns `Ok(0)`.
+    fn recv(
+        &mut self,
+        timeout: Option<Duration>,
+        on_datagram: &mut dyn FnMut(Datagram<'_>),
+    ) -> io::Result<usize>;
+
+    /// Queue a datagram for `to`. Returns `false` (and queues nothing) if
+    /// the send queue is full: call `flush` first.
+    fn send(&mut self, to: SocketAddr, data: &[u8]) -> bool;
+
+    /// Submit every queued datagram. Returns (sent, failed); failures are
+    /// counted by the caller, not retried.
+    fn flush(&mut self) -> (usize, usize);
+
+    /// Datagrams queued and not yet flushed.
+    fn queued(&self) -> usize;
+}
+
+/// Create the backend `kind` over `socket`, with `batch` slots of
+/// `buf_len` bytes each for receiving and for sending.
+pub fn open(
+    kind: IoKind,
+    socket: std::net::UdpSocket,
+    batch: usize,
+    buf_len: usize,
+) -> io::Result<Box<dyn Backend + Send>> {
+    Ok(match kind {
+        IoKind::Portable => Box::new(portable::Portable::new(socket, batch, buf_len)?),
+        IoKind::Uring => Box::new(uring::Uring::new(socket, batch, buf_len)?),
+    })
+}
+
+/// Ask the kernel for tight timer wake-ups on this thread (1 us of slack
+/// instead of the default 50 us), so waits for wheel deadlines end on time.
+#[allow(unsafe_code)] // reason: prctl with integer arguments only
+pub fn set_timer_slack_ns(ns: u64) -> io::Result<()> {
+    // SAFETY: PR_SET_TIMERSLACK takes one integer argument and no pointers.
+    let rc = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns as libc::c_ulong, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -1,0 +1,170 @@
+//! UDP socket set-up: `SO_REUSEPORT` groups, socket buffers, and the classic
+//! BPF program that steers each datagram to a shard by a byte of the Sphinx
+//! group element.
+//!
+//! Why steer by packet bytes: a replayed packet carries the same group
+//! element whatever address it comes from, so it always reaches the same
+//! shard and meets the same replay filter. Per-shard filters are only sound
+//! because of this.
+
+#![allow(unsafe_code)] // reason: setsockopt with a BPF program; audited below
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// `SO_ATTACH_REUSEPORT_CBPF` from `<asm-generic/socket.h>`.
+const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+
+/// Open a non-blocking UDP socket bound to `addr` with `SO_REUSEPORT`, and
+/// socket buffers of about `buffer_bytes` (the kernel may cap them at
+/// `net.core.rmem_max`; as root we ask to exceed it).
+pub fn bind_reuseport(addr: SocketAddr, buffer_bytes: usize) -> io::Result<UdpSocket> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    if socket.set_recv_buffer_size(buffer_bytes).is_err() {
+        // Not fatal: the default buffer works, just with less headroom.
+    }
+    let _ = socket.set_send_buffer_size(buffer_bytes);
+    force_buffer(&socket, libc::SO_RCVBUFFORCE, buffer_bytes);
+    force_buffer(&socket, libc::SO_SNDBUFFORCE, buffer_bytes);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Root (or CAP_NET_ADMIN) may exceed `rmem_max`; anyone else keeps what
+/// `set_*_buffer_size` got.
+fn force_buffer(socket: &Socket, option: libc::c_int, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a valid socket fd and a pointer to a c_int that lives for the
+    // call, with its exact size; failure is reported through the return
+    // value, which we ignore on purpose (see above).
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// The steering program: `return frame[offset] % shards`. A datagram too
+/// short to have that byte makes the load fail, the program return 0, and
+/// the datagram go to shard 0, which drops it for its length.
+pub fn steering_program(offset: u32, shards: u32) -> Vec<libc::sock_filter> {
+    assert!(shards >= 1);
+    const BPF_LD_B_ABS: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
+    const BPF_ALU_MOD_K: u16 = (libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K) as u16;
+    const BPF_RET_A: u16 = (libc::BPF_RET | libc::BPF_A) as u16;
+    vec![
+        libc::sock_filter {
+            code: BPF_LD_B_ABS,
+            jt: 0,
+            jf: 0,
+            k: offset,
+        },
+        libc::sock_filter {
+            code: BPF_ALU_MOD_K,
+            jt: 0,
+            jf: 0,
+            k: shards,
+        },
+        libc::sock_filter {
+            code: BPF_RET_A,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+    ]
+}
+
+/// The shard a steering program sends `frame` to (the same arithmetic, for
+/// tests and for senders that want to predict it).
+pub fn steer(frame: &[u8], offset: usize, shards: u32) -> u32 {
+    frame.get(offset).map_or(0, |&b| u32::from(b) % shards)
+}
+
+/// Attach the steering program to one socket of the reuseport group (the
+/// kernel applies it to the whole group). Sockets are indexed in the order
+/// they were bound, so shard `i` must bind `i`-th.
+pub fn attach_steering(socket: &UdpSocket, offset: u32, shards: u32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut program = steering_program(offset, shards);
+    let prog = libc::sock_fprog {
+        len: program.len() as libc::c_ushort,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points at `program`, which outlives the call; the
+    // kernel copies the program during setsockopt and keeps no pointer.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn steer_arithmetic() {
+        let mut f = vec![0u8; 40];
+        f[13] = 7;
+        assert_eq!(steer(&f, 13, 2), 1);
+        assert_eq!(steer(&f, 13, 4), 3);
+        assert_eq!(steer(&f[..5], 13, 4), 0);
+    }
+
+    /// Two sockets in one reuseport group with the program attached: each
+    /// datagram lands on the socket its byte picks, whatever its source.
+    #[test]
+    fn kernel_steers_by_packet_byte() {
+        let probe = UdpSocket::bind("127.0.0.1:0").expect("bind probe");
+        let addr = probe.local_addr().expect("addr");
+        drop(probe);
+        let s0 = bind_reuseport(addr, 1 << 20).expect("bind 0");
+        let s1 = bind_reuseport(addr, 1 << 20).expect("bind 1");
+        attach_steering(&s0, 13, 2).expect("attach");
+        for (i, s) in [&s0, &s1].iter().enumerate() {
+            s.set_nonblocking(false).expect("blocking");
+            s.set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap_or_else(|e| panic!("timeout {i}: {e}"));
+        }
+        for byte in [0u8, 1, 2, 3, 200, 201] {
+            let mut frame = vec![0u8; 64];
+            frame[13] = byte;
+            // A fresh source port each time: steering must not depend on it.
+            let tx = UdpSocket::bind("127.0.0.1:0").expect("bind tx");
+            tx.send_to(&frame, addr).expect("send");
+            let want = steer(&frame, 13, 2) as usize;
+            let mut buf = [0u8; 128];
+            let sockets = [&s0, &s1];
+            let (n, _) = sockets[want]
+                .recv_from(&mut buf)
+                .expect("arrives at chosen shard");
+            assert_eq!(buf[13], byte);
+            assert_eq!(n, 64);
+        }
+    }
+}

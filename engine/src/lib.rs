@@ -1,0 +1,21 @@
+//! The Loopix node engine: a thread-per-core sharded mix node.
+//!
+//! `node::run_mix` assembles a node from its config, key directory and
+//! topology; each `shard::Shard` owns its socket backend, buffer pool, replay
+//! filters, timing wheel and counters; the control plane (the calling
+//! thread) handles key epochs, signals and the metrics endpoint, and talks
+//! to shards through bounded channels and one stop flag.
+//!
+//! System calls and `unsafe` live in `io/` only.
+#![deny(unsafe_code)] // exceptions: io/ (sockets, io_uring), audited there
+
+pub mod config;
+pub mod io;
+pub mod keyfile;
+pub mod localnet;
+pub mod metrics;
+pub mod node;
+pub mod replay;
+pub mod shard;
+pub mod topology;
+pub mod wheel;

@@ -1,0 +1,339 @@
+//! A network of nodes on loopback, for tests and benchmarks: key
+//! directories, a topology and one config file per mix, written under one
+//! directory; plus a `Driver` that plays a provider (it holds a provider's
+//! keys) so that it can inject packets into the first layer and receive
+//! what the last layer sends on.
+//!
+//! Invariant: everything is under the given directory and on 127.0.0.1.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use loopix_crypto::link::FRAME_OVERHEAD;
+use loopix_crypto::sphinx::{self, Hop};
+use loopix_crypto::{Delay, Geometry, LinkKey, NodeId, RouteKey, RoutingCommand, SecretKey};
+use rand_core::CryptoRngCore;
+
+use crate::config::IoChoice;
+use crate::keyfile::{self, epoch_at, unix_now_s, NodeDescriptor, NodeSecrets};
+use crate::topology::{Role, Topology};
+
+/// What network to lay out.
+#[derive(Debug, Clone)]
+pub struct LocalNetSpec {
+    /// Providers (layer 0).
+    pub providers: usize,
+    /// Mix layers.
+    pub layers: u8,
+    /// Mixes in each layer.
+    pub mixes_per_layer: usize,
+    /// Shards per mix.
+    pub shards: usize,
+    /// Backend for every mix.
+    pub io: IoChoice,
+    /// Pin shards to cores (off for tests that run many processes).
+    pub pin_cores: bool,
+    /// First core when pinning.
+    pub first_core: usize,
+    /// Pool per shard.
+    pub pool_packets: u32,
+    /// `replay.rate_pps` for every mix (sizes filters).
+    pub rate_pps: u64,
+    /// `shutdown.drain_ms`.
+    pub drain_ms: u64,
+    /// `engine.delay_cap_ms`.
+    pub delay_cap_ms: u64,
+}
+
+impl Default for LocalNetSpec {
+    fn default() -> Self {
+        LocalNetSpec {
+            providers: 1,
+            layers: 3,
+            mixes_per_layer: 1,
+            shards: 1,
+            io: IoChoice::Auto,
+            pin_cores: false,
+            first_core: 0,
+            pool_packets: 4096,
+            rate_pps: 1000,
+            drain_ms: 500,
+            delay_cap_ms: 60_000,
+        }
+    }
+}
+
+/// One node's files and addresses.
+#[derive(Debug, Clone)]
+pub struct LocalNode {
+    /// Role.
+    pub role: Role,
+    /// Layer (0 for providers).
+    pub layer: u8,
+    /// Key directory.
+    pub key_dir: PathBuf,
+    /// Mix config file (providers have none yet).
+    pub config: Option<PathBuf>,
+    /// UDP address.
+    pub address: SocketAddr,
+    /// Metrics address.
+    pub metrics: SocketAddr,
+    /// Public descriptor.
+    pub descriptor: NodeDescriptor,
+}
+
+/// A laid-out network.
+#[derive(Debug, Clone)]
+pub struct LocalNet {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// The topology file.
+    pub topology_path: PathBuf,
+    /// Nodes, in topology order: providers first, then layer by layer.
+    pub nodes: Vec<LocalNode>,
+}
+
+/// A free UDP port on 127.0.0.1 (bound, read, released: a small race).
+pub fn free_udp_addr() -> std::io::Result<SocketAddr> {
+    UdpSocket::bind("127.0.0.1:0")?.local_addr()
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_tcp_addr() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+impl LocalNet {
+    /// Write keys, topology and configs under `dir`.
+    pub fn create(dir: &Path, spec: &LocalNetSpec) -> Result<LocalNet, String> {
+        let epoch_s = 3600;
+        let first = epoch_at(unix_now_s(), epoch_s);
+        let mut placed = Vec::new();
+        let mut nodes = Vec::new();
+        let mut roles = vec![(Role::Provider, 0u8); spec.providers];
+        for l in 1..=spec.layers {
+            roles.extend(std::iter::repeat_n((Role::Mix, l), spec.mixes_per_layer));
+        }
+        for (i, (role, layer)) in roles.into_iter().enumerate() {
+            let name = match role {
+                Role::Provider => format!("provider-{i}"),
+                Role::Mix => format!("mix-l{layer}-{i}"),
+            };
+            let key_dir = dir.join(&name);
+            // Two epochs: the current one and the next.
+            let report = keyfile::keygen(&key_dir, epoch_s, first, 2).map_err(|e| e.to_string())?;
+            let address = free_udp_addr().map_err(|e| e.to_string())?;
+            let metrics = free_tcp_addr().map_err(|e| e.to_string())?;
+            placed.push((report.descriptor.clone(), role, layer, address));
+            nodes.push(LocalNode {
+                role,
+                layer,
+                key_dir,
+                config: None,
+                address,
+                metrics,
+                descriptor: report.descriptor,
+            });
+        }
+        let topology_path = dir.join("topology.toml");
+        let file = Topology::assemble(epoch_s, spec.layers, &placed);
+        let text = toml::to_string(&file).map_err(|e| e.to_string())?;
+        std::fs::write(&topology_path, text)
+            .map_err(|e| format!("{}: {e}", topology_path.display()))?;
+        for n in nodes.iter_mut().filter(|n| n.role == Role::Mix) {
+            let io = match spec.io {
+                IoChoice::Auto => "auto",
+                IoChoice::Uring => "uring",
+                IoChoice::Portable => "portable",
+            };
+            let config = format!(
+                "[node]\nkey_dir = {:?}\ntopology = {:?}\nlisten = \"{}\"\n\n\
+                 [engine]\nshards = {}\npin_cores = {}\nfirst_core = {}\nio = \"{io}\"\npool_packets = {}\ndelay_cap_ms = {}\n\n\
+                 [replay]\nrate_pps = {}\n\n[metrics]\nlisten = \"{}\"\n\n[shutdown]\ndrain_ms = {}\n",
+                n.key_dir.display().to_string(),
+                topology_path.display().to_string(),
+                n.address,
+                spec.shards,
+                spec.pin_cores,
+                spec.first_core,
+                spec.pool_packets,
+                spec.delay_cap_ms,
+                spec.rate_pps,
+                n.metrics,
+                spec.drain_ms,
+            );
+            let path = n.key_dir.with_extension("toml");
+            std::fs::write(&path, config).map_err(|e| format!("{}: {e}", path.display()))?;
+            n.config = Some(path);
+        }
+        Ok(LocalNet {
+            dir: dir.to_owned(),
+            topology_path,
+            nodes,
+        })
+    }
+
+    /// The checked topology.
+    pub fn topology(&self) -> Result<Topology, String> {
+        Topology::load(&self.topology_path).map_err(|e| e.to_string())
+    }
+
+    /// Indices of the mixes of `layer`.
+    pub fn layer(&self, layer: u8) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].role == Role::Mix && self.nodes[i].layer == layer)
+            .collect()
+    }
+}
+
+/// Plays provider `index` of a `LocalNet`: holds its keys, derives link keys
+/// to every node, prepares every node's current-epoch Sphinx key, and seals
+/// frames as that provider.
+pub struct Driver {
+    /// The topology.
+    pub topology: Topology,
+    /// This provider's index.
+    pub index: u32,
+    /// This provider's secrets.
+    pub secrets: NodeSecrets,
+    /// The current epoch.
+    pub epoch: u64,
+    /// Link keys to every node by index (`None` for itself).
+    pub links: Vec<Option<LinkKey>>,
+    /// Prepared Sphinx keys of every node for `epoch`.
+    pub route_keys: Vec<Option<RouteKey>>,
+    /// Packet geometry.
+    pub geometry: Geometry,
+    counter: u64,
+}
+
+impl Driver {
+    /// A driver for provider `index` of `net`.
+    pub fn new(net: &LocalNet, index: usize) -> Result<Driver, String> {
+        let topology = net.topology()?;
+        let epoch = epoch_at(unix_now_s(), topology.epoch_s);
+        let secrets = keyfile::load_node_secrets(&net.nodes[index].key_dir, epoch)
+            .map_err(|e| e.to_string())?;
+        let mut links = Vec::new();
+        let mut route_keys = Vec::new();
+        for (j, n) in topology.nodes.iter().enumerate() {
+            links.push(if j == index {
+                None
+            } else {
+                Some(LinkKey::derive(&secrets.link, &n.link_key).ok_or("bad link key")?)
+            });
+            route_keys.push(n.mix_keys.get(&epoch).and_then(|k| RouteKey::new(k).ok()));
+        }
+        Ok(Driver {
+            topology,
+            index: index as u32,
+            secrets,
+            epoch,
+            links,
+            route_keys,
+            geometry: Geometry::DEFAULT,
+            counter: 1,
+        })
+    }
+
+    /// Node id of the node at `index`.
+    pub fn id(&self, index: usize) -> NodeId {
+        self.topology.nodes[index].id
+    }
+
+    /// Build a packet along `path` (node indices) with the given per-hop
+    /// delays, ending with `Drop` at the last node (which must be a provider
+    /// for a real network; the driver itself, usually).
+    pub fn build_drop_path(
+        &self,
+        path: &[usize],
+        delays_us: &[u32],
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Vec<u8>, String> {
+        let mut hops = Vec::with_capacity(path.len());
+        for (k, &node) in path.iter().enumerate() {
+            let key = self.route_keys[node]
+                .as_ref()
+                .ok_or_else(|| format!("node {node} has no key for epoch {}", self.epoch))?;
+            let command = if k + 1 == path.len() {
+                RoutingCommand::Drop
+            } else {
+                RoutingCommand::Relay {
+                    next: self.id(path[k + 1]),
+                    delay: Delay::from_micros(delays_us[k]),
+                }
+            };
+            hops.push(Hop { key, command });
+        }
+        let mut pkt = vec![0u8; self.geometry.packet_len()];
+        sphinx::build(&self.geometry, &hops, b"", rng, &mut pkt).map_err(|e| e.to_string())?;
+        Ok(pkt)
+    }
+
+    /// Seal `packet` in a fresh frame for node `to` (new counter each call).
+    pub fn frame_for(&mut self, to: usize, packet: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0u8; FRAME_OVERHEAD + packet.len()];
+        let counter = self.counter;
+        self.counter += 1;
+        self.links[to]
+            .as_ref()
+            .expect("no link to itself")
+            .seal(self.index, counter, packet, &mut frame)
+            .expect("frame sized for the packet");
+        frame
+    }
+
+    /// Open a frame that arrived at this provider and process its packet
+    /// with this provider's Sphinx key; returns the command it read.
+    pub fn receive(&self, frame: &[u8]) -> Result<RoutingCommand, String> {
+        let header = loopix_crypto::FrameHeader::peek(frame).map_err(|e| e.to_string())?;
+        let link = self
+            .links
+            .get(header.sender as usize)
+            .and_then(|l| l.as_ref())
+            .ok_or("frame from an unknown sender")?;
+        let (_, packet) = link.open(frame).map_err(|e| e.to_string())?;
+        let mut p = packet.to_vec();
+        let key: &SecretKey = self.secrets.mix.get(&self.epoch).ok_or("no key")?;
+        sphinx::process(&self.geometry, key, &mut p)
+            .map(|x| x.command)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// GET `/metrics` from `addr` and sum every sample of `name` whose labels
+/// contain all of `labels` (e.g. `reason="sphinx_replay"`). `None` if the
+/// endpoint does not answer.
+pub fn scrape_sum(addr: SocketAddr, name: &str, labels: &[&str]) -> Option<f64> {
+    let text = scrape(addr)?;
+    Some(sum_metric(&text, name, labels))
+}
+
+/// GET `/metrics` from `addr`.
+pub fn scrape(addr: SocketAddr) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let body = out.split_once("\r\n\r\n")?.1;
+    Some(body.to_string())
+}
+
+/// Sum the samples of `name` in Prometheus text whose labels contain all of
+/// `labels`.
+pub fn sum_metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let metric = series.split('{').next()?;
+            (metric == name && labels.iter().all(|x| series.contains(x)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}

@@ -1,0 +1,461 @@
+//! Node metrics: per-shard counters and latency histograms written by the
+//! shard alone (relaxed atomics on memory no other core writes), read by the
+//! control plane, and served in the Prometheus text format.
+//!
+//! Invariants: nothing here allocates or locks on the packet path; a shard's
+//! counters are written only by that shard; histograms have a fixed number of
+//! buckets, so memory does not grow with load.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Why a datagram or packet was dropped. Each is a label value of
+/// `loopix_dropped_total{reason=...}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Not exactly one frame long (or truncated by the receive buffer).
+    BadLength,
+    /// Unknown frame kind.
+    BadFrame,
+    /// Sender not an allowed neighbour, or the frame's tag did not verify.
+    Unauthenticated,
+    /// Link counter already seen or older than the window.
+    LinkReplay,
+    /// Group element non-canonical or of low order.
+    BadPacket,
+    /// Sphinx header MAC did not verify under any accepted key.
+    BadMac,
+    /// Sphinx replay tag already in the epoch's filter.
+    SphinxReplay,
+    /// A valid packet whose command this node does not execute.
+    BadCommand,
+    /// Relay to a node that is not a next-layer neighbour.
+    UnknownNextHop,
+    /// Delay above `engine.delay_cap_ms`.
+    DelayOverCap,
+    /// The shard's buffer pool (and so its timing wheel) is full.
+    PoolFull,
+    /// Still queued when the shutdown drain time ran out.
+    ShuttingDown,
+    /// The kernel refused the send.
+    SendFailed,
+}
+
+impl DropReason {
+    /// Every reason, in label order.
+    pub const ALL: [DropReason; 13] = [
+        DropReason::BadLength,
+        DropReason::BadFrame,
+        DropReason::Unauthenticated,
+        DropReason::LinkReplay,
+        DropReason::BadPacket,
+        DropReason::BadMac,
+        DropReason::SphinxReplay,
+        DropReason::BadCommand,
+        DropReason::UnknownNextHop,
+        DropReason::DelayOverCap,
+        DropReason::PoolFull,
+        DropReason::ShuttingDown,
+        DropReason::SendFailed,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::BadLength => "bad_length",
+            DropReason::BadFrame => "bad_frame",
+            DropReason::Unauthenticated => "unauthenticated",
+            DropReason::LinkReplay => "link_replay",
+            DropReason::BadPacket => "bad_packet",
+            DropReason::BadMac => "bad_mac",
+            DropReason::SphinxReplay => "sphinx_replay",
+            DropReason::BadCommand => "bad_command",
+            DropReason::UnknownNextHop => "unknown_next_hop",
+            DropReason::DelayOverCap => "delay_over_cap",
+            DropReason::PoolFull => "pool_full",
+            DropReason::ShuttingDown => "shutting_down",
+            DropReason::SendFailed => "send_failed",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Sub-buckets per power of two: relative bucket width 1/16 (about 6%).
+const SUB_BUCKETS: u64 = 16;
+/// Powers of two covered: values up to 2^40 us (about 12 days).
+const OCTAVES: usize = 40;
+const BUCKETS: usize = OCTAVES * SUB_BUCKETS as usize;
+
+/// A fixed-size log-linear histogram of microsecond values (values below 16
+/// are exact, above that buckets are 1/16 of their power of two wide).
+/// Written by one thread with relaxed atomics; read by another.
+pub struct LatencyHistogram {
+    buckets: Box<[AtomicU64]>,
+    count: AtomicU64,
+    sum_us: AtomicU64,
+    max_us: AtomicU64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+            max_us: AtomicU64::new(0),
+        }
+    }
+}
+
+fn bucket_of(v: u64) -> usize {
+    if v < SUB_BUCKETS {
+        return v as usize;
+    }
+    let octave = 63 - v.leading_zeros() as u64; // >= 4
+    let shift = octave - 4;
+    let sub = (v >> shift) - SUB_BUCKETS; // 0..16
+    let idx = ((octave - 3) * SUB_BUCKETS + sub) as usize;
+    idx.min(BUCKETS - 1)
+}
+
+/// The largest value that falls in bucket `i` (what quantiles report).
+fn bucket_upper(i: usize) -> u64 {
+    let i = i as u64;
+    if i < SUB_BUCKETS {
+        return i;
+    }
+    let octave = i / SUB_BUCKETS + 3;
+    let sub = i % SUB_BUCKETS;
+    let shift = octave - 4;
+    ((SUB_BUCKETS + sub + 1) << shift) - 1
+}
+
+impl LatencyHistogram {
+    /// Record one value (single writer).
+    pub fn record(&self, us: u64) {
+        self.buckets[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        if us > self.max_us.load(Ordering::Relaxed) {
+            self.max_us.store(us, Ordering::Relaxed);
+        }
+    }
+
+    /// Values recorded.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Largest value recorded.
+    pub fn max_us(&self) -> u64 {
+        self.max_us.load(Ordering::Relaxed)
+    }
+
+    /// Add this histogram's buckets into `into` (for merging shards).
+    pub fn add_to(&self, into: &mut Vec<u64>) {
+        into.resize(BUCKETS, 0);
+        for (a, b) in into.iter_mut().zip(self.buckets.iter()) {
+            *a += b.load(Ordering::Relaxed);
+        }
+    }
+
+    /// The `q` quantile (0..=1) of merged bucket counts, as the bucket's
+    /// upper bound in microseconds; `None` if empty.
+    pub fn quantile_of(buckets: &[u64], q: f64) -> Option<u64> {
+        let total: u64 = buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, &c) in buckets.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(bucket_upper(i));
+            }
+        }
+        Some(bucket_upper(buckets.len() - 1))
+    }
+
+    /// This histogram's own `q` quantile.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        let mut b = Vec::new();
+        self.add_to(&mut b);
+        Self::quantile_of(&b, q)
+    }
+}
+
+/// One shard's counters, gauges and histograms.
+#[derive(Default)]
+pub struct ShardMetrics {
+    /// Datagrams received.
+    pub received: AtomicU64,
+    /// Packets sent on to the next hop.
+    pub forwarded: AtomicU64,
+    /// This node's own loops that came back.
+    pub loops_received: AtomicU64,
+    drops: [AtomicU64; DropReason::ALL.len()],
+    /// Packets held in the pool now.
+    pub pool_in_use: AtomicU64,
+    /// Pool capacity.
+    pub pool_capacity: AtomicU64,
+    /// Replay filter bytes held (all open epochs).
+    pub filter_bytes: AtomicU64,
+    /// Current epoch filter fill ratio, as `f64::to_bits`.
+    pub filter_fill_bits: AtomicU64,
+    /// Arrival to scheduled, microseconds.
+    pub overhead: LatencyHistogram,
+    /// Deadline to actual send, microseconds.
+    pub lateness: LatencyHistogram,
+}
+
+impl ShardMetrics {
+    /// Count one drop.
+    pub fn count_drop(&self, reason: DropReason) {
+        self.drops[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+    /// Drops so far for `reason`.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()].load(Ordering::Relaxed)
+    }
+    /// Count `n` drops.
+    pub fn drop_n(&self, reason: DropReason, n: u64) {
+        self.drops[reason.index()].fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+type Labels = Vec<(String, String)>;
+
+/// Render every shard's metrics in the Prometheus text format.
+pub fn render(node_labels: &[(&str, &str)], shards: &[Arc<ShardMetrics>], io: &str) -> String {
+    let mut registry = Registry::default();
+    let base: Labels = node_labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let with = |extra: &[(&str, String)]| -> Labels {
+        let mut l = base.clone();
+        l.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        l
+    };
+
+    let received = Family::<Labels, Counter>::default();
+    let forwarded = Family::<Labels, Counter>::default();
+    let loops = Family::<Labels, Counter>::default();
+    let dropped = Family::<Labels, Counter>::default();
+    let pool_in_use = Family::<Labels, Gauge>::default();
+    let pool_capacity = Family::<Labels, Gauge>::default();
+    let filter_bytes = Family::<Labels, Gauge>::default();
+    let filter_fill = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let overhead_q = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let lateness_q = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let info = Family::<Labels, Gauge>::default();
+    info.get_or_create(&with(&[("io", io.to_string())])).set(1);
+
+    let mut overhead_all = Vec::new();
+    let mut lateness_all = Vec::new();
+    for (i, s) in shards.iter().enumerate() {
+        let shard = [("shard", i.to_string())];
+        let l = with(&shard);
+        received
+            .get_or_create(&l)
+            .inc_by(s.received.load(Ordering::Relaxed));
+        forwarded
+            .get_or_create(&l)
+            .inc_by(s.forwarded.load(Ordering::Relaxed));
+        loops
+            .get_or_create(&l)
+            .inc_by(s.loops_received.load(Ordering::Relaxed));
+        for r in DropReason::ALL {
+            dropped
+                .get_or_create(&with(&[
+                    shard[0].clone(),
+                    ("reason", r.label().to_string()),
+                ]))
+                .inc_by(s.drops(r));
+        }
+        let gauge = |v: &AtomicU64| i64::try_from(v.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        pool_in_use.get_or_create(&l).set(gauge(&s.pool_in_use));
+        pool_capacity.get_or_create(&l).set(gauge(&s.pool_capacity));
+        filter_bytes.get_or_create(&l).set(gauge(&s.filter_bytes));
+        filter_fill
+            .get_or_create(&l)
+            .set(f64::from_bits(s.filter_fill_bits.load(Ordering::Relaxed)));
+        s.overhead.add_to(&mut overhead_all);
+        s.lateness.add_to(&mut lateness_all);
+    }
+    for (q, name) in [(0.5, "0.5"), (0.9, "0.9"), (0.99, "0.99"), (0.999, "0.999")] {
+        let l = with(&[("quantile", name.to_string())]);
+        if let Some(v) = LatencyHistogram::quantile_of(&overhead_all, q) {
+            overhead_q.get_or_create(&l).set(v as f64);
+        }
+        if let Some(v) = LatencyHistogram::quantile_of(&lateness_all, q) {
+            lateness_q.get_or_create(&l).set(v as f64);
+        }
+    }
+
+    registry.register("loopix_received_datagrams", "Datagrams received", received);
+    registry.register(
+        "loopix_forwarded_packets",
+        "Packets sent to the next hop",
+        forwarded,
+    );
+    registry.register(
+        "loopix_loops_received",
+        "Own loop packets that came back",
+        loops,
+    );
+    registry.register(
+        "loopix_dropped",
+        "Datagrams or packets dropped, by reason",
+        dropped,
+    );
+    registry.register(
+        "loopix_pool_in_use_packets",
+        "Packets held in the shard's pool",
+        pool_in_use,
+    );
+    registry.register(
+        "loopix_pool_capacity_packets",
+        "Size of the shard's pool",
+        pool_capacity,
+    );
+    registry.register(
+        "loopix_replay_filter_bytes",
+        "Replay filter memory, all open epochs",
+        filter_bytes,
+    );
+    registry.register(
+        "loopix_replay_filter_fill_ratio",
+        "Fraction of the current epoch filter's bits set",
+        filter_fill,
+    );
+    registry.register(
+        "loopix_processing_overhead_microseconds",
+        "Arrival to scheduled (quantiles over the node's life)",
+        overhead_q,
+    );
+    registry.register(
+        "loopix_scheduling_lateness_microseconds",
+        "Deadline to actual send (quantiles over the node's life)",
+        lateness_q,
+    );
+    registry.register("loopix_node_info", "Static facts about the node", info);
+
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &registry);
+    out
+}
+
+/// Serve `GET /metrics` on `listen` until `stop` is set. Runs on its own
+/// thread; returns an error only if the address cannot be bound.
+pub fn serve(
+    listen: std::net::SocketAddr,
+    render_fn: impl Fn() -> String + Send + 'static,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let server =
+        tiny_http::Server::http(listen).map_err(|e| std::io::Error::other(e.to_string()))?;
+    std::thread::Builder::new()
+        .name("metrics-http".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let req = match server.recv_timeout(std::time::Duration::from_millis(200)) {
+                    Ok(Some(r)) => r,
+                    Ok(None) => continue,
+                    Err(_) => break,
+                };
+                let response = if req.url() == "/metrics" && *req.method() == tiny_http::Method::Get
+                {
+                    let body = render_fn();
+                    let header = tiny_http::Header::from_bytes(
+                        &b"Content-Type"[..],
+                        &b"text/plain; version=0.0.4; charset=utf-8"[..],
+                    )
+                    .expect("static header is valid");
+                    tiny_http::Response::from_string(body).with_header(header)
+                } else {
+                    tiny_http::Response::from_string("not found: try GET /metrics\n")
+                        .with_status_code(404)
+                };
+                let _ = req.respond(response);
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_monotonic_and_tight() {
+        let mut last = 0;
+        for v in [0u64, 1, 15, 16, 17, 31, 32, 100, 1000, 12345, 1 << 30] {
+            let b = bucket_of(v);
+            assert!(b >= last);
+            last = b;
+            let up = bucket_upper(b);
+            assert!(up >= v, "{v} -> bucket {b} upper {up}");
+            assert!(
+                up as f64 <= v as f64 * 1.07 + 1.0,
+                "{v}: upper {up} too loose"
+            );
+        }
+    }
+
+    #[test]
+    fn quantiles() {
+        let h = LatencyHistogram::default();
+        assert_eq!(h.quantile(0.5), None);
+        for v in 1..=1000u64 {
+            h.record(v);
+        }
+        let p50 = h.quantile(0.5).expect("non-empty");
+        let p99 = h.quantile(0.99).expect("non-empty");
+        assert!((480..=540).contains(&p50), "{p50}");
+        assert!((980..=1060).contains(&p99), "{p99}");
+        assert_eq!(h.max_us(), 1000);
+        assert_eq!(h.count(), 1000);
+    }
+
+    #[test]
+    fn render_has_every_reason_and_quantiles() {
+        let s = Arc::new(ShardMetrics::default());
+        s.count_drop(DropReason::SphinxReplay);
+        // 42 falls in the bucket 42..=43; quantiles report its upper bound.
+        s.overhead.record(42);
+        s.received.fetch_add(3, Ordering::Relaxed);
+        let text = render(&[("node", "n1")], &[s], "portable");
+        for r in DropReason::ALL {
+            assert!(
+                text.contains(&format!("reason=\"{}\"", r.label())),
+                "{}",
+                r.label()
+            );
+        }
+        assert!(
+            text.contains(
+                "loopix_dropped_total{node=\"n1\",shard=\"0\",reason=\"sphinx_replay\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("loopix_received_datagrams_total{node=\"n1\",shard=\"0\"} 3"));
+        assert!(
+            text.contains(
+                "loopix_processing_overhead_microseconds{node=\"n1\",quantile=\"0.5\"} 43.0"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("loopix_node_info{node=\"n1\",io=\"portable\"} 1"));
+    }
+}

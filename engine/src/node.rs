@@ -1,0 +1,308 @@
+//! Assembling and running a mix node: config, keys and topology in; shards,
+//! the metrics endpoint and the key-epoch control loop out.
+//!
+//! Start-up checks everything it can before binding a socket, and every
+//! failure is a message naming the file or field. Shutdown: SIGTERM or
+//! SIGINT set one stop flag; shards stop receiving, send what falls due
+//! within `shutdown.drain_ms`, count the rest, and the process exits 0.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use loopix_crypto::{Geometry, LinkKey, SecretKey};
+
+use crate::config::{IoChoice, MixConfig};
+use crate::io::{self, socket, IoKind};
+use crate::keyfile::{self, epoch_at, unix_now_s, NodeSecrets};
+use crate::metrics::{self, ShardMetrics};
+use crate::shard::{Control, EpochKey, Links, Peer, Shard, ShardSettings};
+use crate::topology::{Role, Topology};
+
+/// The epochs whose keys a node accepts at `unix_s`: the current one, the
+/// next one (clients may build packets for it just before it starts), and
+/// the previous one during `grace_s` after the change. Current first.
+pub fn accepted_epochs(unix_s: u64, epoch_s: u64, grace_s: u64) -> Vec<u64> {
+    let current = epoch_at(unix_s, epoch_s);
+    let mut v = vec![current, current + 1];
+    if current > 0 && unix_s - current * epoch_s < grace_s {
+        v.push(current - 1);
+    }
+    v
+}
+
+fn epoch_keys(secrets: &NodeSecrets, epochs: &[u64]) -> Vec<EpochKey> {
+    epochs
+        .iter()
+        .filter_map(|e| {
+            secrets.mix.get(e).map(|k| EpochKey {
+                epoch: *e,
+                secret: k.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Decide the backend for `choice`, logging why `auto` fell back.
+pub fn choose_io(choice: IoChoice) -> Result<IoKind, String> {
+    match choice {
+        IoChoice::Portable => Ok(IoKind::Portable),
+        IoChoice::Uring => io::uring::probe()
+            .map(|_| IoKind::Uring)
+            .map_err(|why| format!("engine.io = \"uring\" but io_uring is unavailable: {why}; use \"auto\" or \"portable\"")),
+        IoChoice::Auto => match io::uring::probe() {
+            Ok(()) => Ok(IoKind::Uring),
+            Err(why) => {
+                eprintln!("loopix: io_uring unavailable ({why}); using the portable backend");
+                Ok(IoKind::Portable)
+            }
+        },
+    }
+}
+
+/// Links of the node at `own` in `topology`.
+pub fn build_links(
+    topology: &Topology,
+    own: u32,
+    link_secret: &SecretKey,
+) -> Result<Links, String> {
+    let me = &topology.nodes[own as usize];
+    let mut peers = Vec::with_capacity(topology.nodes.len());
+    let mut next_hop = HashMap::new();
+    for (j, n) in topology.nodes.iter().enumerate() {
+        if j as u32 == own {
+            peers.push(None);
+            continue;
+        }
+        let inbound = topology.accepts_from(me, n);
+        let outbound = topology.sends_to(me, n);
+        if !inbound && !outbound {
+            peers.push(None);
+            continue;
+        }
+        let link = LinkKey::derive(link_secret, &n.link_key).ok_or_else(|| {
+            format!(
+                "topology: node {j} ({}) has an invalid link key (low order)",
+                n.id
+            )
+        })?;
+        if outbound {
+            next_hop.insert(n.id, j as u32);
+        }
+        peers.push(Some(Peer {
+            id: n.id,
+            address: n.address,
+            link,
+            inbound,
+            outbound,
+        }));
+    }
+    Ok(Links {
+        own_index: own,
+        peers,
+        next_hop,
+    })
+}
+
+/// Run a mix node until SIGTERM or SIGINT. `Err` is a start-up failure,
+/// already phrased for the operator.
+pub fn run_mix(config: &MixConfig) -> Result<(), String> {
+    let topology = Topology::load(&config.node.topology).map_err(|e| e.to_string())?;
+    let now_s = unix_now_s();
+    let epoch = epoch_at(now_s, topology.epoch_s);
+    let secrets =
+        keyfile::load_node_secrets(&config.node.key_dir, epoch).map_err(|e| e.to_string())?;
+    let own_id = keyfile::node_id_of(&secrets.link.public_key());
+    let own = topology.index_of(&own_id).ok_or_else(|| {
+        format!(
+            "topology {}: this node ({own_id}, keys in {}) is not listed",
+            config.node.topology.display(),
+            config.node.key_dir.display()
+        )
+    })?;
+    let me = &topology.nodes[own as usize];
+    if me.role != Role::Mix {
+        return Err(format!(
+            "topology lists node {own_id} as a {:?}, not a mix; run it with `loopix provider`",
+            me.role
+        ));
+    }
+    if me.address != config.node.listen {
+        return Err(format!(
+            "node.listen is {} but the topology lists this node at {}; make them agree",
+            config.node.listen, me.address
+        ));
+    }
+    if me.link_key != secrets.link.public_key() {
+        return Err("topology link_key differs from link.key in node.key_dir".into());
+    }
+    let links = Arc::new(build_links(&topology, own, &secrets.link)?);
+    let io_kind = choose_io(config.engine.io)?;
+    let e = &config.engine;
+    let geometry = Geometry::DEFAULT;
+    let per_shard_items = (config.replay.rate_pps * topology.epoch_s)
+        .div_ceil(e.shards as u64)
+        .max(1);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .map_err(|e| format!("signal handler: {e}"))?;
+    }
+
+    let mut shards = Vec::new();
+    let mut controls = Vec::new();
+    let mut all_metrics = Vec::new();
+    let mut first_socket = None;
+    let accepted = accepted_epochs(now_s, topology.epoch_s, config.epochs.grace_s);
+    for i in 0..e.shards {
+        let sock = socket::bind_reuseport(config.node.listen, e.socket_buffer_bytes)
+            .map_err(|err| format!("node.listen {}: cannot bind: {err}", config.node.listen))?;
+        if i == 0 {
+            first_socket = Some(sock.try_clone().map_err(|e| format!("socket: {e}"))?);
+        }
+        let backend = io::open(io_kind, sock, e.batch, geometry.frame_len())
+            .map_err(|err| format!("{} backend: {err}", io_kind.name()))?;
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let m = Arc::new(ShardMetrics::default());
+        let settings = ShardSettings {
+            index: i as u32,
+            geometry,
+            pool_packets: e.pool_packets,
+            batch: e.batch,
+            delay_cap_us: e.delay_cap_ms * 1000,
+            drain_us: config.shutdown.drain_ms * 1000,
+            filter_items: per_shard_items,
+            filter_fp: config.replay.fp_rate,
+            filter_max_bytes: config.replay.max_filter_mb << 20,
+        };
+        let shard = Shard::new(
+            settings,
+            backend,
+            Arc::clone(&links),
+            epoch_keys(&secrets, &accepted),
+            rx,
+            Arc::clone(&stop),
+            Arc::clone(&m),
+        )
+        .map_err(|err| format!("{err}; lower replay.rate_pps or raise replay.max_filter_mb"))?;
+        shards.push(shard);
+        controls.push(tx);
+        all_metrics.push(m);
+    }
+    if e.shards > 1 {
+        if let Some(s) = &first_socket {
+            socket::attach_steering(
+                s,
+                loopix_crypto::link::FRAME_ALPHA_OFFSET as u32,
+                e.shards as u32,
+            )
+            .map_err(|err| format!("cannot attach the steering program: {err}"))?;
+        }
+    }
+    drop(first_socket);
+
+    let filter_mb = all_metrics
+        .iter()
+        .map(|m| m.filter_bytes.load(Ordering::Relaxed))
+        .sum::<u64>() as f64
+        / (1u64 << 20) as f64;
+    eprintln!(
+        "loopix mix: node {own_id} layer {} on {}, {} shard(s), io={}, replay filters {filter_mb:.1} MiB, epochs {:?}",
+        me.layer,
+        config.node.listen,
+        e.shards,
+        io_kind.name(),
+        accepted
+    );
+
+    let mut handles = Vec::new();
+    for (i, shard) in shards.into_iter().enumerate() {
+        let core = e.pin_cores.then_some(e.first_core + i);
+        let h = std::thread::Builder::new()
+            .name(format!("shard-{i}"))
+            .spawn(move || {
+                if let Some(c) = core {
+                    if !core_affinity::set_for_current(core_affinity::CoreId { id: c }) {
+                        eprintln!("shard {i}: could not pin to core {c}; running unpinned");
+                    }
+                }
+                let _ = io::set_timer_slack_ns(1_000);
+                shard.run();
+            })
+            .map_err(|err| format!("cannot start shard thread: {err}"))?;
+        handles.push(h);
+    }
+
+    let metrics_thread = match config.metrics.listen {
+        Some(addr) => {
+            let ms = all_metrics.clone();
+            let node = own_id.to_string();
+            let io_name = io_kind.name();
+            let render = move || metrics::render(&[("node", &node)], &ms, io_name);
+            Some(
+                metrics::serve(addr, render, Arc::clone(&stop))
+                    .map_err(|err| format!("metrics.listen {addr}: {err}"))?,
+            )
+        }
+        None => None,
+    };
+
+    // Control loop: key epochs until told to stop.
+    let mut current = accepted;
+    let mut secrets = secrets;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        let want = accepted_epochs(unix_now_s(), topology.epoch_s, config.epochs.grace_s);
+        if want != current {
+            if want.iter().any(|e| !secrets.mix.contains_key(e)) {
+                // Pick up keys added by `loopix keygen` since start.
+                if let Ok(fresh) = keyfile::load_node_secrets(&config.node.key_dir, want[0]) {
+                    secrets = fresh;
+                }
+            }
+            if !secrets.mix.contains_key(&want[0]) {
+                eprintln!("loopix: no key for the current epoch {}; packets will be dropped (bad_mac) until one is added", want[0]);
+            }
+            for tx in &controls {
+                let _ = tx.send(Control::Keys(epoch_keys(&secrets, &want)));
+            }
+            current = want;
+        }
+    }
+    let stopping = Instant::now();
+    for h in handles {
+        let _ = h.join();
+    }
+    if let Some(h) = metrics_thread {
+        let _ = h.join();
+    }
+    let forwarded: u64 = all_metrics
+        .iter()
+        .map(|m| m.forwarded.load(Ordering::Relaxed))
+        .sum();
+    let dropped: u64 = all_metrics
+        .iter()
+        .map(|m| m.drops(crate::metrics::DropReason::ShuttingDown))
+        .sum();
+    eprintln!(
+        "loopix mix: stopped in {} ms; forwarded {forwarded} packets in all, {dropped} dropped at shutdown",
+        stopping.elapsed().as_millis()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_epochs_rules() {
+        // 100 s into epoch 10 of 3600 s, grace 300: previous still accepted.
+        assert_eq!(accepted_epochs(36_100, 3600, 300), vec![10, 11, 9]);
+        // 400 s in: previous retired.
+        assert_eq!(accepted_epochs(36_400, 3600, 300), vec![10, 11]);
+        assert_eq!(accepted_epochs(5, 3600, 300), vec![0, 1]);
+    }
+}

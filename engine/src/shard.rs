@@ -1,0 +1,521 @@
+//! One shard: a thread pinned to one core that owns, alone and without
+//! locks, its socket backend, buffer pool, replay filters, timing wheel,
+//! link replay windows and counters.
+//!
+//! The packet path, in order, with the cheapest checks first so that junk
+//! costs the least: length, frame kind, sender is an allowed neighbour, link
+//! counter not replayed, frame tag (no scalar mult yet), a pool slot, the
+//! Sphinx shared secret (one scalar mult), replay-tag lookup, MAC, command,
+//! then the blinding (second scalar mult) and scheduling on the wheel.
+//!
+//! Invariants: nothing on this path allocates or crosses cores; every drop
+//! is counted by reason; a replay tag is inserted only after its MAC
+//! verified; the pool bounds the wheel, so memory does not grow with load.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use loopix_crypto::link::{FRAME_HEADER_LEN, TAG_LEN};
+use loopix_crypto::{
+    sphinx, FrameHeader, Geometry, LinkError, LinkKey, NodeId, RecipientKind, ReplayWindow,
+    RoutingCommand, SecretKey, SphinxError,
+};
+
+use crate::io::{Backend, Datagram};
+use crate::metrics::{DropReason, ShardMetrics};
+use crate::replay::ReplayFilters;
+use crate::wheel::{InsertError, TimingWheel};
+
+/// Bits of the link counter that carry the sending shard, so that each
+/// sending shard has its own counter sequence and window at the receiver.
+const COUNTER_SHARD_SHIFT: u32 = 56;
+/// Longest idle wait, so control messages and the stop flag are seen.
+const IDLE_WAIT: Duration = Duration::from_millis(20);
+
+/// A neighbour as the shards see it (shared, read-only).
+pub struct Peer {
+    /// Its id.
+    pub id: NodeId,
+    /// Where to send.
+    pub address: SocketAddr,
+    /// Pairwise link key.
+    pub link: LinkKey,
+    /// May send to us.
+    pub inbound: bool,
+    /// We may send to it.
+    pub outbound: bool,
+}
+
+/// Who this node talks to: peers indexed by topology index (the link-frame
+/// sender index), and next hops by id.
+pub struct Links {
+    /// This node's own topology index (its sender index in frames).
+    pub own_index: u32,
+    /// Peers by topology index; `None` for nodes that are not neighbours.
+    pub peers: Vec<Option<Peer>>,
+    /// Outbound peers by id.
+    pub next_hop: HashMap<NodeId, u32>,
+}
+
+/// The Sphinx key of one accepted epoch.
+pub struct EpochKey {
+    /// Key epoch number.
+    pub epoch: u64,
+    /// The secret.
+    pub secret: SecretKey,
+}
+
+/// Messages from the control plane, drained between batches.
+pub enum Control {
+    /// The keys to accept from now on, the current epoch's first.
+    Keys(Vec<EpochKey>),
+}
+
+/// Fixed settings of a shard.
+#[derive(Debug, Clone)]
+pub struct ShardSettings {
+    /// Shard number (also the reuseport index).
+    pub index: u32,
+    /// Packet geometry.
+    pub geometry: Geometry,
+    /// Pool slots.
+    pub pool_packets: u32,
+    /// Datagrams per batch.
+    pub batch: usize,
+    /// Largest delay accepted.
+    pub delay_cap_us: u64,
+    /// After stop: keep sending what is due within this long.
+    pub drain_us: u64,
+    /// Replay filter sizing per epoch for this shard.
+    pub filter_items: u64,
+    /// Target false-positive rate.
+    pub filter_fp: f64,
+    /// Cap on one filter's size.
+    pub filter_max_bytes: u64,
+}
+
+/// The buffer pool: `capacity` frame-sized slots allocated at start.
+struct Pool {
+    bytes: Vec<u8>,
+    slot_len: usize,
+    free: Vec<u32>,
+    next_peer: Vec<u32>,
+}
+
+impl Pool {
+    fn new(capacity: u32, slot_len: usize) -> Self {
+        Pool {
+            bytes: vec![0u8; capacity as usize * slot_len],
+            slot_len,
+            free: (0..capacity).rev().collect(),
+            next_peer: vec![0; capacity as usize],
+        }
+    }
+    fn slot(&mut self, i: u32) -> &mut [u8] {
+        let s = i as usize * self.slot_len;
+        &mut self.bytes[s..s + self.slot_len]
+    }
+    fn in_use(&self) -> usize {
+        self.next_peer.len() - self.free.len()
+    }
+}
+
+/// Everything but the backend, so the receive callback can borrow it while
+/// the backend is borrowed too.
+struct State {
+    settings: ShardSettings,
+    links: Arc<Links>,
+    keys: Vec<EpochKey>,
+    filters: ReplayFilters,
+    windows: HashMap<(u32, u8), ReplayWindow>,
+    pool: Pool,
+    wheel: TimingWheel,
+    metrics: Arc<ShardMetrics>,
+    start: Instant,
+    counter: u64,
+}
+
+/// A shard ready to run.
+pub struct Shard {
+    backend: Box<dyn Backend + Send>,
+    control: Receiver<Control>,
+    stop: Arc<AtomicBool>,
+    state: State,
+    due: Vec<(u32, u64)>,
+}
+
+/// Microseconds since `start` on the monotonic clock.
+fn micros_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Shard {
+    /// Build a shard; allocates its pool, wheel and the filters of `keys`.
+    pub fn new(
+        settings: ShardSettings,
+        backend: Box<dyn Backend + Send>,
+        links: Arc<Links>,
+        keys: Vec<EpochKey>,
+        control: Receiver<Control>,
+        stop: Arc<AtomicBool>,
+        metrics: Arc<ShardMetrics>,
+    ) -> Result<Shard, String> {
+        let slot_len = settings.geometry.frame_len();
+        let mut filters = ReplayFilters::new(
+            settings.filter_items,
+            settings.filter_fp,
+            settings.filter_max_bytes,
+        )
+        .map_err(|e| format!("replay filter for shard {}: {e}", settings.index))?;
+        for k in &keys {
+            filters
+                .open_epoch(k.epoch)
+                .map_err(|e| format!("replay filter for epoch {}: {e}", k.epoch))?;
+        }
+        let start = Instant::now();
+        // Counters start at the wall clock in microseconds so that a
+        // restarted node's counters are above what peers last saw from it.
+        let wall_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let counter = (u64::from(settings.index) << COUNTER_SHARD_SHIFT)
+            | (wall_us & ((1u64 << COUNTER_SHARD_SHIFT) - 1));
+        metrics
+            .pool_capacity
+            .store(u64::from(settings.pool_packets), Ordering::Relaxed);
+        metrics
+            .filter_bytes
+            .store(filters.memory_bytes(), Ordering::Relaxed);
+        let state = State {
+            pool: Pool::new(settings.pool_packets, slot_len),
+            wheel: TimingWheel::new(
+                settings.pool_packets,
+                0,
+                // Slack over the cap for a wheel that lags behind the clock
+                // while it works through a burst of due packets.
+                settings.delay_cap_us + 60_000_000,
+            ),
+            windows: HashMap::with_capacity(links.peers.len()),
+            settings,
+            links,
+            keys,
+            filters,
+            metrics,
+            start,
+            counter,
+        };
+        let batch = state.settings.batch;
+        Ok(Shard {
+            backend,
+            control,
+            stop,
+            state,
+            due: Vec::with_capacity(batch),
+        })
+    }
+
+    /// Run until the stop flag is set and the drain is done.
+    pub fn run(mut self) {
+        let mut stop_at: Option<u64> = None;
+        let mut last_stats = 0u64;
+        loop {
+            let now = micros_since(self.state.start);
+            self.send_due(now);
+            while let Ok(msg) = self.control.try_recv() {
+                match msg {
+                    Control::Keys(keys) => self.state.set_keys(keys),
+                }
+            }
+            if now.saturating_sub(last_stats) >= 1_000_000 {
+                self.state.publish_stats();
+                last_stats = now;
+            }
+            if stop_at.is_none() && self.stop.load(Ordering::Relaxed) {
+                stop_at = Some(now + self.state.settings.drain_us);
+            }
+            if let Some(at) = stop_at {
+                if now >= at || self.state.wheel.is_empty() {
+                    self.finish_drain();
+                    return;
+                }
+                let wake = self.state.wheel.next_wakeup_us().unwrap_or(at).min(at);
+                std::thread::sleep(Duration::from_micros(wake.saturating_sub(now)).min(IDLE_WAIT));
+                continue;
+            }
+            let timeout = match self.state.wheel.next_wakeup_us() {
+                Some(w) => Duration::from_micros(w.saturating_sub(now)).min(IDLE_WAIT),
+                None => IDLE_WAIT,
+            };
+            let state = &mut self.state;
+            let mut arrival = None;
+            let result = self.backend.recv(Some(timeout), &mut |d: Datagram<'_>| {
+                // One arrival time per batch: the moment the kernel handed it over.
+                let at = *arrival.get_or_insert_with(|| micros_since(state.start));
+                state.handle(d, at);
+            });
+            if let Err(e) = result {
+                eprintln!("shard {}: receive failed: {e}", self.state.settings.index);
+                std::thread::sleep(IDLE_WAIT);
+            }
+        }
+    }
+
+    /// Seal and send every packet whose deadline has passed.
+    fn send_due(&mut self, now: u64) {
+        loop {
+            self.due.clear();
+            let due = &mut self.due;
+            let fired = self
+                .state
+                .wheel
+                .poll(now, self.state.settings.batch, |i, d| due.push((i, d)));
+            for k in 0..self.due.len() {
+                let (idx, deadline) = self.due[k];
+                self.send_one(idx, deadline);
+            }
+            if self.backend.queued() > 0 {
+                let (sent, failed) = self.backend.flush();
+                let m = &self.state.metrics;
+                m.forwarded.fetch_add(sent as u64, Ordering::Relaxed);
+                m.drop_n(DropReason::SendFailed, failed as u64);
+            }
+            if fired < self.state.settings.batch {
+                break;
+            }
+        }
+        self.state
+            .metrics
+            .pool_in_use
+            .store(self.state.pool.in_use() as u64, Ordering::Relaxed);
+    }
+
+    fn send_one(&mut self, idx: u32, deadline: u64) {
+        let st = &mut self.state;
+        let peer_index = st.pool.next_peer[idx as usize];
+        let counter = st.counter;
+        st.counter = st.counter.wrapping_add(1);
+        let links = Arc::clone(&st.links);
+        let own = links.own_index;
+        let frame = st.pool.slot(idx);
+        let Some(peer) = links
+            .peers
+            .get(peer_index as usize)
+            .and_then(|p| p.as_ref())
+        else {
+            debug_assert!(false, "scheduled to a non-peer");
+            st.metrics.count_drop(DropReason::UnknownNextHop);
+            st.pool.free.push(idx);
+            return;
+        };
+        if peer.link.seal_in_place(own, counter, frame).is_err() {
+            st.metrics.count_drop(DropReason::SendFailed);
+            st.pool.free.push(idx);
+            return;
+        }
+        if !self.backend.send(peer.address, frame) {
+            let (sent, failed) = self.backend.flush();
+            st.metrics
+                .forwarded
+                .fetch_add(sent as u64, Ordering::Relaxed);
+            st.metrics.drop_n(DropReason::SendFailed, failed as u64);
+            if !self.backend.send(peer.address, st.pool.slot(idx)) {
+                st.metrics.count_drop(DropReason::SendFailed);
+            }
+        }
+        let now = micros_since(st.start);
+        st.metrics.lateness.record(now.saturating_sub(deadline));
+        st.pool.free.push(idx);
+    }
+
+    /// Stop: send what is due now, count the rest as dropped.
+    fn finish_drain(&mut self) {
+        let now = micros_since(self.state.start);
+        self.send_due(now);
+        let st = &mut self.state;
+        let mut left = 0u64;
+        let pool = &mut st.pool;
+        st.wheel.drain(|idx, _| {
+            pool.free.push(idx);
+            left += 1;
+        });
+        st.metrics.drop_n(DropReason::ShuttingDown, left);
+        st.metrics.pool_in_use.store(0, Ordering::Relaxed);
+        st.publish_stats();
+    }
+}
+
+impl State {
+    fn set_keys(&mut self, keys: Vec<EpochKey>) {
+        for k in &keys {
+            if let Err(e) = self.filters.open_epoch(k.epoch) {
+                // The key stays unusable: without a filter its replays could
+                // not be caught. Packets for it fail as bad_mac.
+                eprintln!(
+                    "shard {}: epoch {} not accepted: {e}",
+                    self.settings.index, k.epoch
+                );
+            }
+        }
+        let keys: Vec<EpochKey> = keys
+            .into_iter()
+            .filter(|k| self.filters.is_open(k.epoch))
+            .collect();
+        if let Some(oldest) = keys.iter().map(|k| k.epoch).min() {
+            self.filters.retire_before(oldest);
+        }
+        self.keys = keys;
+        self.publish_stats();
+    }
+
+    fn publish_stats(&self) {
+        self.metrics
+            .filter_bytes
+            .store(self.filters.memory_bytes(), Ordering::Relaxed);
+        if let Some(current) = self.keys.first() {
+            if let Some((_, fill, _, _)) = self
+                .filters
+                .stats()
+                .into_iter()
+                .find(|s| s.0 == current.epoch)
+            {
+                self.metrics
+                    .filter_fill_bits
+                    .store(fill.to_bits(), Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn drop(&self, reason: DropReason) {
+        self.metrics.count_drop(reason);
+    }
+
+    /// The whole receive path for one datagram.
+    fn handle(&mut self, d: Datagram<'_>, arrival_us: u64) {
+        self.metrics.received.fetch_add(1, Ordering::Relaxed);
+        let g = self.settings.geometry;
+        if d.truncated || d.data.len() != g.frame_len() {
+            return self.drop(DropReason::BadLength);
+        }
+        let header = match FrameHeader::peek(d.data) {
+            Ok(h) => h,
+            Err(_) => return self.drop(DropReason::BadFrame),
+        };
+        let links = Arc::clone(&self.links);
+        let Some(peer) = links
+            .peers
+            .get(header.sender as usize)
+            .and_then(|p| p.as_ref())
+            .filter(|p| p.inbound)
+        else {
+            return self.drop(DropReason::Unauthenticated);
+        };
+        let window_key = (header.sender, (header.counter >> COUNTER_SHARD_SHIFT) as u8);
+        if let Some(w) = self.windows.get(&window_key) {
+            if w.check(header.counter).is_err() {
+                return self.drop(DropReason::LinkReplay);
+            }
+        }
+        if let Err(e) = peer.link.open(d.data) {
+            return self.drop(match e {
+                LinkError::Replay(_) | LinkError::TooOld(_) => DropReason::LinkReplay,
+                _ => DropReason::Unauthenticated,
+            });
+        }
+        self.windows
+            .entry(window_key)
+            .or_default()
+            .commit(header.counter);
+
+        let Some(idx) = self.pool.free.pop() else {
+            return self.drop(DropReason::PoolFull);
+        };
+        let packet_range = FRAME_HEADER_LEN..g.frame_len() - TAG_LEN;
+        let slot = self.pool.slot(idx);
+        slot[packet_range.clone()].copy_from_slice(&d.data[packet_range.clone()]);
+        match self.process(idx, packet_range, arrival_us) {
+            Ok(()) => {}
+            Err(reason) => {
+                self.pool.free.push(idx);
+                self.drop(reason);
+            }
+        }
+    }
+
+    /// Sphinx processing of the packet in pool slot `idx`, trying each
+    /// accepted epoch key; schedules it on success.
+    fn process(
+        &mut self,
+        idx: u32,
+        range: std::ops::Range<usize>,
+        arrival_us: u64,
+    ) -> Result<(), DropReason> {
+        let g = self.settings.geometry;
+        let mut outcome = Err(DropReason::BadMac);
+        for k in 0..self.keys.len() {
+            let epoch = self.keys[k].epoch;
+            let packet = &mut self.pool.slot(idx)[range.clone()];
+            let unwrapped = match sphinx::unwrap(&g, &self.keys[k].secret, packet) {
+                Ok(u) => u,
+                Err(SphinxError::NonCanonicalPoint | SphinxError::LowOrderPoint) => {
+                    return Err(DropReason::BadPacket)
+                }
+                Err(_) => return Err(DropReason::BadLength),
+            };
+            let tag = unwrapped.replay_tag();
+            // `None` (no filter for the epoch) cannot happen for an accepted
+            // key; if it did, dropping is the safe answer.
+            if self.filters.contains(epoch, &tag) != Some(false) {
+                return Err(DropReason::SphinxReplay);
+            }
+            match unwrapped.finish(packet) {
+                Ok(p) => {
+                    self.filters.insert(epoch, &p.replay_tag);
+                    outcome = Ok(p.command);
+                    break;
+                }
+                Err(SphinxError::BadMac) => continue,
+                Err(_) => {
+                    // MAC verified but the command is invalid: the sender
+                    // holds the key; remember the tag so a retry costs less.
+                    self.filters.insert(epoch, &tag);
+                    return Err(DropReason::BadCommand);
+                }
+            }
+        }
+        match outcome? {
+            RoutingCommand::Relay { next, delay } => {
+                let delay_us = u64::from(delay.as_micros());
+                if delay_us > self.settings.delay_cap_us {
+                    return Err(DropReason::DelayOverCap);
+                }
+                let Some(&peer) = self.links.next_hop.get(&next) else {
+                    return Err(DropReason::UnknownNextHop);
+                };
+                self.pool.next_peer[idx as usize] = peer;
+                let deadline = arrival_us + delay_us;
+                match self.wheel.insert(deadline, idx) {
+                    Ok(()) => {}
+                    Err(InsertError::TooFar) => return Err(DropReason::DelayOverCap),
+                    Err(_) => return Err(DropReason::PoolFull),
+                }
+                let now = micros_since(self.start);
+                self.metrics.overhead.record(now.saturating_sub(arrival_us));
+                Ok(())
+            }
+            RoutingCommand::Recipient {
+                kind: RecipientKind::Loop,
+                ..
+            } => {
+                self.metrics.loops_received.fetch_add(1, Ordering::Relaxed);
+                // Consumed: give the slot back.
+                self.pool.free.push(idx);
+                Ok(())
+            }
+            _ => Err(DropReason::BadCommand),
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! The shipped systemd unit passes `systemd-analyze verify`, and the shipped
+//! example config parses. The unit check is skipped, with a message, where
+//! systemd-analyze is not installed.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+fn example_config_parses() {
+    let path = repo().join("systemd/mix.example.toml");
+    let text = std::fs::read_to_string(&path).expect("example config");
+    let c = loopix_engine::config::MixConfig::parse(&path, &text).expect("example is valid");
+    assert_eq!(c.engine.shards, 2);
+}
+
+#[test]
+fn unit_passes_systemd_analyze_verify() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipping: systemd-analyze is not installed");
+        return;
+    }
+    // verify checks that ExecStart's binary exists: point it at the one
+    // cargo built for this test.
+    let unit = std::fs::read_to_string(repo().join("systemd/loopix-mix.service")).expect("unit");
+    let unit = unit.replace("/usr/local/bin/loopix", env!("CARGO_BIN_EXE_loopix"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("loopix-mix.service");
+    std::fs::write(&path, unit).expect("write unit");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("run systemd-analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Lines about the host's other units are not ours; anything naming our
+    // unit is a finding.
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("loopix-mix.service"))
+        .collect();
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify: {stderr}"
+    );
+}
