@@ -298,10 +298,10 @@ impl Shard {
         let peer_index = st.pool.next_peer[idx as usize];
         let counter = st.counter;
         st.counter = st.counter.wrapping_add(1);
-        let links = Arc::clone(&st.links);
-        let own = links.own_index;
+        let own = st.links.own_index;
         let frame = st.pool.slot(idx);
-        let Some(peer) = links
+        let Some(peer) = st
+            .links
             .peers
             .get(peer_index as usize)
             .and_then(|p| p.as_ref())
@@ -404,8 +404,10 @@ impl State {
             Ok(h) => h,
             Err(_) => return self.drop(DropReason::BadFrame),
         };
-        let links = Arc::clone(&self.links);
-        let Some(peer) = links
+        // Borrow the shared table (no refcount traffic: an Arc clone per
+        // datagram would write a cache line every shard shares).
+        let Some(peer) = self
+            .links
             .peers
             .get(header.sender as usize)
             .and_then(|p| p.as_ref())
