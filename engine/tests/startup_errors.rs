@@ -1,0 +1,118 @@
+//! `loopix` start-up failures are one clear message and exit status 1 (2 for
+//! usage mistakes), never a panic: a missing key directory, an unreadable
+//! topology, a config mistake, a node missing from the topology.
+
+use std::path::Path;
+use std::process::Command;
+
+use loopix_engine::localnet::{LocalNet, LocalNetSpec};
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_loopix"))
+        .args(args)
+        .output()
+        .expect("run loopix");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+fn mix_with(config: &Path, text: &str) -> (i32, String) {
+    std::fs::write(config, text).expect("write config");
+    run(&["mix", "--config", config.to_str().expect("utf-8 path")])
+}
+
+#[test]
+fn startup_failures_name_the_problem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = LocalNet::create(dir.path(), &LocalNetSpec::default()).expect("lay out");
+    let mix = &net.nodes[net.layer(1)[0]];
+    let good = std::fs::read_to_string(mix.config.as_ref().expect("config")).expect("read");
+    let cfg = dir.path().join("test.toml");
+
+    let missing_keys = good.replace(
+        &format!("key_dir = {:?}", mix.key_dir.display().to_string()),
+        "key_dir = \"/nonexistent/keys\"",
+    );
+    let (code, err) = mix_with(&cfg, &missing_keys);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("/nonexistent/keys/link.key"), "{err}");
+
+    let bad_topology = good.replace(
+        &format!("topology = {:?}", net.topology_path.display().to_string()),
+        "topology = \"/nonexistent/topology.toml\"",
+    );
+    let (code, err) = mix_with(&cfg, &bad_topology);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("/nonexistent/topology.toml") && err.contains("cannot read"),
+        "{err}"
+    );
+
+    let (code, err) = mix_with(&cfg, &good.replace("shards = 1", "shards = 0"));
+    assert_eq!(code, 1);
+    assert!(err.contains("engine.shards"), "{err}");
+
+    let (code, err) = mix_with(&cfg, &good.replace("[replay]", "[replay]\nrate = 5"));
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown field `rate`"), "{err}");
+
+    // A key directory whose node is not in the topology.
+    let stranger = dir.path().join("stranger");
+    loopix_engine::keyfile::keygen(
+        &stranger,
+        3600,
+        loopix_engine::keyfile::epoch_at(loopix_engine::keyfile::unix_now_s(), 3600),
+        1,
+    )
+    .expect("keygen");
+    let not_listed = good.replace(
+        &format!("key_dir = {:?}", mix.key_dir.display().to_string()),
+        &format!("key_dir = {:?}", stranger.display().to_string()),
+    );
+    let (code, err) = mix_with(&cfg, &not_listed);
+    assert_eq!(code, 1);
+    assert!(err.contains("is not listed"), "{err}");
+
+    // listen disagrees with the topology.
+    let (code, err) = mix_with(&cfg, &good.replace(&mix.address.to_string(), "127.0.0.1:1"));
+    assert_eq!(code, 1);
+    assert!(err.contains("node.listen"), "{err}");
+}
+
+#[test]
+fn usage_mistakes_exit_2() {
+    assert_eq!(run(&[]).0, 2);
+    assert_eq!(run(&["frobnicate"]).0, 2);
+    assert_eq!(run(&["mix"]).0, 2);
+    assert_eq!(run(&["keygen", "--dir"]).0, 2);
+    assert_eq!(run(&["keygen", "--dir", "/tmp/x", "--epochs", "many"]).0, 2);
+}
+
+#[test]
+fn keygen_writes_keys_and_prints_the_descriptor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("k");
+    let out = Command::new(env!("CARGO_BIN_EXE_loopix"))
+        .args([
+            "keygen",
+            "--dir",
+            keys.to_str().expect("utf-8"),
+            "--epochs",
+            "2",
+        ])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("link_key = ") && stdout.contains("[mix_keys]"),
+        "{stdout}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(keys.join("link.key"))
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
