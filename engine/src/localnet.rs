@@ -44,6 +44,12 @@ pub struct LocalNetSpec {
     pub drain_ms: u64,
     /// `engine.delay_cap_ms`.
     pub delay_cap_ms: u64,
+    /// Key epoch length in the topology.
+    pub epoch_s: u64,
+    /// `epochs.grace_s`.
+    pub grace_s: u64,
+    /// Epoch keys to generate per node, from the current epoch on.
+    pub key_epochs: u64,
 }
 
 impl Default for LocalNetSpec {
@@ -60,6 +66,9 @@ impl Default for LocalNetSpec {
             rate_pps: 1000,
             drain_ms: 500,
             delay_cap_ms: 60_000,
+            epoch_s: 3600,
+            grace_s: 300,
+            key_epochs: 2,
         }
     }
 }
@@ -107,7 +116,7 @@ pub fn free_tcp_addr() -> std::io::Result<SocketAddr> {
 impl LocalNet {
     /// Write keys, topology and configs under `dir`.
     pub fn create(dir: &Path, spec: &LocalNetSpec) -> Result<LocalNet, String> {
-        let epoch_s = 3600;
+        let epoch_s = spec.epoch_s;
         let first = epoch_at(unix_now_s(), epoch_s);
         let mut placed = Vec::new();
         let mut nodes = Vec::new();
@@ -121,8 +130,8 @@ impl LocalNet {
                 Role::Mix => format!("mix-l{layer}-{i}"),
             };
             let key_dir = dir.join(&name);
-            // Two epochs: the current one and the next.
-            let report = keyfile::keygen(&key_dir, epoch_s, first, 2).map_err(|e| e.to_string())?;
+            let report = keyfile::keygen(&key_dir, epoch_s, first, spec.key_epochs)
+                .map_err(|e| e.to_string())?;
             let address = free_udp_addr().map_err(|e| e.to_string())?;
             let metrics = free_tcp_addr().map_err(|e| e.to_string())?;
             placed.push((report.descriptor.clone(), role, layer, address));
@@ -150,7 +159,7 @@ impl LocalNet {
             let config = format!(
                 "[node]\nkey_dir = {:?}\ntopology = {:?}\nlisten = \"{}\"\n\n\
                  [engine]\nshards = {}\npin_cores = {}\nfirst_core = {}\nio = \"{io}\"\npool_packets = {}\ndelay_cap_ms = {}\n\n\
-                 [replay]\nrate_pps = {}\n\n[metrics]\nlisten = \"{}\"\n\n[shutdown]\ndrain_ms = {}\n",
+                 [replay]\nrate_pps = {}\n\n[epochs]\ngrace_s = {}\n\n[metrics]\nlisten = \"{}\"\n\n[shutdown]\ndrain_ms = {}\n",
                 n.key_dir.display().to_string(),
                 topology_path.display().to_string(),
                 n.address,
@@ -160,6 +169,7 @@ impl LocalNet {
                 spec.pool_packets,
                 spec.delay_cap_ms,
                 spec.rate_pps,
+                spec.grace_s,
                 n.metrics,
                 spec.drain_ms,
             );
@@ -237,6 +247,18 @@ impl Driver {
         })
     }
 
+    /// Build packets for `epoch` from now on (it must be in every node's
+    /// descriptor).
+    pub fn use_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
+        self.route_keys = self
+            .topology
+            .nodes
+            .iter()
+            .map(|n| n.mix_keys.get(&epoch).and_then(|k| RouteKey::new(k).ok()))
+            .collect();
+    }
+
     /// Node id of the node at `index`.
     pub fn id(&self, index: usize) -> NodeId {
         self.topology.nodes[index].id
@@ -294,11 +316,25 @@ impl Driver {
             .and_then(|l| l.as_ref())
             .ok_or("frame from an unknown sender")?;
         let (_, packet) = link.open(frame).map_err(|e| e.to_string())?;
-        let mut p = packet.to_vec();
-        let key: &SecretKey = self.secrets.mix.get(&self.epoch).ok_or("no key")?;
-        sphinx::process(&self.geometry, key, &mut p)
-            .map(|x| x.command)
-            .map_err(|e| e.to_string())
+        // The packet may have been built for any epoch this provider has a
+        // key for: try the driver's epoch first, then the others.
+        let keys = self.secrets.mix.get(&self.epoch).into_iter().chain(
+            self.secrets
+                .mix
+                .iter()
+                .filter(|(e, _)| **e != self.epoch)
+                .map(|(_, k)| k),
+        );
+        let mut last = String::from("no key");
+        for key in keys {
+            let key: &SecretKey = key;
+            let mut p = packet.to_vec();
+            match sphinx::process(&self.geometry, key, &mut p) {
+                Ok(x) => return Ok(x.command),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(last)
     }
 }
 

@@ -17,6 +17,7 @@ use crate::config::{IoChoice, MixConfig};
 use crate::io::{self, socket, IoKind};
 use crate::keyfile::{self, epoch_at, unix_now_s, NodeSecrets};
 use crate::metrics::{self, ShardMetrics};
+use crate::replay::{BloomFilter, FilterSizing};
 use crate::shard::{Control, EpochKey, Links, Peer, Shard, ShardSettings};
 use crate::topology::{Role, Topology};
 
@@ -249,6 +250,15 @@ pub fn run_mix(config: &MixConfig) -> Result<(), String> {
         None => None,
     };
 
+    // The shards' filter sizing (already checked when they were built), for
+    // the filters of later epochs.
+    let sizing = FilterSizing::compute(
+        per_shard_items,
+        config.replay.fp_rate,
+        config.replay.max_filter_mb << 20,
+    )
+    .map_err(|e| format!("replay filter: {e}"))?;
+
     // Control loop: key epochs until told to stop.
     let mut current = accepted;
     let mut secrets = secrets;
@@ -265,8 +275,19 @@ pub fn run_mix(config: &MixConfig) -> Result<(), String> {
             if !secrets.mix.contains_key(&want[0]) {
                 eprintln!("loopix: no key for the current epoch {}; packets will be dropped (bad_mac) until one is added", want[0]);
             }
+            // Build and fault in the new epochs' filters here, on the
+            // control thread, so that no shard stalls on page faults.
+            let fresh: Vec<u64> = want
+                .iter()
+                .copied()
+                .filter(|e| !current.contains(e))
+                .collect();
             for tx in &controls {
-                let _ = tx.send(Control::Keys(epoch_keys(&secrets, &want)));
+                let filters = fresh
+                    .iter()
+                    .map(|&e| (e, BloomFilter::with_sizing(sizing)))
+                    .collect();
+                let _ = tx.send(Control::Keys(epoch_keys(&secrets, &want), filters));
             }
             current = want;
         }

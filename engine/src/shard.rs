@@ -27,7 +27,7 @@ use loopix_crypto::{
 
 use crate::io::{Backend, Datagram};
 use crate::metrics::{DropReason, ShardMetrics};
-use crate::replay::ReplayFilters;
+use crate::replay::{BloomFilter, ReplayFilters};
 use crate::wheel::{InsertError, TimingWheel};
 
 /// Bits of the link counter that carry the sending shard, so that each
@@ -71,8 +71,10 @@ pub struct EpochKey {
 
 /// Messages from the control plane, drained between batches.
 pub enum Control {
-    /// The keys to accept from now on, the current epoch's first.
-    Keys(Vec<EpochKey>),
+    /// The keys to accept from now on, the current epoch's first, with
+    /// filters the control plane built (and faulted in) for epochs this
+    /// shard has not opened yet.
+    Keys(Vec<EpochKey>, Vec<(u64, BloomFilter)>),
 }
 
 /// Fixed settings of a shard.
@@ -227,7 +229,7 @@ impl Shard {
             self.send_due(now);
             while let Ok(msg) = self.control.try_recv() {
                 match msg {
-                    Control::Keys(keys) => self.state.set_keys(keys),
+                    Control::Keys(keys, filters) => self.state.set_keys(keys, filters),
                 }
             }
             if now.saturating_sub(last_stats) >= 1_000_000 {
@@ -349,8 +351,20 @@ impl Shard {
 }
 
 impl State {
-    fn set_keys(&mut self, keys: Vec<EpochKey>) {
+    fn set_keys(&mut self, keys: Vec<EpochKey>, filters: Vec<(u64, BloomFilter)>) {
+        if let Some(oldest) = keys.iter().map(|k| k.epoch).min() {
+            self.filters.retire_before(oldest);
+        }
+        for (epoch, filter) in filters {
+            if let Err(e) = self.filters.install(epoch, filter) {
+                eprintln!(
+                    "shard {}: filter for epoch {epoch} refused: {e}",
+                    self.settings.index
+                );
+            }
+        }
         for k in &keys {
+            // Normally installed above; building it here is the fallback.
             if let Err(e) = self.filters.open_epoch(k.epoch) {
                 // The key stays unusable: without a filter its replays could
                 // not be caught. Packets for it fail as bad_mac.
@@ -364,9 +378,6 @@ impl State {
             .into_iter()
             .filter(|k| self.filters.is_open(k.epoch))
             .collect();
-        if let Some(oldest) = keys.iter().map(|k| k.epoch).min() {
-            self.filters.retire_before(oldest);
-        }
         self.keys = keys;
         self.publish_stats();
     }

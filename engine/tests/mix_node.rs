@@ -119,12 +119,15 @@ struct Net {
 }
 
 fn start_net(io: IoChoice, shards: usize) -> Net {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = LocalNetSpec {
+    start_net_with(LocalNetSpec {
         io,
         shards,
         ..LocalNetSpec::default()
-    };
+    })
+}
+
+fn start_net_with(spec: LocalNetSpec) -> Net {
+    let dir = tempfile::tempdir().expect("tempdir");
     let net = LocalNet::create(dir.path(), &spec).expect("lay out the network");
     let driver = Driver::new(&net, 0).expect("driver");
     let provider_socket = UdpSocket::bind(net.nodes[0].address).expect("bind provider address");
@@ -347,4 +350,65 @@ fn sigterm_exits_zero_within_bound() {
             assert!(m.terminate(Duration::from_secs(3)).success());
         }
     }
+}
+
+/// Key epochs on a 4-second clock with 1 second of grace: just after a
+/// change, the previous epoch's packets and the next epoch's are accepted;
+/// once the grace has passed, the previous epoch's are refused (bad_mac)
+/// and its filter is freed.
+#[test]
+fn key_epochs_rotate_with_grace() {
+    let epoch_s = 4u64;
+    let mut net = start_net_with(LocalNetSpec {
+        io: IoChoice::Auto,
+        epoch_s,
+        grace_s: 1,
+        key_epochs: 12,
+        ..LocalNetSpec::default()
+    });
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs_f64()
+    };
+    let filter_bytes = |net: &Net| net.mixes[0].counter("loopix_replay_filter_bytes");
+    // Wait for the next epoch boundary, plus 0.3 s for the control loop.
+    let e1 = (now() / epoch_s as f64).floor() as u64 + 1;
+    let boundary = (e1 * epoch_s) as f64;
+    std::thread::sleep(Duration::from_secs_f64(boundary - now() + 0.3));
+    let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let send_for = |net: &mut Net, epoch: u64, seed: u64| {
+        net.driver.use_epoch(epoch);
+        let pkt = net.packet([1_000, 1_000, 1_000], seed);
+        let frame = net.driver.frame_for(net.l[0], &pkt);
+        net.send_to_layer1(&frame, &tx);
+    };
+    // In grace: the previous epoch's packet passes; so does the next one's.
+    send_for(&mut net, e1 - 1, 10);
+    send_for(&mut net, e1 + 1, 11);
+    assert_eq!(
+        net.receive(2, Duration::from_secs(2)).len(),
+        2,
+        "previous and next accepted"
+    );
+    // In grace, three epochs are open: previous, current and next.
+    let three_filters = filter_bytes(&net);
+    // After the grace: the previous epoch is refused, the current one passes.
+    let after_grace = boundary + 1.6;
+    std::thread::sleep(Duration::from_secs_f64((after_grace - now()).max(0.0)));
+    assert!(
+        now() < boundary + epoch_s as f64 - 0.5,
+        "test machine too slow for the epoch clock"
+    );
+    send_for(&mut net, e1 - 1, 12);
+    send_for(&mut net, e1, 13);
+    let got = net.receive(2, Duration::from_secs(1));
+    assert_eq!(got.len(), 1, "only the current epoch's packet passes");
+    let l1 = &net.mixes[0];
+    assert_eq!(l1.dropped("bad_mac"), 1.0, "{}", l1.log_text());
+    // The previous epoch's filter was freed: current and next remain.
+    let two_filters = filter_bytes(&net);
+    assert!(two_filters > 0.0);
+    assert_eq!(three_filters, two_filters * 1.5, "retired filter freed");
 }
