@@ -149,6 +149,28 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// What a binary does with its argument-parsing result: `Ok` options go on;
+/// an empty error (from `--help`) prints the usage and exits 0; any other
+/// error prints it with the usage and exits 2.
+pub fn options_or_exit<T>(
+    tool: &str,
+    usage: &str,
+    parsed: Result<T, String>,
+) -> Result<T, std::process::ExitCode> {
+    match parsed {
+        Ok(o) => Ok(o),
+        Err(e) if e.is_empty() => {
+            emit(&format!("{usage}\n"));
+            Err(std::process::ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{tool}: {e}");
+            eprintln!("{usage}");
+            Err(std::process::ExitCode::from(2))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

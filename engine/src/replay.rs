@@ -381,22 +381,9 @@ impl ReplayFilters {
     /// the packet path). Idempotent: an open epoch keeps its filter.
     /// Refuses an epoch already retired and a fifth open epoch.
     pub fn open_epoch(&mut self, epoch: u64) -> Result<(), OpenEpochError> {
-        if self.is_open(epoch) {
-            return Ok(());
+        if !self.admit(epoch)? {
+            self.insert_sorted(epoch, BloomFilter::with_sizing(self.sizing));
         }
-        if epoch < self.retired_before {
-            return Err(OpenEpochError::Retired {
-                epoch,
-                retired_before: self.retired_before,
-            });
-        }
-        if self.filters.len() >= MAX_OPEN_EPOCHS {
-            return Err(OpenEpochError::TooMany { epoch });
-        }
-        let at = self.filters.partition_point(|(e, _)| *e < epoch);
-        self.filters
-            .insert(at, (epoch, BloomFilter::with_sizing(self.sizing)));
-        debug_assert!(self.filters.len() <= MAX_OPEN_EPOCHS);
         Ok(())
     }
 
@@ -404,11 +391,20 @@ impl ReplayFilters {
     /// and faults in the next epoch's filter so that the shard never does).
     /// Idempotent like `open_epoch`; the filter must have this set's sizing.
     pub fn install(&mut self, epoch: u64, filter: BloomFilter) -> Result<(), OpenEpochError> {
-        if self.is_open(epoch) {
+        if self.admit(epoch)? {
             return Ok(());
         }
         if filter.bits() != self.sizing.bits || filter.hashes() != self.sizing.hashes {
             return Err(OpenEpochError::SizingMismatch { epoch });
+        }
+        self.insert_sorted(epoch, filter);
+        Ok(())
+    }
+
+    /// May `epoch` be opened? `Ok(true)` if it already is (nothing to do).
+    fn admit(&self, epoch: u64) -> Result<bool, OpenEpochError> {
+        if self.is_open(epoch) {
+            return Ok(true);
         }
         if epoch < self.retired_before {
             return Err(OpenEpochError::Retired {
@@ -419,9 +415,13 @@ impl ReplayFilters {
         if self.filters.len() >= MAX_OPEN_EPOCHS {
             return Err(OpenEpochError::TooMany { epoch });
         }
+        Ok(false)
+    }
+
+    fn insert_sorted(&mut self, epoch: u64, filter: BloomFilter) {
         let at = self.filters.partition_point(|(e, _)| *e < epoch);
         self.filters.insert(at, (epoch, filter));
-        Ok(())
+        debug_assert!(self.filters.len() <= MAX_OPEN_EPOCHS);
     }
 
     /// Whether `epoch` has a filter.

@@ -83,7 +83,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use loopix_bench::{emit, exp_delay, median, say, uniform_f64};
+use loopix_bench::{emit, exp_delay, median, options_or_exit, say, uniform_f64};
 use loopix_crypto::link::FRAME_ALPHA_OFFSET;
 use loopix_crypto::{sphinx, Geometry, LinkKey, ReplayTag, RoutingCommand, SecretKey};
 use loopix_engine::config::{IoChoice, MixConfig};
@@ -259,17 +259,9 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some(RUN_MIX) {
         return run_mix_child(args.get(1));
     }
-    let opts = match parse_args(&args) {
+    let opts = match options_or_exit("node-bench", USAGE, parse_args(&args)) {
         Ok(o) => o,
-        Err(e) if e.is_empty() => {
-            emit(&format!("{USAGE}\n"));
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("node-bench: {e}");
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     match run(&opts) {
         Ok(out) => {

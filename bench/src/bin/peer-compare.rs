@@ -50,7 +50,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::agreement;
-use loopix_bench::{emit, hops, median, message_commands, nodes, say};
+use loopix_bench::{emit, hops, median, message_commands, nodes, options_or_exit, say};
 use loopix_crypto::{sphinx, Delay, Geometry, MailboxId, RouteKey, RoutingCommand};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -157,17 +157,9 @@ fn pin_to_last_core() -> Option<usize> {
 }
 
 fn main() -> ExitCode {
-    let opts = match parse_args() {
+    let opts = match options_or_exit("peer-compare", USAGE, parse_args()) {
         Ok(o) => o,
-        Err(e) if e.is_empty() => {
-            emit(&format!("{USAGE}\n"));
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("peer-compare: {e}");
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let pinned = if opts.pin { pin_to_last_core() } else { None };
 

@@ -16,7 +16,9 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use loopix_bench::{emit, exp_delay, hex, hops, message_commands, nodes, say, Node};
+use loopix_bench::{
+    emit, exp_delay, hex, hops, message_commands, nodes, options_or_exit, say, Node,
+};
 use loopix_crypto::{
     payload, sphinx, Geometry, Hop, MailboxId, RecipientKind, RoutingCommand, SphinxError, Surb,
 };
@@ -277,17 +279,9 @@ fn run(o: &Options, out: &mut String) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let opts = match parse_args() {
+    let opts = match options_or_exit("sphinx-demo", USAGE, parse_args()) {
         Ok(o) => o,
-        Err(e) if e.is_empty() => {
-            emit(&format!("{USAGE}\n"));
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("sphinx-demo: {e}");
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let mut out = String::new();
     let result = run(&opts, &mut out);
