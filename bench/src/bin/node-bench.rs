@@ -1604,7 +1604,7 @@ mod tests {
     fn options_defaults_quick_and_errors() {
         let o = parse_args(&[]).expect("no arguments are valid");
         assert_eq!((o.step_s, o.growth, o.precision), (2.0, 1.3, 0.03));
-        assert_eq!((o.node_core, o.gen_core, o.filter_rate_pps), (0, 1, 100));
+        assert_eq!((o.node_core, o.gen_core, o.filter_rate_pps), (0, 1, 20_000));
         assert_eq!(o.io, IoChoice::Auto);
         // --quick changes the defaults; an explicit flag wins, in any order.
         let q =
@@ -1636,14 +1636,25 @@ mod tests {
 
     #[test]
     fn this_process_and_core_zero_are_accounted() {
+        // schedstat advances at scheduler ticks, not continuously: burn CPU
+        // until it moves, for at most 2 s.
         let before = process_cpu_ns(std::process::id()).expect("own schedstat");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         let mut x = 0u64;
-        for i in 0..2_000_000u64 {
-            x = x.wrapping_add(std::hint::black_box(i));
+        loop {
+            for i in 0..2_000_000u64 {
+                x = x.wrapping_add(std::hint::black_box(i));
+            }
+            let after = process_cpu_ns(std::process::id()).expect("own schedstat");
+            if after > before {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "2 s of work did not show in schedstat"
+            );
         }
         std::hint::black_box(x);
-        let after = process_cpu_ns(std::process::id()).expect("own schedstat");
-        assert!(after > before);
         let t = core_ticks(0).expect("cpu0 in /proc/stat");
         assert!(t.total >= t.busy && t.busy >= t.steal);
     }
