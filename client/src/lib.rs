@@ -233,6 +233,9 @@ enum Queued {
     },
 }
 
+/// Prepared keys of recipients kept at once.
+const CONTACT_CACHE: usize = 1024;
+
 /// Draw an exponential variate with the given mean.
 pub fn exp_sample(rng: &mut impl CryptoRngCore, mean: f64) -> f64 {
     // 53 random bits: u in [0, 1), so 1 - u in (0, 1] and ln is finite.
@@ -430,8 +433,9 @@ impl Client {
         let k = Arc::new(
             RouteKey::new(key).map_err(|_| ClientError::Address("recipient key is not valid"))?,
         );
-        if self.contacts.len() >= 1024 {
-            self.contacts.clear(); // bounded cache; rebuilt on demand
+        if self.contacts.len() >= CONTACT_CACHE {
+            // Bounded: tables are rebuilt on demand (about 1 ms each).
+            self.contacts.clear();
         }
         self.contacts.insert(*key, Arc::clone(&k));
         Ok(k)
@@ -495,15 +499,21 @@ impl Client {
         Delay::from_micros(us.min(f64::from(u32::MAX)) as u32)
     }
 
-    /// Provider, one mix per layer, then `last` hops: the route prefix every
-    /// packet shares, with fresh delays.
-    fn mix_route(&self, rng: &mut impl CryptoRngCore) -> Vec<NodeInfo> {
-        let mut route = vec![self.topology.providers[self.provider].clone()];
+    /// `first`, then one random mix from each layer.
+    fn through_layers(&self, first: NodeInfo, rng: &mut impl CryptoRngCore) -> Vec<NodeInfo> {
+        let mut route = Vec::with_capacity(self.topology.layers.len() + 3);
+        route.push(first);
         for layer in &self.topology.layers {
             let i = (rng.next_u64() % layer.len() as u64) as usize;
             route.push(layer[i].clone());
         }
         route
+    }
+
+    /// Own provider, then one mix per layer: the prefix every packet this
+    /// client sends shares.
+    fn mix_route(&self, rng: &mut impl CryptoRngCore) -> Vec<NodeInfo> {
+        self.through_layers(self.topology.providers[self.provider].clone(), rng)
     }
 
     fn emit_payload_stream(&mut self, at: u64, rng: &mut impl CryptoRngCore) {
@@ -568,50 +578,41 @@ impl Client {
         fragment: &[u8],
         rng: &mut impl CryptoRngCore,
     ) -> Result<Vec<u8>, ClientError> {
-        let route = self.mix_route(rng);
-        let provider = self.provider_info(to.provider)?;
+        let mut route = self.mix_route(rng);
+        // The recipient's provider ends the route: it delivers to the mailbox.
+        route.push(self.provider_info(to.provider)?);
         let key = self.contact(&to.key)?;
         let mut id = [0u8; 16];
         rng.fill_bytes(&mut id);
-        let tail = [
-            (
-                Arc::clone(&provider.key),
-                RoutingCommand::Deliver {
-                    mailbox: to.mailbox,
-                },
-            ),
-            (
-                key,
-                RoutingCommand::Recipient {
-                    kind: RecipientKind::Message,
-                    id,
-                },
-            ),
-        ];
-        let mut route_with_provider = route;
-        route_with_provider.push(provider);
-        // The recipient's provider is the last of `route`: it delivers.
-        self.build_tail(&route_with_provider, &tail[1..], tail[0].1, fragment, rng)
+        let recipient = [(
+            key,
+            RoutingCommand::Recipient {
+                kind: RecipientKind::Message,
+                id,
+            },
+        )];
+        let deliver = RoutingCommand::Deliver {
+            mailbox: to.mailbox,
+        };
+        self.build_tail(&route, &recipient, deliver, fragment, rng)
     }
 
-    /// Build with `route` relaying to each other, the last node of `route`
-    /// executing `last_command`, then `tail`.
-    fn build_tail(
-        &mut self,
-        route: &[NodeInfo],
-        tail: &[(Arc<RouteKey>, RoutingCommand)],
+    /// Hops for `route` relaying each to the next with fresh `Exp(mu)`
+    /// delays, its last node executing `last_command`, then `tail`.
+    fn path_hops<'a>(
+        &self,
+        route: &'a [NodeInfo],
+        tail: &'a [(Arc<RouteKey>, RoutingCommand)],
         last_command: RoutingCommand,
-        message: &[u8],
         rng: &mut impl CryptoRngCore,
-    ) -> Result<Vec<u8>, ClientError> {
-        let mut hops: Vec<Hop<'_>> = Vec::with_capacity(route.len() + tail.len());
+    ) -> Vec<Hop<'a>> {
         let n = route.len();
-        let delays: Vec<Delay> = (0..n).map(|_| self.delay(rng)).collect();
+        let mut hops = Vec::with_capacity(n + tail.len());
         for (i, node) in route.iter().enumerate() {
             let command = if i + 1 < n {
                 RoutingCommand::Relay {
                     next: route[i + 1].id,
-                    delay: delays[i],
+                    delay: self.delay(rng),
                 }
             } else {
                 last_command
@@ -627,6 +628,19 @@ impl Client {
                 command: *c,
             });
         }
+        hops
+    }
+
+    /// Build a packet along `path_hops(route, tail, last_command)`.
+    fn build_tail(
+        &mut self,
+        route: &[NodeInfo],
+        tail: &[(Arc<RouteKey>, RoutingCommand)],
+        last_command: RoutingCommand,
+        message: &[u8],
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Vec<u8>, ClientError> {
+        let hops = self.path_hops(route, tail, last_command, rng);
         let mut pkt = vec![0u8; self.geometry.packet_len()];
         sphinx::build(&self.geometry, &hops, message, rng, &mut pkt)?;
         Ok(pkt)
@@ -692,39 +706,21 @@ impl Client {
         rng: &mut impl CryptoRngCore,
     ) -> Result<Vec<u8>, ClientError> {
         let first = self.provider_info(first_hop)?;
-        let mut route = vec![first];
-        for layer in &self.topology.layers {
-            let i = (rng.next_u64() % layer.len() as u64) as usize;
-            route.push(layer[i].clone());
-        }
+        let mut route = self.through_layers(first, rng);
         route.push(self.topology.providers[self.provider].clone());
         let mut id = [0u8; 16];
         rng.fill_bytes(&mut id);
-        let n = route.len();
-        let mut hops: Vec<Hop<'_>> = Vec::with_capacity(n + 1);
-        for (i, node) in route.iter().enumerate() {
-            let command = if i + 1 < n {
-                RoutingCommand::Relay {
-                    next: route[i + 1].id,
-                    delay: self.delay(rng),
-                }
-            } else {
-                RoutingCommand::Deliver {
-                    mailbox: self.me.mailbox,
-                }
-            };
-            hops.push(Hop {
-                key: &node.key,
-                command,
-            });
-        }
-        hops.push(Hop {
-            key: &self.my_route,
-            command: RoutingCommand::Recipient {
+        let me = [(
+            Arc::clone(&self.my_route),
+            RoutingCommand::Recipient {
                 kind: RecipientKind::Reply,
                 id,
             },
-        });
+        )];
+        let deliver = RoutingCommand::Deliver {
+            mailbox: self.me.mailbox,
+        };
+        let hops = self.path_hops(&route, &me, deliver, rng);
         let (surb, keys) = Surb::new(&self.geometry, first_hop, &hops, rng)?;
         if self.surbs.len() >= self.limits.surbs {
             if let Some(old) = self.surb_order.pop_front() {
