@@ -10,6 +10,7 @@
 #![deny(unsafe_code)] // exceptions: io/ (sockets, io_uring), audited there
 
 pub mod config;
+pub mod inbox;
 pub mod io;
 pub mod keyfile;
 pub mod localnet;
