@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 mod fragment;
+pub mod registration;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -36,6 +37,7 @@ use loopix_crypto::{
 use rand_core::CryptoRngCore;
 
 pub use fragment::{Fragment, FRAGMENT_HEADER_LEN};
+pub use registration::{AddressFile, Registration, RegistrationFile};
 
 /// A node as the client sees it: id and prepared Sphinx key.
 #[derive(Clone)]

@@ -19,6 +19,7 @@
 //! only after the replay tag was looked up and the MAC verified.
 #![deny(unsafe_code)] // the one exception is `x25519`, an audited FFI wrapper
 
+pub mod access;
 pub mod error;
 pub mod geometry;
 mod kdf;

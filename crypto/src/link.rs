@@ -6,13 +6,18 @@
 //!
 //! | offset | bytes | field                                   |
 //! |--------|-------|-----------------------------------------|
-//! | 0      | 1     | kind (0x01: Sphinx packet)              |
+//! | 0      | 1     | kind (see below)                        |
 //! | 1      | 4     | sender index (u32 BE, in the receiver's table of peers) |
 //! | 5      | 8     | counter (u64 BE, strictly per sender and link) |
-//! | 13     | n     | Sphinx packet, in clear                 |
+//! | 13     | n     | body: a Sphinx packet in clear, or ciphertext |
 //! | 13 + n | 16    | AES-128-GCM-SIV tag                     |
 //!
-//! The packet is authenticated as associated data, not encrypted: Sphinx
+//! Kinds: `0x01` a Sphinx packet between nodes; `0x02` a Sphinx packet from
+//! a client to its provider (the sender index is the client's slot at the
+//! provider); `0x03` a client's pull request and `0x04` one frame of a
+//! provider's pull answer, both with an encrypted body (see `access`).
+//!
+//! A packet is authenticated as associated data, not encrypted: Sphinx
 //! already makes packets unlinkable across hops, and the group element must
 //! stay at a fixed offset (13) for the kernel to steer on it. The nonce is the
 //! sender index and the counter, so the two directions of a link never share
@@ -38,8 +43,28 @@ pub const FRAME_OVERHEAD: usize = FRAME_HEADER_LEN + TAG_LEN;
 /// Offset of the Sphinx group element inside a frame (for kernel steering).
 pub const FRAME_ALPHA_OFFSET: usize = FRAME_HEADER_LEN;
 
-/// Frame kind: a Sphinx packet, authenticated, in clear.
+/// Frame kind: a Sphinx packet between nodes, authenticated, in clear.
 pub const KIND_PACKET: u8 = 0x01;
+/// Frame kind: a Sphinx packet from a client to its provider, authenticated,
+/// in clear; the sender index is the client's slot.
+pub const KIND_CLIENT_PACKET: u8 = 0x02;
+/// Frame kind: a client's pull request, encrypted.
+pub const KIND_PULL: u8 = 0x03;
+/// Frame kind: one frame of a provider's answer to a pull, encrypted.
+pub const KIND_DELIVERY: u8 = 0x04;
+
+/// Is `kind` a frame kind this version knows?
+pub const fn known_kind(kind: u8) -> bool {
+    matches!(
+        kind,
+        KIND_PACKET | KIND_CLIENT_PACKET | KIND_PULL | KIND_DELIVERY
+    )
+}
+
+/// Do frames of `kind` carry an encrypted body?
+pub const fn encrypted_kind(kind: u8) -> bool {
+    matches!(kind, KIND_PULL | KIND_DELIVERY)
+}
 
 const LINK_CONTEXT: &str = "loopix-link 2026-11 pairwise key v1";
 
@@ -63,7 +88,7 @@ impl FrameHeader {
             return Err(LinkError::TooShort(frame.len()));
         }
         let kind = frame[0];
-        if kind != KIND_PACKET {
+        if !known_kind(kind) {
             return Err(LinkError::UnknownKind(kind));
         }
         let sender = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]);
@@ -159,31 +184,58 @@ impl LinkKey {
         counter: u64,
         frame: &mut [u8],
     ) -> Result<(), LinkError> {
+        self.seal_kind(KIND_PACKET, sender, counter, frame)
+    }
+
+    /// As [`LinkKey::seal_in_place`] for any kind: a body of an encrypted
+    /// kind is encrypted in place, any other is authenticated in clear.
+    pub fn seal_kind(
+        &self,
+        kind: u8,
+        sender: u32,
+        counter: u64,
+        frame: &mut [u8],
+    ) -> Result<(), LinkError> {
         if frame.len() < FRAME_OVERHEAD {
             return Err(LinkError::TooShort(frame.len()));
         }
+        if !known_kind(kind) {
+            return Err(LinkError::UnknownKind(kind));
+        }
         let header = FrameHeader {
-            kind: KIND_PACKET,
+            kind,
             sender,
             counter,
         };
-        frame[0] = KIND_PACKET;
+        frame[0] = kind;
         frame[1..5].copy_from_slice(&sender.to_be_bytes());
         frame[5..13].copy_from_slice(&counter.to_be_bytes());
         let body_end = frame.len() - TAG_LEN;
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(header.nonce(), Aad::from(&frame[..body_end]), &mut [])
-            .map_err(|_| LinkError::BadTag)?;
+        let tag = if encrypted_kind(kind) {
+            let (head, body) = frame[..body_end].split_at_mut(FRAME_HEADER_LEN);
+            self.key
+                .seal_in_place_separate_tag(header.nonce(), Aad::from(&head[..]), body)
+        } else {
+            self.key.seal_in_place_separate_tag(
+                header.nonce(),
+                Aad::from(&frame[..body_end]),
+                &mut [],
+            )
+        }
+        .map_err(|_| LinkError::BadTag)?;
         frame[body_end..].copy_from_slice(tag.as_ref());
         Ok(())
     }
 
-    /// Authenticate `frame` and return its header and packet. The caller
-    /// checks the counter against the sender's [`ReplayWindow`] before (to
-    /// save work) and commits it after this succeeds.
+    /// Authenticate `frame` (of a clear kind) and return its header and
+    /// packet. The caller checks the counter against the sender's
+    /// [`ReplayWindow`] before (to save work) and commits it after this
+    /// succeeds.
     pub fn open<'a>(&self, frame: &'a [u8]) -> Result<(FrameHeader, &'a [u8]), LinkError> {
         let header = FrameHeader::peek(frame)?;
+        if encrypted_kind(header.kind) {
+            return Err(LinkError::UnknownKind(header.kind));
+        }
         let body_end = frame.len() - TAG_LEN;
         let mut tag = [0u8; TAG_LEN];
         tag.copy_from_slice(&frame[body_end..]);
@@ -191,6 +243,25 @@ impl LinkKey {
             .open_in_place(header.nonce(), Aad::from(&frame[..body_end]), &mut tag)
             .map_err(|_| LinkError::BadTag)?;
         Ok((header, &frame[FRAME_HEADER_LEN..body_end]))
+    }
+
+    /// Authenticate and decrypt `frame` (of an encrypted kind) in place and
+    /// return its header and the plaintext body. On failure the body is left
+    /// unusable.
+    pub fn open_in_place<'a>(
+        &self,
+        frame: &'a mut [u8],
+    ) -> Result<(FrameHeader, &'a mut [u8]), LinkError> {
+        let header = FrameHeader::peek(frame)?;
+        if !encrypted_kind(header.kind) {
+            return Err(LinkError::UnknownKind(header.kind));
+        }
+        let (head, rest) = frame.split_at_mut(FRAME_HEADER_LEN);
+        let body_len = rest.len() - TAG_LEN;
+        self.key
+            .open_in_place(header.nonce(), Aad::from(&head[..]), rest)
+            .map_err(|_| LinkError::BadTag)?;
+        Ok((header, &mut rest[..body_len]))
     }
 }
 
