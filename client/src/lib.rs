@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 mod fragment;
+pub mod model;
 pub mod registration;
 
 use std::collections::{HashMap, VecDeque};

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use loopix_client::model::{exp_cdf, ks_statistic, ks_two_sample};
 use loopix_client::{
     Address, Client, ClientLimits, ClientTopology, Event, NodeInfo, PacketKind, Rates,
 };
@@ -214,31 +215,7 @@ fn bad_packets_are_counted_not_fatal() {
 
 /// Kolmogorov-Smirnov statistic of `xs` against Exp(rate).
 fn ks_exponential(xs: &mut [f64], rate: f64) -> f64 {
-    xs.sort_by(|a, b| a.total_cmp(b));
-    let n = xs.len() as f64;
-    xs.iter()
-        .enumerate()
-        .map(|(i, &x)| {
-            let f = 1.0 - (-rate * x).exp();
-            (f - i as f64 / n).abs().max(((i + 1) as f64 / n - f).abs())
-        })
-        .fold(0.0, f64::max)
-}
-
-/// Two-sample Kolmogorov-Smirnov statistic.
-fn ks_two_sample(a: &mut [f64], b: &mut [f64]) -> f64 {
-    a.sort_by(|x, y| x.total_cmp(y));
-    b.sort_by(|x, y| x.total_cmp(y));
-    let (mut i, mut j, mut d) = (0usize, 0usize, 0.0f64);
-    while i < a.len() && j < b.len() {
-        if a[i] <= b[j] {
-            i += 1;
-        } else {
-            j += 1;
-        }
-        d = d.max((i as f64 / a.len() as f64 - j as f64 / b.len() as f64).abs());
-    }
-    d
+    ks_statistic(xs, |x| exp_cdf(1.0 / rate, x))
 }
 
 fn inter_departures(sent: &[(u64, PacketKind)]) -> Vec<f64> {
