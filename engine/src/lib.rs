@@ -18,5 +18,6 @@ pub mod metrics;
 pub mod node;
 pub mod replay;
 pub mod shard;
+pub mod supervise;
 pub mod topology;
 pub mod wheel;

@@ -104,3 +104,17 @@ pub fn set_timer_slack_ns(ns: u64) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// Send `signal` to process `pid` (a child this process started).
+#[allow(unsafe_code)] // reason: kill(2) with integer arguments only
+pub fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+    // SAFETY: kill takes two integers and no pointers.
+    let rc = unsafe { libc::kill(pid, signal) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
