@@ -161,7 +161,8 @@ fn serve(socket: &UdpSocket, net: &Net, state: &Mutex<State>, stop: &AtomicBool)
         let Ok((n, from)) = socket.recv_from(&mut buf) else {
             continue;
         };
-        let mut st = state.lock().expect("not poisoned");
+        // A failed test may have poisoned the lock: keep serving anyway.
+        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
         let frame = &mut buf[..n];
         let Ok(h) = FrameHeader::peek(frame) else {
             st.bad_client_frames += 1;
@@ -252,6 +253,16 @@ fn serve(socket: &UdpSocket, net: &Net, state: &Mutex<State>, stop: &AtomicBool)
             }
             _ => st.bad_client_frames += 1,
         }
+    }
+}
+
+/// Wait (at most 5 s) until the fake provider's state satisfies `done`:
+/// the client's last frames may still be in flight when it returns.
+fn wait_for(state: &Mutex<State>, done: impl Fn(&State) -> bool) {
+    let end = Instant::now() + Duration::from_secs(5);
+    while !done(&state.lock().expect("not poisoned")) {
+        assert!(Instant::now() < end, "fake provider never caught up");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -382,6 +393,9 @@ fn delivers_whole_acks_and_ignores_redelivery_and_bad_frames() {
         }
     }
     let s = d.stats();
+    wait_for(&fake.state, |st| {
+        st.client_packets == s.packets_sent && st.pulls == s.pulls_sent
+    });
     let st = fake.state.lock().expect("not poisoned");
     assert_eq!(messages, vec![text], "one whole message, once");
     assert!(loops >= 2, "loops come back: {loops}");
@@ -448,6 +462,7 @@ fn surb_reply_leaves_through_the_driver() {
     }
     assert!(replied && d.client().stats().sent_reply == 1);
     // The reply was routed by the fake provider into B's mailbox.
+    wait_for(&fake.state, |st| st.mailboxes.contains_key(&mb_b));
     let inbox = fake
         .state
         .lock()
