@@ -20,9 +20,13 @@
 //! are queued (real messages only replace drops of the `lambda_p` stream);
 //! every buffer and table is bounded (`ClientLimits`); bytes from the
 //! network never panic the core: bad ones are counted and dropped.
+//!
+//! [`driver`] puts one core online over a UDP socket; it is the only module
+//! of this crate with a socket or a clock.
 
 #![forbid(unsafe_code)]
 
+pub mod driver;
 mod fragment;
 pub mod model;
 pub mod registration;
@@ -340,6 +344,23 @@ impl Client {
         client.next_d = next_after(rng, now_us, rates.lambda_d);
         client.next_pull = (rates.pull_period_us > 0).then_some(now_us + rates.pull_period_us);
         Ok(client)
+    }
+
+    /// Replace the topology (a new key epoch, nodes joining or leaving).
+    /// Own provider must still be in it; packets already built keep the
+    /// old keys, and the queue, SURBs and loops in flight are kept.
+    pub fn set_topology(&mut self, topology: Arc<ClientTopology>) -> Result<(), ClientError> {
+        if topology.layers.is_empty() || topology.layers.iter().any(|l| l.is_empty()) {
+            return Err(ClientError::Topology("every mix layer needs a node"));
+        }
+        let provider = topology
+            .providers
+            .iter()
+            .position(|p| p.id == self.me.provider)
+            .ok_or(ClientError::Topology("own provider not in the topology"))?;
+        self.topology = topology;
+        self.provider = provider;
+        Ok(())
     }
 
     /// This client's address, to give to others.

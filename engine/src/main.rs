@@ -1,10 +1,11 @@
 //! The `loopix` command: `keygen` writes a node's keys, `mix` runs a mix
-//! node. Errors print one message naming the problem and exit 1; usage
-//! mistakes exit 2.
+//! node, `client ...` is the Loopix client (see `client_cli`). Errors
+//! print one message naming the problem and exit 1; usage mistakes exit 2.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use loopix_engine::client_cli;
 use loopix_engine::config::MixConfig;
 use loopix_engine::keyfile::{self, epoch_at, unix_now_s};
 use loopix_engine::node;
@@ -18,10 +19,15 @@ const USAGE: &str = "usage:
       from the current one) into DIR, mode 0600, never overwriting a key;
       prints the public descriptor (also in DIR/node.toml)
   loopix mix --config FILE
-      run a mix node (see systemd/mix.example.toml)";
+      run a mix node (see systemd/mix.example.toml)
+{CLIENT}";
+
+fn usage_text() -> String {
+    USAGE.replace("{CLIENT}", client_cli::USAGE)
+}
 
 fn usage(msg: &str) -> ExitCode {
-    eprintln!("loopix: {msg}\n{USAGE}");
+    eprintln!("loopix: {msg}\n{}", usage_text());
     ExitCode::from(2)
 }
 
@@ -30,6 +36,9 @@ fn main() -> ExitCode {
     let Some(cmd) = args.first() else {
         return usage("missing command");
     };
+    if cmd == "client" {
+        return client_cli::main(&args[1..]);
+    }
     let mut opts = std::collections::HashMap::new();
     let mut it = args[1..].iter();
     while let Some(a) = it.next() {
@@ -86,7 +95,7 @@ fn main() -> ExitCode {
                 .and_then(|c| node::run_mix(&c))
         }
         "help" | "--help" | "-h" => {
-            println!("{USAGE}");
+            println!("{}", usage_text());
             Ok(())
         }
         other => return usage(&format!("unknown command {other:?}")),

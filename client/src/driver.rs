@@ -1,0 +1,481 @@
+//! The client's network driver: one [`Client`] over a blocking
+//! `std::net::UdpSocket` to its provider. This is the only file of the
+//! crate with a socket or a clock; the core stays sans-IO.
+//!
+//! What it does, in one loop ([`Driver::run_until`]):
+//! - runs the core's due stream events ([`Client::handle_timeout`]) and sends
+//!   each resulting packet at once, in order, as a `KIND_CLIENT_PACKET`
+//!   frame: the core hands out a packet only once its scheduled time has
+//!   come, so a packet is never early, never skipped and never reordered,
+//!   and a late one (the driver was busy) leaves as soon as it can;
+//! - on each [`Event::Pull`] sends a pull request carrying the ids of the
+//!   messages received since the last pull (at most
+//!   [`access::max_acks`]; the rest wait for the next pull);
+//! - receives the provider's delivery frames, checks the source address,
+//!   the length, the kind, the counter (a [`ReplayWindow`]), the tag and
+//!   the request id, and feeds each message it has not handled yet to
+//!   [`Client::handle_packet`]; a re-delivered message (the provider sends
+//!   it in every answer until acknowledged) is acknowledged again but not
+//!   processed twice;
+//! - hands every other event to the caller's callback.
+//!
+//! Invariants: bytes from the network never panic the driver; each drop is
+//! counted under its reason in [`DriverStats`]. Frame counters (packets and
+//! pulls share one sequence) are strictly increasing and start at the wall
+//! clock in microseconds, so a restarted client's counters are above what
+//! its provider last saw. Every table is bounded ([`HANDLED_IDS`],
+//! [`RECENT_REQUESTS`]).
+
+use std::collections::{HashSet, VecDeque};
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use loopix_crypto::access::{self, AccessError, PullRequest, PROVIDER_SENDER};
+use loopix_crypto::link::{FrameHeader, KIND_DELIVERY};
+use loopix_crypto::{Geometry, LinkError, LinkKey, MailboxId, ReplayWindow};
+use rand_core::OsRng;
+
+use crate::{Client, Event, Registration};
+
+/// Message ids remembered as handled (to ignore re-deliveries).
+pub const HANDLED_IDS: usize = 65_536;
+/// Pull requests whose answers are still accepted. Answers to other
+/// requests are dropped: a restarted client has a fresh replay window, and
+/// the request id keeps old answers, replayed by someone, out.
+pub const RECENT_REQUESTS: usize = 64;
+/// A packet sent more than this after its scheduled time counts as late.
+pub const LATE_US: u64 = 1_000;
+
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+/// The driver's clock: microseconds on a monotonic clock, from the first
+/// call in this process. Create the [`Client`] a driver runs with this
+/// clock's `now_us()`.
+pub fn now_us() -> u64 {
+    origin().elapsed().as_micros() as u64
+}
+
+fn instant_of(us: u64) -> Instant {
+    origin() + Duration::from_micros(us)
+}
+
+/// What the event callback wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep running.
+    Continue,
+    /// Return from [`Driver::run_until`] now (events not yet handed out stay
+    /// queued for the next call).
+    Stop,
+}
+
+/// Why [`Driver::run_until`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The callback returned [`Flow::Stop`].
+    Stopped,
+    /// The deadline passed.
+    Deadline,
+}
+
+/// What the driver sent, received and dropped.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DriverStats {
+    /// Sphinx packets sent (every stream).
+    pub packets_sent: u64,
+    /// Packets sent more than [`LATE_US`] after their scheduled time.
+    pub packets_late: u64,
+    /// Largest lateness seen, microseconds.
+    pub late_us_max: u64,
+    /// Pull requests sent.
+    pub pulls_sent: u64,
+    /// Acknowledgements sent in pulls.
+    pub acks_sent: u64,
+    /// Datagrams that failed to leave (`send_to` errors).
+    pub send_errors: u64,
+    /// Datagrams received, good or bad.
+    pub frames_received: u64,
+    /// Delivery frames carrying a message.
+    pub deliveries_real: u64,
+    /// Delivery frames that were dummies.
+    pub deliveries_dummy: u64,
+    /// Messages delivered again after they were handled (acknowledged
+    /// again, not processed).
+    pub duplicates: u64,
+    /// Dropped: not from the provider's address.
+    pub drop_wrong_source: u64,
+    /// Dropped: not the length of a delivery frame.
+    pub drop_wrong_length: u64,
+    /// Dropped: unknown kind, or not a delivery frame from the provider.
+    pub drop_wrong_kind: u64,
+    /// Dropped: counter replayed or behind the window.
+    pub drop_replayed: u64,
+    /// Dropped: the tag did not verify (wrong key, tampered).
+    pub drop_bad_tag: u64,
+    /// Dropped: authentic but a malformed body.
+    pub drop_malformed: u64,
+    /// Dropped: an answer to a pull this driver did not send recently.
+    pub drop_unknown_request: u64,
+    /// Receive errors other than timeouts.
+    pub recv_errors: u64,
+}
+
+/// One [`Client`] online: the core, its access-link state and the socket.
+pub struct Driver {
+    client: Client,
+    geometry: Geometry,
+    socket: UdpSocket,
+    provider: SocketAddr,
+    key: LinkKey,
+    slot: u32,
+    mailbox: MailboxId,
+    counter: u64,
+    window: ReplayWindow,
+    /// Ids to acknowledge in the next pulls, oldest first, no repeats.
+    acks: VecDeque<u64>,
+    ack_set: HashSet<u64>,
+    handled: HashSet<u64>,
+    handled_order: VecDeque<u64>,
+    requests: VecDeque<u64>,
+    rng: OsRng,
+    send_buf: Vec<u8>,
+    recv_buf: Vec<u8>,
+    stats: DriverStats,
+}
+
+fn wall_clock_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+impl Driver {
+    /// Put `client` online through `socket` with the access link of
+    /// `registration` (which must be the client's: same mailbox and
+    /// provider). The socket is switched to blocking mode.
+    pub fn new(
+        client: Client,
+        registration: &Registration,
+        geometry: Geometry,
+        socket: UdpSocket,
+    ) -> io::Result<Driver> {
+        let me = client.address();
+        if me.mailbox != registration.mailbox || me.provider != registration.provider_id {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the registration's mailbox or provider_id is not the client's",
+            ));
+        }
+        socket.set_nonblocking(false)?;
+        Ok(Driver {
+            client,
+            geometry,
+            socket,
+            provider: registration.provider_address,
+            key: LinkKey::from_bytes(&registration.access_key),
+            slot: registration.slot,
+            mailbox: registration.mailbox,
+            counter: wall_clock_us(),
+            window: ReplayWindow::new(),
+            acks: VecDeque::new(),
+            ack_set: HashSet::new(),
+            handled: HashSet::new(),
+            handled_order: VecDeque::new(),
+            requests: VecDeque::new(),
+            rng: OsRng,
+            send_buf: vec![0u8; geometry.frame_len()],
+            // One byte more than a delivery frame, to see longer datagrams.
+            recv_buf: vec![0u8; access::delivery_frame_len(&geometry) + 1],
+            stats: DriverStats::default(),
+        })
+    }
+
+    /// The core.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The core, to send, reply or change the topology.
+    pub fn client_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> DriverStats {
+        self.stats
+    }
+
+    /// Acknowledgements waiting for the next pull.
+    pub fn acks_pending(&self) -> usize {
+        self.acks.len()
+    }
+
+    /// The socket's local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Run until `deadline` or until `on_event` returns [`Flow::Stop`]:
+    /// send what is due, pull when due, receive and handle deliveries, and
+    /// hand out messages, replies and returned loops. Errors are socket
+    /// errors that retrying cannot fix; everything a peer can cause is
+    /// counted instead.
+    pub fn run_until(
+        &mut self,
+        deadline: Instant,
+        mut on_event: impl FnMut(&mut Client, Event) -> Flow,
+    ) -> io::Result<RunEnd> {
+        loop {
+            self.client.handle_timeout(now_us(), &mut self.rng);
+            self.flush_transmits();
+            if self.dispatch(&mut on_event) == Flow::Stop {
+                return Ok(RunEnd::Stopped);
+            }
+            if Instant::now() >= deadline {
+                return Ok(RunEnd::Deadline);
+            }
+            let until = match self.client.poll_timeout() {
+                Some(t) => instant_of(t).min(deadline),
+                None => deadline,
+            };
+            if self.receive_until(until, &mut on_event)? == Flow::Stop {
+                return Ok(RunEnd::Stopped);
+            }
+        }
+    }
+
+    fn next_counter(&mut self) -> u64 {
+        let c = self.counter;
+        self.counter += 1;
+        c
+    }
+
+    fn send_frame(&mut self) {
+        match self.socket.send_to(&self.send_buf, self.provider) {
+            Ok(_) => {}
+            Err(_) => self.stats.send_errors += 1,
+        }
+    }
+
+    /// Send every packet the core has released, in order. Each was due
+    /// when released (its time is at or before the `now` given to
+    /// `handle_timeout`).
+    fn flush_transmits(&mut self) {
+        while let Some(tx) = self.client.poll_transmit() {
+            let late = now_us().saturating_sub(tx.at_us);
+            if late > LATE_US {
+                self.stats.packets_late += 1;
+            }
+            self.stats.late_us_max = self.stats.late_us_max.max(late);
+            let counter = self.next_counter();
+            match access::seal_client_packet(
+                &self.key,
+                self.slot,
+                counter,
+                &tx.packet,
+                &mut self.send_buf,
+            ) {
+                Ok(()) => {
+                    self.send_frame();
+                    self.stats.packets_sent += 1;
+                }
+                // The core's packets are always `packet_len`; counted in
+                // case that ever breaks rather than panicking.
+                Err(_) => self.stats.send_errors += 1,
+            }
+        }
+    }
+
+    fn send_pull(&mut self) {
+        let n = self.acks.len().min(access::max_acks(&self.geometry));
+        let acks: Vec<u64> = self.acks.drain(..n).collect();
+        for id in &acks {
+            self.ack_set.remove(id);
+        }
+        let counter = self.next_counter();
+        // The counter is unique, so it serves as the request id too.
+        let request = PullRequest {
+            request_id: counter,
+            mailbox: self.mailbox,
+            acks,
+        };
+        match request.seal(
+            &self.geometry,
+            &self.key,
+            self.slot,
+            counter,
+            &mut self.send_buf,
+        ) {
+            Ok(()) => {
+                self.send_frame();
+                self.stats.pulls_sent += 1;
+                self.stats.acks_sent += request.acks.len() as u64;
+                if self.requests.len() >= RECENT_REQUESTS {
+                    self.requests.pop_front();
+                }
+                self.requests.push_back(counter);
+            }
+            Err(_) => self.stats.send_errors += 1,
+        }
+    }
+
+    /// Hand out queued events: pulls are the driver's own, the rest go to
+    /// the callback.
+    fn dispatch(&mut self, on_event: &mut impl FnMut(&mut Client, Event) -> Flow) -> Flow {
+        while let Some(event) = self.client.poll_event() {
+            match event {
+                Event::Pull { .. } => self.send_pull(),
+                other => {
+                    if on_event(&mut self.client, other) == Flow::Stop {
+                        return Flow::Stop;
+                    }
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    fn receive_until(
+        &mut self,
+        until: Instant,
+        on_event: &mut impl FnMut(&mut Client, Event) -> Flow,
+    ) -> io::Result<Flow> {
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return Ok(Flow::Continue);
+            }
+            // A zero timeout means "block forever" to the OS: never pass it.
+            let wait = (until - now).max(Duration::from_micros(1));
+            self.socket.set_read_timeout(Some(wait))?;
+            match self.socket.recv_from(&mut self.recv_buf) {
+                Ok((n, from)) => {
+                    self.stats.frames_received += 1;
+                    self.handle_datagram(n, from);
+                    if self.dispatch(on_event) == Flow::Stop {
+                        return Ok(Flow::Stop);
+                    }
+                    // `until` still holds: what the callback queues leaves
+                    // on the core's own stream events, not earlier.
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(Flow::Continue)
+                }
+                // A signal: let the caller look at its flags.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Flow::Continue),
+                // ICMP errors from earlier sends and the like: nothing to
+                // receive now; try again on the next round.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionRefused
+                            | io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::HostUnreachable
+                            | io::ErrorKind::NetworkUnreachable
+                    ) =>
+                {
+                    self.stats.recv_errors += 1;
+                    return Ok(Flow::Continue);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn remember_handled(&mut self, id: u64) {
+        if self.handled_order.len() >= HANDLED_IDS {
+            if let Some(old) = self.handled_order.pop_front() {
+                self.handled.remove(&old);
+            }
+        }
+        self.handled.insert(id);
+        self.handled_order.push_back(id);
+    }
+
+    fn queue_ack(&mut self, id: u64) {
+        if !self.ack_set.insert(id) {
+            return;
+        }
+        if self.acks.len() >= HANDLED_IDS {
+            // Bounded: a message whose ack is forgotten is delivered again
+            // and acknowledged then.
+            if let Some(old) = self.acks.pop_front() {
+                self.ack_set.remove(&old);
+            }
+        }
+        self.acks.push_back(id);
+    }
+
+    /// Check and handle one datagram of `n` bytes in `recv_buf`.
+    fn handle_datagram(&mut self, n: usize, from: SocketAddr) {
+        if from != self.provider {
+            self.stats.drop_wrong_source += 1;
+            return;
+        }
+        if n != access::delivery_frame_len(&self.geometry) {
+            self.stats.drop_wrong_length += 1;
+            return;
+        }
+        let frame = &mut self.recv_buf[..n];
+        let header = match FrameHeader::peek(frame) {
+            Ok(h) => h,
+            Err(_) => {
+                self.stats.drop_wrong_kind += 1;
+                return;
+            }
+        };
+        if header.kind != KIND_DELIVERY || header.sender != PROVIDER_SENDER {
+            self.stats.drop_wrong_kind += 1;
+            return;
+        }
+        // Cheap check first; commit only once the frame authenticated.
+        if self.window.check(header.counter).is_err() {
+            self.stats.drop_replayed += 1;
+            return;
+        }
+        let delivery = match access::open_delivery(&self.geometry, &self.key, frame) {
+            Ok((_, d)) => d,
+            Err(AccessError::Link(LinkError::BadTag)) => {
+                self.stats.drop_bad_tag += 1;
+                return;
+            }
+            Err(AccessError::WrongKind(_)) | Err(AccessError::Link(LinkError::UnknownKind(_))) => {
+                self.stats.drop_wrong_kind += 1;
+                return;
+            }
+            Err(_) => {
+                self.stats.drop_malformed += 1;
+                return;
+            }
+        };
+        self.window.commit(header.counter);
+        if !self.requests.contains(&delivery.request_id) {
+            self.stats.drop_unknown_request += 1;
+            return;
+        }
+        let Some((id, packet)) = delivery.message else {
+            self.stats.deliveries_dummy += 1;
+            return;
+        };
+        self.stats.deliveries_real += 1;
+        if self.handled.contains(&id) {
+            // Our ack was lost or is on its way: acknowledge again.
+            self.stats.duplicates += 1;
+            self.queue_ack(id);
+            return;
+        }
+        self.client.handle_packet(now_us(), packet);
+        self.remember_handled(id);
+        self.queue_ack(id);
+    }
+}

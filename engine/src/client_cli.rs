@@ -1,0 +1,863 @@
+//! `loopix client ...`: the command-line Loopix client. `init` writes a
+//! client directory from what the provider's registration printed; `send`,
+//! `recv` and `run` put the client online through
+//! [`loopix_client::driver::Driver`]; `address` prints the address to give
+//! to correspondents.
+//!
+//! A client directory holds:
+//! - `client.key`: the client's X25519 Sphinx secret (hex, mode 0600);
+//! - `registration.toml`: slot, mailbox and access key at the provider
+//!   (mode 0600: the access key is a secret);
+//! - `client.toml`: the topology file's absolute path and the rates
+//!   ([`ClientConfig`]);
+//! - `address.toml`: the public address.
+//!
+//! Output for scripts: stdout carries one line per event, `message <n>
+//! bytes: <text>` (or `message <n> bytes hex: <hex>` when the bytes are
+//! not UTF-8, or `message <n> bytes saved: <path>` with `--out`), `reply
+//! <n> bytes: ...` the same way, and `sent <n> bytes in <k> fragments`;
+//! progress goes to stderr. Exit codes: 0 done, 1 failed or timed out, 2
+//! usage. Every online command prints what arrives, because what it pulls is
+//! acknowledged and so deleted at the provider.
+//!
+//! Key epochs: the topology is converted for the current epoch
+//! ([`client_topology`]) and re-read from its file whenever the epoch
+//! changes while online.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use loopix_client::driver::{self, Driver, Flow};
+use loopix_client::{
+    Address, Client, ClientLimits, ClientTopology, Event, NodeInfo, Rates, Registration,
+};
+use loopix_crypto::{Geometry, RouteKey, SecretKey};
+use rand_core::OsRng;
+use serde::{Deserialize, Serialize};
+
+use crate::keyfile::{epoch_at, read_secret, unix_now_s};
+use crate::topology::{Role, Topology};
+
+/// The client commands, for `loopix help`.
+pub const USAGE: &str = "  loopix client init --dir DIR --registration FILE --topology FILE
+      [--lambda-p PER_S] [--lambda-l PER_S] [--lambda-d PER_S] [--mu-ms MS] [--pull-ms MS]
+      create a client in DIR (keys mode 0600) from what `provider register`
+      printed; prints the address (also in DIR/address.toml)
+  loopix client send --dir DIR --to ADDRESS_FILE [--surb] [--wait-reply SECONDS] [TEXT]
+      send TEXT (or stdin); stays online until every fragment has left, with
+      --wait-reply (implies --surb) until the reply arrives (exit 1 if not)
+  loopix client recv --dir DIR [--count N] [--timeout SECONDS] [--out DIR] [--reply TEXT]
+      print (or save to --out) messages as they arrive; --reply answers each
+      message that carried a SURB; exit 0 after N messages, 1 on timeout
+  loopix client run --dir DIR
+      stay online until SIGINT/SIGTERM: cover traffic, messages, loop summary
+  loopix client address --dir DIR
+      print the client's address";
+
+/// Default payload rate (`lambda_p`), per second: a message fragment or a
+/// drop every half second on average, so a short message leaves within
+/// about a second. The paper's evaluation uses 10 per minute for each
+/// stream; an interactive CLI client wants a shorter wait.
+pub const DEFAULT_LAMBDA_P: f64 = 2.0;
+/// Default loop rate (`lambda_l`), per second.
+pub const DEFAULT_LAMBDA_L: f64 = 1.0;
+/// Default drop rate (`lambda_d`), per second.
+pub const DEFAULT_LAMBDA_D: f64 = 1.0;
+/// Default mean per-hop delay (1/mu), milliseconds: the paper's evaluation
+/// setting (mu = 1000). Raise it for more mixing at the cost of latency.
+pub const DEFAULT_MEAN_DELAY_MS: f64 = 1.0;
+/// Default pull period, milliseconds.
+pub const DEFAULT_PULL_MS: u64 = 1000;
+
+/// How long one `run_until` slice lasts: signals, epochs and exit
+/// conditions are looked at between slices.
+const SLICE: Duration = Duration::from_millis(100);
+/// How often `run` prints its summary.
+const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
+/// `client.toml`: every field is required; unknown fields are refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The topology file (absolute path).
+    pub topology: PathBuf,
+    /// Payload stream (real fragments or drops), per second; above 0.
+    pub lambda_p: f64,
+    /// Loop stream, per second; 0 turns it off.
+    pub lambda_l: f64,
+    /// Drop stream, per second; 0 turns it off.
+    pub lambda_d: f64,
+    /// Mean per-hop delay (1/mu), milliseconds; above 0.
+    pub mean_delay_ms: f64,
+    /// Pull period, milliseconds; at least 1.
+    pub pull_ms: u64,
+}
+
+impl ClientConfig {
+    /// Check ranges; errors name the field and the fix.
+    pub fn check(&self) -> Result<(), String> {
+        let rate = |name: &str, v: f64, zero_ok: bool| {
+            if !v.is_finite() || v < 0.0 || (v == 0.0 && !zero_ok) || v > 1e6 {
+                Err(format!(
+                    "{name} must be a number of packets per second {} 1000000, not {v}",
+                    if zero_ok {
+                        "from 0 to"
+                    } else {
+                        "above 0 and at most"
+                    }
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        rate("lambda_p", self.lambda_p, false)?;
+        rate("lambda_l", self.lambda_l, true)?;
+        rate("lambda_d", self.lambda_d, true)?;
+        if !self.mean_delay_ms.is_finite()
+            || self.mean_delay_ms <= 0.0
+            || self.mean_delay_ms > 3_600_000.0
+        {
+            return Err(format!(
+                "mean_delay_ms must be above 0 and at most 3600000 (one hour), not {}",
+                self.mean_delay_ms
+            ));
+        }
+        if self.pull_ms == 0 || self.pull_ms > 3_600_000 {
+            return Err(format!(
+                "pull_ms must be from 1 to 3600000, not {}",
+                self.pull_ms
+            ));
+        }
+        if !self.topology.is_absolute() {
+            return Err(format!(
+                "topology must be an absolute path, not {}",
+                self.topology.display()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Read and check a config file; errors start with the path.
+    pub fn load(path: &Path) -> Result<ClientConfig, String> {
+        let text = fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let c: ClientConfig = toml::from_str(&text)
+            .map_err(|e| format!("{}: {}", path.display(), e.to_string().trim_end()))?;
+        c.check().map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(c)
+    }
+
+    /// The core's rates.
+    pub fn rates(&self) -> Rates {
+        Rates {
+            lambda_p: self.lambda_p,
+            lambda_l: self.lambda_l,
+            lambda_d: self.lambda_d,
+            mean_delay_us: self.mean_delay_ms * 1000.0,
+            pull_period_us: self.pull_ms * 1000,
+        }
+    }
+}
+
+/// The client's view of `topology` in key epoch `epoch`: providers, and
+/// mix layers `1..=layers`, each node with its Sphinx key of that epoch.
+/// Fails, naming the node, if a node has no key for the epoch.
+pub fn client_topology(topology: &Topology, epoch: u64) -> Result<ClientTopology, String> {
+    let mut providers = Vec::new();
+    let mut layers: Vec<Vec<NodeInfo>> = vec![Vec::new(); usize::from(topology.layers)];
+    for (i, n) in topology.nodes.iter().enumerate() {
+        let who = format!("node {i} ({})", n.id);
+        let key = n.mix_keys.get(&epoch).ok_or_else(|| {
+            format!(
+                "{who} has no mix key for epoch {epoch} (the current one); \
+                 the topology needs every node's key for the current epoch"
+            )
+        })?;
+        let key = RouteKey::new(key)
+            .map_err(|e| format!("{who}: mix key for epoch {epoch} is not usable: {e}"))?;
+        let info = NodeInfo {
+            id: n.id,
+            key: Arc::new(key),
+        };
+        match n.role {
+            Role::Provider => providers.push(info),
+            Role::Mix => {
+                let layer = usize::from(n.layer)
+                    .checked_sub(1)
+                    .and_then(|l| layers.get_mut(l))
+                    .ok_or_else(|| format!("{who}: layer {} out of range", n.layer))?;
+                layer.push(info);
+            }
+        }
+    }
+    Ok(ClientTopology { providers, layers })
+}
+
+/// Parsed command-line arguments of one subcommand.
+struct Args {
+    values: HashMap<String, String>,
+    switches: HashSet<String>,
+    positional: Vec<String>,
+}
+
+impl Args {
+    fn parse(
+        args: &[String],
+        with_value: &[&str],
+        switches: &[&str],
+        positional_max: usize,
+    ) -> Result<Args, String> {
+        let mut out = Args {
+            values: HashMap::new(),
+            switches: HashSet::new(),
+            positional: Vec::new(),
+        };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            if let Some(name) = a.strip_prefix("--") {
+                if switches.contains(&name) {
+                    out.switches.insert(name.to_string());
+                } else if with_value.contains(&name) {
+                    let v = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
+                    if out.values.insert(name.to_string(), v.clone()).is_some() {
+                        return Err(format!("--{name} given twice"));
+                    }
+                } else {
+                    return Err(format!("unknown option --{name}"));
+                }
+            } else if out.positional.len() < positional_max {
+                out.positional.push(a.clone());
+            } else {
+                return Err(format!("unexpected argument {a:?}"));
+            }
+        }
+        Ok(out)
+    }
+
+    fn required(&self, name: &str) -> Result<&str, String> {
+        self.values
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| format!("--{name} is required"))
+    }
+
+    fn number<T: std::str::FromStr>(&self, name: &str, what: &str) -> Result<Option<T>, String> {
+        self.values
+            .get(name)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| format!("--{name} must be {what}, not {v:?}"))
+            })
+            .transpose()
+    }
+
+    fn seconds(&self, name: &str) -> Result<Option<Duration>, String> {
+        match self.number::<f64>(name, "a number of seconds")? {
+            Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Some(Duration::from_secs_f64(s))),
+            Some(s) => Err(format!("--{name} must be above 0 seconds, not {s}")),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Run `loopix client ARGS...`; `args` starts after `client`.
+pub fn main(args: &[String]) -> ExitCode {
+    let Some(sub) = args.first() else {
+        return usage("client needs a subcommand");
+    };
+    let rest = &args[1..];
+    let parsed = match sub.as_str() {
+        "init" => Args::parse(
+            rest,
+            &[
+                "dir",
+                "registration",
+                "topology",
+                "lambda-p",
+                "lambda-l",
+                "lambda-d",
+                "mu-ms",
+                "pull-ms",
+            ],
+            &[],
+            0,
+        ),
+        "send" => Args::parse(rest, &["dir", "to", "wait-reply"], &["surb"], 1),
+        "recv" => Args::parse(rest, &["dir", "count", "timeout", "out", "reply"], &[], 0),
+        "run" | "address" => Args::parse(rest, &["dir"], &[], 0),
+        other => return usage(&format!("unknown client subcommand {other:?}")),
+    };
+    let outcome = parsed.and_then(|a| {
+        let dir = PathBuf::from(a.required("dir")?);
+        Ok(match sub.as_str() {
+            "init" => init(&dir, &a),
+            "send" => send(&dir, &a),
+            "recv" => recv(&dir, &a),
+            "run" => run(&dir),
+            _ => address(&dir),
+        })
+    });
+    match outcome {
+        // A usage mistake: found before anything was done.
+        Err(msg) => usage(&msg),
+        Ok(Outcome::Usage(msg)) => usage(&msg),
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed(msg)) => {
+            eprintln!("loopix client {sub}: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage(msg: &str) -> ExitCode {
+    eprintln!("loopix client: {msg}\nusage:\n{USAGE}");
+    ExitCode::from(2)
+}
+
+/// How a subcommand ended.
+enum Outcome {
+    Done,
+    Usage(String),
+    Failed(String),
+}
+
+impl From<Result<(), String>> for Outcome {
+    fn from(r: Result<(), String>) -> Outcome {
+        match r {
+            Ok(()) => Outcome::Done,
+            Err(e) => Outcome::Failed(e),
+        }
+    }
+}
+
+/// Create `path` with mode 0600, refusing to overwrite.
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn write_new(path: &Path, text: &str) -> Result<(), String> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Read a file holding a secret, refusing it if others can read it.
+fn read_private(path: &Path) -> Result<String, String> {
+    let meta = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{}: mode {mode:o} lets others read a secret; run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        ));
+    }
+    fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn init(dir: &Path, a: &Args) -> Outcome {
+    let rates = (|| -> Result<_, String> {
+        let rate = |name: &str, default: f64| {
+            a.number::<f64>(name, "a number per second")
+                .map(|v| v.unwrap_or(default))
+        };
+        Ok((
+            rate("lambda-p", DEFAULT_LAMBDA_P)?,
+            rate("lambda-l", DEFAULT_LAMBDA_L)?,
+            rate("lambda-d", DEFAULT_LAMBDA_D)?,
+            a.number::<f64>("mu-ms", "a number of milliseconds")?
+                .unwrap_or(DEFAULT_MEAN_DELAY_MS),
+            a.number::<u64>("pull-ms", "a whole number of milliseconds")?
+                .unwrap_or(DEFAULT_PULL_MS),
+        ))
+    })();
+    let (lambda_p, lambda_l, lambda_d, mean_delay_ms, pull_ms) = match rates {
+        Ok(r) => r,
+        Err(e) => return Outcome::Usage(e),
+    };
+    let (reg_path, topo_path) = match (a.required("registration"), a.required("topology")) {
+        (Ok(r), Ok(t)) => (PathBuf::from(r), PathBuf::from(t)),
+        (Err(e), _) | (_, Err(e)) => return Outcome::Usage(e),
+    };
+    init_dir(
+        dir,
+        &reg_path,
+        &topo_path,
+        [lambda_p, lambda_l, lambda_d, mean_delay_ms],
+        pull_ms,
+    )
+    .into()
+}
+
+fn init_dir(
+    dir: &Path,
+    reg_path: &Path,
+    topo_path: &Path,
+    [lambda_p, lambda_l, lambda_d, mean_delay_ms]: [f64; 4],
+    pull_ms: u64,
+) -> Result<(), String> {
+    for name in ["client.key", "registration.toml", "client.toml"] {
+        let p = dir.join(name);
+        if p.exists() {
+            return Err(format!(
+                "{} exists: {} already holds a client; choose another --dir \
+                 (nothing was changed)",
+                p.display(),
+                dir.display()
+            ));
+        }
+    }
+    let reg_text = fs::read_to_string(reg_path)
+        .map_err(|e| format!("{}: cannot read: {e}", reg_path.display()))?;
+    let reg = Registration::parse(&reg_text)
+        .map_err(|e| format!("{}: {}", reg_path.display(), e.trim_end()))?;
+    let topology_abs = fs::canonicalize(topo_path)
+        .map_err(|e| format!("{}: cannot read: {e}", topo_path.display()))?;
+    let config = ClientConfig {
+        topology: topology_abs,
+        lambda_p,
+        lambda_l,
+        lambda_d,
+        mean_delay_ms,
+        pull_ms,
+    };
+    config
+        .check()
+        .map_err(|e| format!("{e} (from the command-line options)"))?;
+    let topology = Topology::load(&config.topology).map_err(|e| e.to_string())?;
+    check_provider(&topology, &reg, reg_path)?;
+    let epoch = epoch_at(unix_now_s(), topology.epoch_s);
+    client_topology(&topology, epoch).map_err(|e| format!("{}: {e}", topo_path.display()))?;
+
+    let secret = SecretKey::generate(&mut OsRng);
+    let address = Address {
+        provider: reg.provider_id,
+        mailbox: reg.mailbox,
+        key: secret.public_key(),
+    };
+    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    write_private(
+        &dir.join("client.key"),
+        &format!("{}\n", hex::encode(secret.to_bytes())),
+    )?;
+    write_private(&dir.join("registration.toml"), &reg.to_toml())?;
+    let config_text = format!(
+        "# loopix client config (written by `loopix client init`).\n\
+         # Rates are per second; mean_delay_ms is 1/mu per hop; pull_ms the pull period.\n{}",
+        toml::to_string(&config).map_err(|e| format!("client.toml: {e}"))?
+    );
+    write_new(&dir.join("client.toml"), &config_text)?;
+    let address_path = dir.join("address.toml");
+    // The address is public and derived: rewrite it if a stale one is there.
+    fs::write(&address_path, address.to_toml())
+        .map_err(|e| format!("{}: {e}", address_path.display()))?;
+    eprintln!("created client in {}", dir.display());
+    print!("{}", address.to_toml());
+    Ok(())
+}
+
+fn check_provider(topology: &Topology, reg: &Registration, reg_path: &Path) -> Result<(), String> {
+    let is_provider = topology
+        .nodes
+        .iter()
+        .any(|n| n.id == reg.provider_id && n.role == Role::Provider);
+    if is_provider {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: provider_id {} is not a provider in the topology; \
+             register with a provider the topology lists",
+            reg_path.display(),
+            reg.provider_id
+        ))
+    }
+}
+
+fn address(dir: &Path) -> Outcome {
+    let p = dir.join("address.toml");
+    match fs::read_to_string(&p) {
+        Ok(t) => {
+            print!("{t}");
+            Outcome::Done
+        }
+        Err(e) => Outcome::Failed(format!(
+            "{}: {e}; run `loopix client init` first",
+            p.display()
+        )),
+    }
+}
+
+/// A client directory loaded and online.
+struct Online {
+    driver: Driver,
+    topology_path: PathBuf,
+    topology: Topology,
+    epoch: u64,
+    stop: Arc<AtomicBool>,
+}
+
+impl Online {
+    fn open(dir: &Path) -> Result<Online, String> {
+        let config = ClientConfig::load(&dir.join("client.toml"))?;
+        let secret = read_secret(&dir.join("client.key")).map_err(|e| e.to_string())?;
+        let reg_path = dir.join("registration.toml");
+        let reg = Registration::parse(&read_private(&reg_path)?)
+            .map_err(|e| format!("{}: {}", reg_path.display(), e.trim_end()))?;
+        let topology = Topology::load(&config.topology).map_err(|e| e.to_string())?;
+        check_provider(&topology, &reg, &reg_path)?;
+        let epoch = epoch_at(unix_now_s(), topology.epoch_s);
+        let view = client_topology(&topology, epoch)
+            .map_err(|e| format!("{}: {e}", config.topology.display()))?;
+        let geometry = Geometry::DEFAULT;
+        let client = Client::new(
+            geometry,
+            Arc::new(view),
+            config.rates(),
+            ClientLimits::default(),
+            secret,
+            reg.mailbox,
+            reg.provider_id,
+            driver::now_us(),
+            &mut OsRng,
+        )
+        .map_err(|e| format!("{}: {e}", config.topology.display()))?;
+        let socket =
+            bind_for(reg.provider_address).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+        let driver =
+            Driver::new(client, &reg, geometry, socket).map_err(|e| format!("driver: {e}"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            signal_hook::flag::register(sig, Arc::clone(&stop))
+                .map_err(|e| format!("cannot install a signal handler: {e}"))?;
+        }
+        eprintln!(
+            "online: provider {} at {}, mailbox {}",
+            reg.provider_id, reg.provider_address, reg.mailbox
+        );
+        Ok(Online {
+            driver,
+            topology_path: config.topology,
+            topology,
+            epoch,
+            stop,
+        })
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// On a new key epoch, re-read the topology file and switch to the new
+    /// keys; on failure keep the old ones and say why.
+    fn refresh_epoch(&mut self) {
+        let epoch = epoch_at(unix_now_s(), self.topology.epoch_s);
+        if epoch == self.epoch {
+            return;
+        }
+        self.epoch = epoch;
+        match Topology::load(&self.topology_path) {
+            Ok(t) => self.topology = t,
+            Err(e) => eprintln!("epoch {epoch}: keeping the old topology: {e}"),
+        }
+        let result = client_topology(&self.topology, epoch).and_then(|v| {
+            self.driver
+                .client_mut()
+                .set_topology(Arc::new(v))
+                .map_err(|e| e.to_string())
+        });
+        match result {
+            Ok(()) => eprintln!("epoch {epoch}: switched to its keys"),
+            Err(e) => eprintln!(
+                "epoch {epoch}: still using the previous epoch's keys: {}: {e}",
+                self.topology_path.display()
+            ),
+        }
+    }
+
+    /// One slice online.
+    fn step(&mut self, on_event: impl FnMut(&mut Client, Event) -> Flow) -> Result<(), String> {
+        self.refresh_epoch();
+        self.driver
+            .run_until(Instant::now() + SLICE, on_event)
+            .map(|_| ())
+            .map_err(|e| format!("socket: {e}"))
+    }
+}
+
+/// A socket for talking to `provider`: on loopback if it is there (tests
+/// and local networks stay on loopback), else on every interface.
+fn bind_for(provider: SocketAddr) -> std::io::Result<UdpSocket> {
+    let ip = match provider.ip() {
+        IpAddr::V4(v4) if v4.is_loopback() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_loopback() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    UdpSocket::bind(SocketAddr::new(ip, 0))
+}
+
+/// The stdout line for a message or reply.
+fn show(what: &str, data: &[u8]) -> String {
+    match std::str::from_utf8(data) {
+        Ok(text) => format!("{what} {} bytes: {text}", data.len()),
+        Err(_) => format!("{what} {} bytes hex: {}", data.len(), hex::encode(data)),
+    }
+}
+
+fn send(dir: &Path, a: &Args) -> Outcome {
+    let to_path = match a.required("to") {
+        Ok(p) => PathBuf::from(p),
+        Err(e) => return Outcome::Usage(e),
+    };
+    let wait = match a.seconds("wait-reply") {
+        Ok(w) => w,
+        Err(e) => return Outcome::Usage(e),
+    };
+    let with_surb = a.switches.contains("surb") || wait.is_some();
+    let data = match a.positional.first() {
+        Some(t) => t.as_bytes().to_vec(),
+        None => {
+            let mut buf = Vec::new();
+            if let Err(e) = std::io::stdin().read_to_end(&mut buf) {
+                return Outcome::Failed(format!("cannot read the message from stdin: {e}"));
+            }
+            buf
+        }
+    };
+    send_online(dir, &to_path, &data, with_surb, wait).into()
+}
+
+fn send_online(
+    dir: &Path,
+    to_path: &Path,
+    data: &[u8],
+    with_surb: bool,
+    wait: Option<Duration>,
+) -> Result<(), String> {
+    let to_text = fs::read_to_string(to_path)
+        .map_err(|e| format!("{}: cannot read: {e}", to_path.display()))?;
+    let to =
+        Address::parse(&to_text).map_err(|e| format!("{}: {}", to_path.display(), e.trim_end()))?;
+    let mut online = Online::open(dir)?;
+    online
+        .driver
+        .client_mut()
+        .send(to, data, with_surb, &mut OsRng)
+        .map_err(|e| e.to_string())?;
+    let fragments = online.driver.client().queued();
+    eprintln!("sending {} bytes in {fragments} fragments", data.len());
+    let mut reply: Option<Vec<u8>> = None;
+    while online.driver.client().queued() > 0 {
+        if online.stopped() {
+            return Err("interrupted before every fragment left".into());
+        }
+        online.step(|_, e| print_event(e, &mut reply))?;
+    }
+    println!("sent {} bytes in {fragments} fragments", data.len());
+    let Some(wait) = wait else { return Ok(()) };
+    let end = Instant::now() + wait;
+    while Instant::now() < end && !online.stopped() {
+        online.step(|_, e| print_event(e, &mut reply))?;
+        if reply.is_some() {
+            return Ok(());
+        }
+    }
+    Err(format!("no reply within {} s", wait.as_secs_f64()))
+}
+
+/// Print a message or reply; remember the reply.
+fn print_event(e: Event, reply: &mut Option<Vec<u8>>) -> Flow {
+    match e {
+        Event::Message { data, .. } => println!("{}", show("message", &data)),
+        Event::Reply { data, .. } => {
+            println!("{}", show("reply", &data));
+            *reply = Some(data);
+        }
+        Event::LoopReturned { .. } | Event::Pull { .. } => {}
+    }
+    Flow::Continue
+}
+
+fn recv(dir: &Path, a: &Args) -> Outcome {
+    let parsed = (|| -> Result<_, String> {
+        let count = a.number::<u64>("count", "a whole number")?;
+        if count == Some(0) {
+            return Err("--count must be at least 1".into());
+        }
+        Ok((count, a.seconds("timeout")?))
+    })();
+    let (count, timeout) = match parsed {
+        Ok(v) => v,
+        Err(e) => return Outcome::Usage(e),
+    };
+    let out = a.values.get("out").map(PathBuf::from);
+    let reply = a.values.get("reply").map(|s| s.as_bytes().to_vec());
+    recv_online(dir, count, timeout, out.as_deref(), reply.as_deref()).into()
+}
+
+fn recv_online(
+    dir: &Path,
+    count: Option<u64>,
+    timeout: Option<Duration>,
+    out: Option<&Path>,
+    reply: Option<&[u8]>,
+) -> Result<(), String> {
+    if let Some(out) = out {
+        fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    }
+    let mut online = Online::open(dir)?;
+    let end = timeout.map(|t| Instant::now() + t);
+    let mut r = Receiver {
+        out,
+        reply,
+        received: 0,
+        failure: None,
+    };
+    loop {
+        online.step(|c, e| r.handle(c, e))?;
+        if let Some(f) = r.failure.take() {
+            return Err(f);
+        }
+        if count.is_some_and(|n| r.received >= n) {
+            // Stay until the replies have left.
+            while online.driver.client().queued() > 0 && !online.stopped() {
+                online.step(|c, e| r.handle(c, e))?;
+            }
+            return Ok(());
+        }
+        let timed_out = end.is_some_and(|end| Instant::now() >= end);
+        if timed_out || online.stopped() {
+            return match count {
+                Some(n) => Err(format!(
+                    "{} after {} of {n} messages",
+                    if timed_out {
+                        "timed out"
+                    } else {
+                        "interrupted"
+                    },
+                    r.received
+                )),
+                None => Ok(()),
+            };
+        }
+    }
+}
+
+/// What `recv` does with each event.
+struct Receiver<'a> {
+    out: Option<&'a Path>,
+    reply: Option<&'a [u8]>,
+    received: u64,
+    failure: Option<String>,
+}
+
+impl Receiver<'_> {
+    fn handle(&mut self, c: &mut Client, e: Event) -> Flow {
+        match e {
+            Event::Message { id, data, surb } => {
+                self.received += 1;
+                let n = self.received;
+                match self.out {
+                    Some(out) => {
+                        let p = out.join(format!("{n:06}-{}.msg", hex::encode(id)));
+                        match fs::write(&p, &data) {
+                            Ok(()) => {
+                                println!("message {} bytes saved: {}", data.len(), p.display())
+                            }
+                            Err(e) => {
+                                self.failure = Some(format!("{}: {e}", p.display()));
+                                return Flow::Stop;
+                            }
+                        }
+                    }
+                    None => println!("{}", show("message", &data)),
+                }
+                if let (Some(text), Some(surb)) = (self.reply, surb) {
+                    match c.reply(surb, text) {
+                        Ok(()) => eprintln!("replying to message {n}"),
+                        Err(e) => eprintln!("cannot reply to message {n}: {e}"),
+                    }
+                }
+            }
+            Event::Reply { data, .. } => println!("{}", show("reply", &data)),
+            Event::LoopReturned { .. } | Event::Pull { .. } => {}
+        }
+        Flow::Continue
+    }
+}
+
+fn run(dir: &Path) -> Outcome {
+    run_online(dir).into()
+}
+
+fn run_online(dir: &Path) -> Result<(), String> {
+    let mut online = Online::open(dir)?;
+    let started = Instant::now();
+    let mut next_summary = started + SUMMARY_EVERY;
+    let mut rtts: Vec<u64> = Vec::new();
+    while !online.stopped() {
+        online.step(|_, e| {
+            match e {
+                Event::Message { data, .. } => println!("{}", show("message", &data)),
+                Event::Reply { data, .. } => println!("{}", show("reply", &data)),
+                Event::LoopReturned { rtt_us } => rtts.push(rtt_us),
+                Event::Pull { .. } => {}
+            }
+            Flow::Continue
+        })?;
+        if Instant::now() >= next_summary {
+            next_summary += SUMMARY_EVERY;
+            let c = online.driver.client().stats();
+            let d = online.driver.stats();
+            let rtt = if rtts.is_empty() {
+                "no loop back in this period".to_string()
+            } else {
+                rtts.sort_unstable();
+                format!(
+                    "loop round trip median {:.1} ms, max {:.1} ms ({} loops)",
+                    rtts[rtts.len() / 2] as f64 / 1e3,
+                    rtts[rtts.len() - 1] as f64 / 1e3,
+                    rtts.len()
+                )
+            };
+            rtts.clear();
+            eprintln!(
+                "{} s online: sent {} packets ({} real, {} replies, {} drops, {} loops), \
+                 {} late; {} pulls; {} messages; loops back {} of {}; {rtt}",
+                started.elapsed().as_secs(),
+                d.packets_sent,
+                c.sent_real,
+                c.sent_reply,
+                c.sent_drop,
+                c.sent_loop,
+                d.packets_late,
+                d.pulls_sent,
+                c.messages_received,
+                c.loops_received,
+                c.sent_loop,
+            );
+        }
+    }
+    eprintln!("stopping");
+    Ok(())
+}
