@@ -32,7 +32,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use loopix_crypto::access::{self, AccessError, PullRequest, PROVIDER_SENDER};
+use loopix_crypto::access::{self, AccessError, PullRequest};
 use loopix_crypto::link::{FrameHeader, KIND_DELIVERY};
 use loopix_crypto::{Geometry, LinkError, LinkKey, MailboxId, ReplayWindow};
 use rand_core::OsRng;
@@ -434,7 +434,7 @@ impl Driver {
                 return;
             }
         };
-        if header.kind != KIND_DELIVERY || header.sender != PROVIDER_SENDER {
+        if header.kind != KIND_DELIVERY || header.sender != access::provider_sender(self.slot) {
             self.stats.drop_wrong_kind += 1;
             return;
         }
@@ -443,7 +443,7 @@ impl Driver {
             self.stats.drop_replayed += 1;
             return;
         }
-        let delivery = match access::open_delivery(&self.geometry, &self.key, frame) {
+        let delivery = match access::open_delivery(&self.geometry, &self.key, self.slot, frame) {
             Ok((_, d)) => d,
             Err(AccessError::Link(LinkError::BadTag)) => {
                 self.stats.drop_bad_tag += 1;

@@ -21,7 +21,7 @@ use loopix_client::driver::{self, Driver, Flow};
 use loopix_client::{
     Address, Client, ClientLimits, ClientTopology, Event, NodeInfo, Rates, Registration,
 };
-use loopix_crypto::access::{self, PullRequest, PROVIDER_SENDER};
+use loopix_crypto::access::{self, PullRequest};
 use loopix_crypto::link::{FrameHeader, KIND_CLIENT_PACKET, KIND_PACKET, KIND_PULL};
 use loopix_crypto::{
     sphinx, Geometry, LinkKey, MailboxId, NodeId, RouteKey, RoutingCommand, SecretKey,
@@ -212,8 +212,18 @@ fn serve(socket: &UdpSocket, net: &Net, state: &Mutex<State>, stop: &AtomicBool)
                 for i in 0..K {
                     let mut out = vec![0u8; access::delivery_frame_len(&G)];
                     let msg = real.get(i as usize).map(|(id, p)| (*id, &p[..]));
-                    access::seal_delivery(&G, &key, counter, req.request_id, i, K, msg, &mut out)
-                        .expect("sized");
+                    access::seal_delivery(
+                        &G,
+                        &key,
+                        SLOT,
+                        counter,
+                        req.request_id,
+                        i,
+                        K,
+                        msg,
+                        &mut out,
+                    )
+                    .expect("sized");
                     counter += 1;
                     let _ = socket.send_to(&out, from);
                     first.get_or_insert(out);
@@ -225,6 +235,7 @@ fn serve(socket: &UdpSocket, net: &Net, state: &Mutex<State>, stop: &AtomicBool)
                     access::seal_delivery(
                         &G,
                         &other,
+                        SLOT,
                         counter,
                         req.request_id,
                         0,
@@ -236,8 +247,13 @@ fn serve(socket: &UdpSocket, net: &Net, state: &Mutex<State>, stop: &AtomicBool)
                     counter += 1;
                     let _ = socket.send_to(&out, from);
                     // Right key, wrong kind.
-                    key.seal_kind(KIND_PACKET, PROVIDER_SENDER, counter, &mut out)
-                        .expect("sized");
+                    key.seal_kind(
+                        KIND_PACKET,
+                        access::provider_sender(SLOT),
+                        counter,
+                        &mut out,
+                    )
+                    .expect("sized");
                     counter += 1;
                     let _ = socket.send_to(&out, from);
                     // A replay of the first frame of the answer.
@@ -245,8 +261,18 @@ fn serve(socket: &UdpSocket, net: &Net, state: &Mutex<State>, stop: &AtomicBool)
                     // Too short.
                     let _ = socket.send_to(&[0x04; 10], from);
                     // A valid frame from the wrong address.
-                    access::seal_delivery(&G, &key, counter, req.request_id, 0, K, None, &mut out)
-                        .expect("sized");
+                    access::seal_delivery(
+                        &G,
+                        &key,
+                        SLOT,
+                        counter,
+                        req.request_id,
+                        0,
+                        K,
+                        None,
+                        &mut out,
+                    )
+                    .expect("sized");
                     counter += 1;
                     let _ = stranger.send_to(&out, from);
                 }

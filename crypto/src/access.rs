@@ -4,8 +4,10 @@
 //!
 //! Every frame uses the [`crate::link`] layout. The sender index of a
 //! client's frames is its slot at the provider; the provider's frames to a
-//! client carry [`PROVIDER_SENDER`], so the two directions never share a
-//! nonce under the one key. Counters are chosen by each sender, strictly
+//! client carry [`provider_sender`]`(slot)` (the slot with the top bit set), so the two directions never share a
+//! nonce under the one key; the client's slot is in it too, so a load
+//! generator that multiplexes many clients over one socket can tell whose
+//! answer a frame is before it decrypts. Counters are chosen by each sender, strictly
 //! increasing, and checked against a [`crate::ReplayWindow`] by the
 //! receiver.
 //!
@@ -50,10 +52,25 @@ use crate::link::{
     KIND_PULL,
 };
 
-/// Sender index of frames from a provider to a client.
-pub const PROVIDER_SENDER: u32 = u32::MAX;
-/// Largest slot a provider hands out (below [`PROVIDER_SENDER`]).
-pub const MAX_SLOT: u32 = u32::MAX - 1;
+/// The bit that marks a frame's sender index as the provider's.
+pub const PROVIDER_BIT: u32 = 0x8000_0000;
+/// Largest slot a provider hands out.
+pub const MAX_SLOT: u32 = PROVIDER_BIT - 1;
+
+/// Sender index of the provider's frames to the client at `slot`.
+pub const fn provider_sender(slot: u32) -> u32 {
+    PROVIDER_BIT | (slot & MAX_SLOT)
+}
+
+/// The client slot a provider's frame is addressed to, read from its
+/// (untrusted) sender index; `None` if it is not a provider's.
+pub const fn addressed_slot(sender: u32) -> Option<u32> {
+    if sender & PROVIDER_BIT != 0 {
+        Some(sender & MAX_SLOT)
+    } else {
+        None
+    }
+}
 
 const PULL_FIXED: usize = 8 + 16 + 2;
 /// Bytes of a delivery body before the packet.
@@ -170,13 +187,14 @@ pub struct Delivery<'a> {
     pub message: Option<(u64, &'a mut [u8])>,
 }
 
-/// Seal one delivery frame into `frame` (exactly [`delivery_frame_len`]
-/// bytes): `message` is the id and stored packet (exactly `packet_len`
-/// bytes), `None` for a dummy.
+/// Seal one delivery frame for the client at `slot` into `frame` (exactly
+/// [`delivery_frame_len`] bytes): `message` is the id and stored packet
+/// (exactly `packet_len` bytes), `None` for a dummy.
 #[allow(clippy::too_many_arguments)]
 pub fn seal_delivery(
     g: &Geometry,
     key: &LinkKey,
+    slot: u32,
     counter: u64,
     request_id: u64,
     index: u16,
@@ -210,15 +228,17 @@ pub fn seal_delivery(
             body[13..].fill(0);
         }
     }
-    key.seal_kind(KIND_DELIVERY, PROVIDER_SENDER, counter, frame)?;
+    key.seal_kind(KIND_DELIVERY, provider_sender(slot), counter, frame)?;
     Ok(())
 }
 
-/// Open a delivery frame in place: checks the kind, the sender, the tag and
-/// the body. The caller checks the counter against its window.
+/// Open a delivery frame for the client at `slot` in place: checks the
+/// kind, the sender, the tag and the body. The caller checks the counter
+/// against its window.
 pub fn open_delivery<'a>(
     g: &Geometry,
     key: &LinkKey,
+    slot: u32,
     frame: &'a mut [u8],
 ) -> Result<(FrameHeader, Delivery<'a>), AccessError> {
     if frame.len() != delivery_frame_len(g) {
@@ -229,7 +249,7 @@ pub fn open_delivery<'a>(
         .into());
     }
     let header = FrameHeader::peek(frame)?;
-    if header.kind != KIND_DELIVERY || header.sender != PROVIDER_SENDER {
+    if header.kind != KIND_DELIVERY || header.sender != provider_sender(slot) {
         return Err(AccessError::WrongKind(header.kind));
     }
     let (header, body) = key.open_in_place(frame)?;
@@ -342,21 +362,26 @@ mod tests {
         let packet = vec![0xabu8; G.packet_len()];
         let mut real = vec![0u8; delivery_frame_len(&G)];
         let mut dummy = vec![0u8; delivery_frame_len(&G)];
-        seal_delivery(&G, &key, 5, 77, 0, 2, Some((42, &packet)), &mut real).expect("ok");
-        seal_delivery(&G, &key, 6, 77, 1, 2, None, &mut dummy).expect("ok");
+        seal_delivery(&G, &key, 9, 5, 77, 0, 2, Some((42, &packet)), &mut real).expect("ok");
+        seal_delivery(&G, &key, 9, 6, 77, 1, 2, None, &mut dummy).expect("ok");
         assert_eq!(real.len(), dummy.len());
         assert_eq!(real[..5], dummy[..5], "kind and sender are the same");
         assert!(!real.windows(4).any(|w| w == [0xab; 4]), "packet in clear");
-        let (h, d) = open_delivery(&G, &key, &mut real).expect("ok");
+        let h = FrameHeader::peek(&real).expect("header");
+        assert_eq!(addressed_slot(h.sender), Some(9));
+        assert_eq!(addressed_slot(3), None);
+        let mut other_slot = real.clone();
+        assert!(open_delivery(&G, &key, 8, &mut other_slot).is_err());
+        let (h, d) = open_delivery(&G, &key, 9, &mut real).expect("ok");
         assert_eq!(h.counter, 5);
         assert_eq!((d.request_id, d.index, d.k), (77, 0, 2));
         let (id, p) = d.message.expect("real");
         assert_eq!(id, 42);
         assert_eq!(p, &packet[..]);
-        let (_, d) = open_delivery(&G, &key, &mut dummy).expect("ok");
+        let (_, d) = open_delivery(&G, &key, 9, &mut dummy).expect("ok");
         assert!(d.message.is_none());
         let mut short = vec![0u8; 50];
-        assert!(open_delivery(&G, &key, &mut short).is_err());
+        assert!(open_delivery(&G, &key, 9, &mut short).is_err());
     }
 
     #[test]
