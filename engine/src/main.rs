@@ -1,6 +1,7 @@
 //! The `loopix` command: `keygen` writes a node's keys, `mix` runs a mix
-//! node. Errors print one message naming the problem and exit 1; usage
-//! mistakes exit 2.
+//! node, `operator-keygen` and `topology` make signed topology documents
+//! (`topology_cli.rs`). Errors print one message naming the problem and
+//! exit 1; usage mistakes exit 2.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,19 +10,26 @@ use loopix_engine::config::MixConfig;
 use loopix_engine::keyfile::{self, epoch_at, unix_now_s};
 use loopix_engine::node;
 
+mod topology_cli;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage:
-  loopix keygen --dir DIR [--epoch-s SECONDS] [--epochs N]
-      write a node's link key and N epoch mix keys (default 3600 s, 24 epochs
-      from the current one) into DIR, mode 0600, never overwriting a key;
-      prints the public descriptor (also in DIR/node.toml)
+const USAGE_NODE: &str = "usage:
+  loopix keygen --dir DIR [--address HOST:PORT] [--epoch-s SECONDS] [--epochs N]
+      write a node's identity key, link key and N epoch mix keys (default
+      3600 s, 24 epochs from the current one) into DIR, mode 0600, never
+      overwriting a key; prints the signed public descriptor (also in
+      DIR/node.toml); --address is needed once, later runs keep it
   loopix mix --config FILE
       run a mix node (see systemd/mix.example.toml)";
 
+fn usage_text() -> String {
+    format!("{USAGE_NODE}\n{}", topology_cli::USAGE)
+}
+
 fn usage(msg: &str) -> ExitCode {
-    eprintln!("loopix: {msg}\n{USAGE}");
+    eprintln!("loopix: {msg}\n{}", usage_text());
     ExitCode::from(2)
 }
 
@@ -30,6 +38,13 @@ fn main() -> ExitCode {
     let Some(cmd) = args.first() else {
         return usage("missing command");
     };
+    match cmd.as_str() {
+        "topology" => return topology_cli::exit(topology_cli::topology(&args[1..]), &usage_text()),
+        "operator-keygen" => {
+            return topology_cli::exit(topology_cli::operator_keygen(&args[1..]), &usage_text())
+        }
+        _ => {}
+    }
     let mut opts = std::collections::HashMap::new();
     let mut it = args[1..].iter();
     while let Some(a) = it.next() {
@@ -63,12 +78,20 @@ fn main() -> ExitCode {
                 Ok(v) => v,
                 Err(c) => return c,
             };
+            let address = match opts.get("address").map(|a| a.parse()) {
+                None => None,
+                Some(Ok(a)) => Some(a),
+                Some(Err(_)) => return usage("--address must be HOST:PORT, e.g. 192.0.2.7:1789"),
+            };
             let first = epoch_at(unix_now_s(), epoch_s);
-            keyfile::keygen(&PathBuf::from(dir), epoch_s, first, epochs)
+            keyfile::keygen_at(&PathBuf::from(dir), address, epoch_s, first, epochs)
                 .map_err(|e| e.to_string())
                 .and_then(|r| {
                     for p in &r.created {
                         eprintln!("created {}", p.display());
+                    }
+                    if r.descriptor.address.is_none() {
+                        eprintln!("note: no address yet; run again with --address HOST:PORT before `loopix topology build`");
                     }
                     print!(
                         "{}",
@@ -86,7 +109,7 @@ fn main() -> ExitCode {
                 .and_then(|c| node::run_mix(&c))
         }
         "help" | "--help" | "-h" => {
-            println!("{USAGE}");
+            println!("{}", usage_text());
             Ok(())
         }
         other => return usage(&format!("unknown command {other:?}")),
