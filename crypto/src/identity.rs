@@ -46,7 +46,7 @@ pub enum IdentityError {
 
 fn decode_hex<const N: usize>(text: &str) -> Result<[u8; N], IdentityError> {
     let text = text.trim();
-    if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(IdentityError::NotHex);
     }
     if text.len() != 2 * N {
