@@ -4,10 +4,13 @@
 //! reads it and writes the second.
 //!
 //! The registration holds the client's access key (the secret that
-//! authenticates its frames to its provider): keep it mode 0600.
+//! authenticates its frames to its provider): keep it mode 0600. It also
+//! names the operator key the provider trusts, so that the client checks
+//! the topology document against the same operator.
 
 use std::net::SocketAddr;
 
+use loopix_crypto::identity::IdentityPublic;
 use loopix_crypto::{MailboxId, NodeId, PublicKey};
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +28,8 @@ pub struct RegistrationFile {
     pub mailbox: String,
     /// The access key shared with the provider (hex, 16 bytes). Secret.
     pub access_key: String,
+    /// The operator key that signs the topology (hex Ed25519 public key).
+    pub operator_key: String,
 }
 
 /// A checked registration.
@@ -40,6 +45,8 @@ pub struct Registration {
     pub mailbox: MailboxId,
     /// Access key.
     pub access_key: [u8; 16],
+    /// The operator whose topology documents to trust.
+    pub operator_key: IdentityPublic,
 }
 
 impl std::fmt::Debug for Registration {
@@ -49,6 +56,7 @@ impl std::fmt::Debug for Registration {
             .field("provider_address", &self.provider_address)
             .field("slot", &self.slot)
             .field("mailbox", &self.mailbox)
+            .field("operator_key", &self.operator_key)
             .finish_non_exhaustive()
     }
 }
@@ -91,6 +99,8 @@ impl Registration {
             slot: f.slot,
             mailbox: MailboxId(hex_array("mailbox", &f.mailbox)?),
             access_key: hex_array("access_key", &f.access_key)?,
+            operator_key: IdentityPublic::from_hex(&f.operator_key)
+                .map_err(|e| format!("operator_key: {e}"))?,
         })
     }
 
@@ -102,6 +112,7 @@ impl Registration {
             slot: self.slot,
             mailbox: self.mailbox.to_string(),
             access_key: hex::encode(self.access_key),
+            operator_key: self.operator_key.to_hex(),
         }
     }
 
@@ -145,6 +156,9 @@ mod tests {
             slot: 4,
             mailbox: MailboxId([2; 16]),
             access_key: [3; 16],
+            operator_key: loopix_crypto::identity::IdentityKey::from_seed([5; 32])
+                .expect("any seed")
+                .public(),
         };
         assert_eq!(Registration::parse(&r.to_toml()).expect("parses"), r);
         let bad = r.to_toml().replace(&"02".repeat(16), "02");

@@ -299,6 +299,9 @@ fn registration(provider: &FakeProvider, net: &Net, mailbox: MailboxId) -> Regis
         slot: SLOT,
         mailbox,
         access_key: ACCESS_KEY,
+        operator_key: loopix_crypto::identity::IdentityKey::from_seed([4; 32])
+            .expect("any seed")
+            .public(),
     }
 }
 

@@ -189,7 +189,8 @@ macro_rules! id_type {
 
 id_type!(
     /// A node's identifier inside routing commands: 16 opaque bytes, assigned
-    /// by the topology (by convention a hash of the node's identity key).
+    /// by the topology (by convention a hash of the node's link key, which
+    /// the node's identity key signs).
     NodeId
 );
 id_type!(

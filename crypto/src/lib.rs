@@ -5,6 +5,9 @@
 //! the randomness, own every buffer and decide what to do with each routing
 //! command. `docs/packet-format.md` at the repository root draws every byte.
 //!
+//! [`identity`] holds the Ed25519 keys that sign topology documents and
+//! nodes' mix keys.
+//!
 //! Invariants kept here, each with a test:
 //! - a packet has the same length at every hop ([`Geometry::packet_len`]);
 //! - no routing command, flag or position is visible in a packet's bytes;
@@ -22,6 +25,7 @@
 pub mod access;
 pub mod error;
 pub mod geometry;
+pub mod identity;
 mod kdf;
 pub mod keys;
 pub mod link;
@@ -34,6 +38,7 @@ mod x25519;
 
 pub use error::{LinkError, SphinxError};
 pub use geometry::Geometry;
+pub use identity::{IdentityKey, IdentityPublic, Signature};
 pub use keys::{MailboxId, NodeId, PublicKey, RouteKey, SecretKey};
 pub use link::{FrameHeader, LinkKey, ReplayWindow};
 pub use routing::{Delay, RecipientKind, RoutingCommand};

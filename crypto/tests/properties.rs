@@ -417,18 +417,30 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     /// (d) Peeking and opening any bytes never panics; they agree on the
-    /// header; random bytes never authenticate.
+    /// header; random bytes never authenticate, whether opened as a clear
+    /// or an encrypted kind.
     #[test]
     fn frames_from_any_bytes_never_panic(bytes in junk(3000), key in any::<[u8; 16]>()) {
         let key = LinkKey::from_bytes(&key);
         let peeked = FrameHeader::peek(&bytes);
         let opened = key.open(&bytes);
+        let mut copy = bytes.clone();
+        let decrypted = key.open_in_place(&mut copy).map(|_| ());
         match &peeked {
-            Err(e) => prop_assert_eq!(opened.err(), Some(*e)),
+            Err(e) => {
+                prop_assert_eq!(opened.err(), Some(*e));
+                prop_assert_eq!(decrypted.err(), Some(*e));
+            }
             Ok(h) => {
                 prop_assert!(bytes.len() >= FRAME_OVERHEAD);
                 prop_assert_eq!(h.kind, bytes[0]);
-                prop_assert_eq!(opened.err(), Some(LinkError::BadTag));
+                let (clear, secret) = if loopix_crypto::link::encrypted_kind(h.kind) {
+                    (LinkError::UnknownKind(h.kind), LinkError::BadTag)
+                } else {
+                    (LinkError::BadTag, LinkError::UnknownKind(h.kind))
+                };
+                prop_assert_eq!(opened.err(), Some(clear));
+                prop_assert_eq!(decrypted.err(), Some(secret));
             }
         }
     }

@@ -444,7 +444,8 @@ fn init_dir(
     config
         .check()
         .map_err(|e| format!("{e} (from the command-line options)"))?;
-    let topology = Topology::load(&config.topology).map_err(|e| e.to_string())?;
+    let topology =
+        Topology::load(&config.topology, &reg.operator_key).map_err(|e| e.to_string())?;
     check_provider(&topology, &reg, reg_path)?;
     let epoch = epoch_at(unix_now_s(), topology.epoch_s);
     client_topology(&topology, epoch).map_err(|e| format!("{}: {e}", topo_path.display()))?;
@@ -514,6 +515,7 @@ struct Online {
     topology: Topology,
     epoch: u64,
     stop: Arc<AtomicBool>,
+    operator: loopix_crypto::identity::IdentityPublic,
 }
 
 impl Online {
@@ -523,7 +525,8 @@ impl Online {
         let reg_path = dir.join("registration.toml");
         let reg = Registration::parse(&read_private(&reg_path)?)
             .map_err(|e| format!("{}: {}", reg_path.display(), e.trim_end()))?;
-        let topology = Topology::load(&config.topology).map_err(|e| e.to_string())?;
+        let topology =
+            Topology::load(&config.topology, &reg.operator_key).map_err(|e| e.to_string())?;
         check_provider(&topology, &reg, &reg_path)?;
         let epoch = epoch_at(unix_now_s(), topology.epoch_s);
         let view = client_topology(&topology, epoch)
@@ -555,6 +558,7 @@ impl Online {
             reg.provider_id, reg.provider_address, reg.mailbox
         );
         Ok(Online {
+            operator: reg.operator_key,
             driver,
             topology_path: config.topology,
             topology,
@@ -575,7 +579,7 @@ impl Online {
             return;
         }
         self.epoch = epoch;
-        match Topology::load(&self.topology_path) {
+        match Topology::load(&self.topology_path, &self.operator) {
             Ok(t) => self.topology = t,
             Err(e) => eprintln!("epoch {epoch}: keeping the old topology: {e}"),
         }
@@ -860,4 +864,30 @@ fn run_online(dir: &Path) -> Result<(), String> {
     }
     eprintln!("stopping");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::localnet::{LocalNet, LocalNetSpec};
+
+    #[test]
+    fn client_topology_names_a_node_without_the_epoch_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = LocalNetSpec {
+            layers: 2,
+            ..LocalNetSpec::default()
+        };
+        let net = LocalNet::create(dir.path(), &spec).expect("lay out");
+        let mut topology = net.topology().expect("topology");
+        let epoch = epoch_at(unix_now_s(), topology.epoch_s);
+        let view = client_topology(&topology, epoch).expect("every key present");
+        assert_eq!(view.layers.len(), 2);
+        assert_eq!(view.providers.len(), 1);
+        topology.nodes[2].mix_keys.remove(&epoch);
+        let e = client_topology(&topology, epoch)
+            .err()
+            .expect("a node lacks the key");
+        assert!(e.contains("node 2") && e.contains("epoch"), "{e}");
+    }
 }

@@ -8,7 +8,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use loopix_crypto::IdentityPublic;
 use serde::Deserialize;
+
+/// What to do about `node.operator_key`, for every error about it.
+const OPERATOR_KEY_FIX: &str =
+    "set `node.operator_key` to the operator's public key (64 hex digits), \
+     printed by `loopix operator-keygen` and written beside its key file as `.pub`";
 
 /// A configuration error, phrased for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +70,16 @@ pub struct NodeSection {
     pub topology: PathBuf,
     /// UDP address to listen on; must be this node's address in the topology.
     pub listen: SocketAddr,
+    /// The operator's Ed25519 public key: a topology document must be
+    /// signed by it.
+    #[serde(deserialize_with = "operator_key")]
+    pub operator_key: IdentityPublic,
+}
+
+fn operator_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<IdentityPublic, D::Error> {
+    let text = String::deserialize(d)?;
+    IdentityPublic::from_hex(&text)
+        .map_err(|e| serde::de::Error::custom(format!("operator_key: {e}; {OPERATOR_KEY_FIX}")))
 }
 
 fn default_shards() -> usize {
@@ -257,9 +273,15 @@ impl MixConfig {
 
     /// Parse and check TOML text (`path` only names the file in errors).
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config: MixConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+        let config: MixConfig = toml::from_str(text).map_err(|e| {
+            let mut message = e.to_string().trim_end().to_owned();
+            if message.contains("missing field `operator_key`") {
+                message = format!("{message}\n`node.operator_key` is required: {OPERATOR_KEY_FIX}");
+            }
+            ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            }
         })?;
         config.check(path)?;
         Ok(config)
@@ -344,6 +366,7 @@ mod tests {
 key_dir = "keys"
 topology = "topology.toml"
 listen = "127.0.0.1:9001"
+operator_key = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
 "#;
 
     fn parse(text: &str) -> Result<MixConfig, ConfigError> {
@@ -375,6 +398,14 @@ listen = "127.0.0.1:9001"
             ),
             ("[node]\nkey_dir = \"k\"\n".to_string(), "topology"),
             (MINIMAL.replace("127.0.0.1:9001", "nowhere"), "listen"),
+            (
+                MINIMAL.replace("operator_key = \"d75a", "operator_key = \"zz"),
+                "operator-keygen",
+            ),
+            (
+                MINIMAL.replace("operator_key", "#operator_key"),
+                "`node.operator_key` is required",
+            ),
         ];
         for (text, field) in cases {
             let err = parse(&text).expect_err("invalid").to_string();

@@ -1,10 +1,22 @@
 //! Key files on disk: what `loopix keygen` writes and a node reads at start.
 //!
 //! Layout of a key directory:
+//! - `identity.key`: the node's Ed25519 identity seed (hex, mode 0600), which
+//!   signs its mix keys and its descriptor;
 //! - `link.key`: the node's static X25519 link key (hex, mode 0600);
 //! - `mix-<epoch>.key`: the Sphinx key of each key epoch (hex, mode 0600);
-//! - `node.toml`: the public descriptor (node id, link public key, mix public
-//!   keys by epoch) that goes into the topology.
+//! - `node.toml`: the public descriptor (node id, identity key, link key,
+//!   address, mix public keys by epoch each signed by the identity key, and
+//!   the identity key's signature over all of it) that goes into the topology.
+//!
+//! The node id stays the hash of the link public key ([`node_id_of`]), not of
+//! the identity key: ids appear in Sphinx routing commands and other code
+//! derives them from link keys, and the descriptor signature binds id, link
+//! key and identity key together, so the identity key vouches for the id
+//! either way.
+//!
+//! An operator key (`loopix operator-keygen`) is an identity key of its own,
+//! in one file, that signs topology documents.
 //!
 //! Invariants: secret files are created with mode 0600 and never
 //! overwritten; a node refuses to start if a secret file is readable by
@@ -13,12 +25,15 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use loopix_crypto::{NodeId, PublicKey, SecretKey};
+use loopix_crypto::{IdentityKey, IdentityPublic, NodeId, PublicKey, SecretKey, Signature};
 use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
+
+use crate::canonical::{self, NodeClaims, SignedKey};
 
 /// A key-file problem, phrased for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +61,12 @@ pub enum KeyError {
         path: PathBuf,
         /// Its mode.
         mode: u32,
+    },
+    /// A key directory from before identity keys.
+    #[error("{dir}: no identity.key (this key directory predates signed topologies); run `loopix keygen --dir {dir}` again to add one, then rebuild the topology")]
+    MissingIdentity {
+        /// The key directory.
+        dir: PathBuf,
     },
     /// No key for an epoch the node needs.
     #[error("{dir}: no key for epoch {epoch} (mix-{epoch}.key); run `loopix keygen --dir {dir} --epochs N` to add epochs")]
@@ -85,18 +106,170 @@ pub fn unix_now_s() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// One epoch's mix key as written in `node.toml` and topology documents.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SignedMixKey {
+    /// Key epoch.
+    pub epoch: u64,
+    /// X25519 public key (hex).
+    pub key: String,
+    /// The identity key's signature over (node id, epoch, key) (hex).
+    pub signature: String,
+}
+
 /// The public descriptor a node publishes (`node.toml`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NodeDescriptor {
-    /// Node id (hex, 16 bytes).
+    /// Node id (hex, 16 bytes): the hash of the link key.
     pub id: String,
+    /// Ed25519 identity public key (hex).
+    pub identity_key: String,
     /// Static X25519 link public key (hex).
     pub link_key: String,
+    /// UDP address (from `keygen --address`); absent until one is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<SocketAddr>,
     /// Key epoch length in seconds.
     pub epoch_s: u64,
-    /// Sphinx public key per epoch (epoch number as a string, hex key).
-    pub mix_keys: BTreeMap<String, String>,
+    /// The identity key's signature over the descriptor (hex); present
+    /// exactly when `address` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// Sphinx public keys by increasing epoch, each signed.
+    pub mix_keys: Vec<SignedMixKey>,
+}
+
+impl NodeDescriptor {
+    /// Read `node.toml` (or a key directory holding one).
+    pub fn read(path: &Path) -> Result<NodeDescriptor, KeyError> {
+        let path = if path.is_dir() {
+            path.join("node.toml")
+        } else {
+            path.to_owned()
+        };
+        let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+        toml::from_str(&text).map_err(|e| KeyError::Format {
+            problem: format!(
+                "{}; if this descriptor predates signed topologies, run `loopix keygen --dir DIR --address HOST:PORT` again",
+                e.to_string().trim_end()
+            ),
+            path,
+        })
+    }
+
+    /// Parse every field and check the id, each mix-key signature and the
+    /// descriptor signature; errors start with `who`.
+    pub fn verify(&self, who: &str) -> Result<NodeClaims, String> {
+        let Some(address) = self.address else {
+            return Err(format!(
+                "{who}: no address; run `loopix keygen --dir DIR --address HOST:PORT` for this node"
+            ));
+        };
+        let Some(signature) = &self.signature else {
+            return Err(format!(
+                "{who}: no descriptor signature; run `loopix keygen` again"
+            ));
+        };
+        let claims = parse_claims(
+            who,
+            &self.id,
+            &self.identity_key,
+            &self.link_key,
+            address,
+            self.epoch_s,
+            &self.mix_keys,
+        )?;
+        verify_claims(who, &claims, signature)?;
+        Ok(claims)
+    }
+}
+
+fn hex_field<T, E: std::fmt::Display>(
+    who: &str,
+    field: &str,
+    text: &str,
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Result<T, String> {
+    parse(text).map_err(|e| format!("{who}: {field}: {e}"))
+}
+
+/// Parse a node's fields (from a descriptor or a topology entry) into typed
+/// claims; mix keys must be listed by strictly increasing epoch.
+pub fn parse_claims(
+    who: &str,
+    id: &str,
+    identity_key: &str,
+    link_key: &str,
+    address: SocketAddr,
+    epoch_s: u64,
+    mix_keys: &[SignedMixKey],
+) -> Result<NodeClaims, String> {
+    let id_bytes: [u8; 16] = hex::decode(id.trim())
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| format!("{who}: id must be 32 hex digits"))?;
+    let identity = hex_field(who, "identity_key", identity_key, IdentityPublic::from_hex)?;
+    let link = parse_public(&format!("{who}: link_key"), link_key)?;
+    let mut keys = Vec::with_capacity(mix_keys.len());
+    for k in mix_keys {
+        if keys.last().is_some_and(|l: &SignedKey| l.epoch >= k.epoch) {
+            return Err(format!(
+                "{who}: mix key for epoch {} is out of order or listed twice; list epochs in increasing order, each once",
+                k.epoch
+            ));
+        }
+        let what = format!("{who}: mix key for epoch {}", k.epoch);
+        keys.push(SignedKey {
+            epoch: k.epoch,
+            key: parse_public(&what, &k.key)?,
+            signature: hex_field(&what, "signature", &k.signature, Signature::from_hex)?,
+        });
+    }
+    Ok(NodeClaims {
+        id: NodeId(id_bytes),
+        identity,
+        link,
+        address,
+        epoch_s,
+        mix_keys: keys,
+    })
+}
+
+/// Check that the id is the link key's hash, every mix key's signature and
+/// the descriptor signature (hex) by the node's identity key.
+pub fn verify_claims(who: &str, c: &NodeClaims, signature: &str) -> Result<(), String> {
+    if c.id != node_id_of(&c.link) {
+        return Err(format!(
+            "{who}: id is not the hash of link_key (expected {})",
+            node_id_of(&c.link)
+        ));
+    }
+    for k in &c.mix_keys {
+        let msg = canonical::mix_key(&c.id, k.epoch, &k.key);
+        if !c
+            .identity
+            .verify(canonical::MIX_KEY_CONTEXT, &msg, &k.signature)
+        {
+            return Err(format!(
+                "{who}: mix key for epoch {}: signature by identity key {} does not verify",
+                k.epoch,
+                c.identity.fingerprint()
+            ));
+        }
+    }
+    let sig = hex_field(who, "signature", signature, Signature::from_hex)?;
+    if !c
+        .identity
+        .verify(canonical::NODE_CONTEXT, &canonical::node(c), &sig)
+    {
+        return Err(format!(
+            "{who}: node signature by identity key {} does not verify (a field of the entry was changed)",
+            c.identity.fingerprint()
+        ));
+    }
+    Ok(())
 }
 
 fn parse_hex32(path: &Path, text: &str) -> Result<[u8; 32], KeyError> {
@@ -118,8 +291,7 @@ pub fn parse_public(what: &str, text: &str) -> Result<PublicKey, String> {
     Ok(PublicKey::from_bytes(b))
 }
 
-/// Read a secret key file, refusing group- or world-readable files.
-pub fn read_secret(path: &Path) -> Result<SecretKey, KeyError> {
+fn read_secret_text(path: &Path) -> Result<String, KeyError> {
     let meta = fs::metadata(path).map_err(io_err(path))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -128,24 +300,114 @@ pub fn read_secret(path: &Path) -> Result<SecretKey, KeyError> {
             mode,
         });
     }
-    let text = fs::read_to_string(path).map_err(io_err(path))?;
+    fs::read_to_string(path).map_err(io_err(path))
+}
+
+/// Read a secret key file, refusing group- or world-readable files.
+pub fn read_secret(path: &Path) -> Result<SecretKey, KeyError> {
+    let text = read_secret_text(path)?;
     Ok(SecretKey::from_bytes(parse_hex32(path, &text)?))
 }
 
-fn write_secret(path: &Path, key: &SecretKey) -> Result<(), KeyError> {
+/// Read an Ed25519 identity (or operator) key file, refusing group- or
+/// world-readable files.
+pub fn read_identity(path: &Path) -> Result<IdentityKey, KeyError> {
+    let text = read_secret_text(path)?;
+    IdentityKey::from_hex(&text).map_err(|e| KeyError::Format {
+        path: path.to_owned(),
+        problem: format!("not an Ed25519 key written by loopix: {e}"),
+    })
+}
+
+fn write_secret_text(path: &Path, text: &str) -> Result<(), KeyError> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
         .map_err(io_err(path))?;
-    f.write_all(format!("{}\n", hex::encode(key.to_bytes())).as_bytes())
+    f.write_all(format!("{text}\n").as_bytes())
         .and_then(|_| f.sync_all())
         .map_err(io_err(path))
 }
 
+fn write_secret(path: &Path, key: &SecretKey) -> Result<(), KeyError> {
+    write_secret_text(path, &hex::encode(key.to_bytes()))
+}
+
+/// Write a new operator key to `path` (mode 0600, never overwriting one)
+/// and its public key to `<path>.pub`; returns the public key.
+pub fn operator_keygen(path: &Path) -> Result<IdentityPublic, KeyError> {
+    if path.exists() {
+        return Err(KeyError::Format {
+            path: path.to_owned(),
+            problem: "already exists; an operator key is never overwritten (remove it first if you really mean to replace it)".into(),
+        });
+    }
+    let key = IdentityKey::generate(&mut OsRng);
+    write_secret_text(path, &key.to_hex())?;
+    let public = key.public();
+    let mut pub_path = path.as_os_str().to_owned();
+    pub_path.push(".pub");
+    let pub_path = PathBuf::from(pub_path);
+    fs::write(&pub_path, format!("{public}\n")).map_err(io_err(&pub_path))?;
+    Ok(public)
+}
+
 fn mix_key_path(dir: &Path, epoch: u64) -> PathBuf {
     dir.join(format!("mix-{epoch}.key"))
+}
+
+/// The descriptor of a node with these keys, every mix key signed by
+/// `identity`, and the whole signed if there is an address.
+pub fn sign_descriptor(
+    identity: &IdentityKey,
+    link: &PublicKey,
+    mix_keys: &BTreeMap<u64, PublicKey>,
+    address: Option<SocketAddr>,
+    epoch_s: u64,
+) -> NodeDescriptor {
+    let id = node_id_of(link);
+    let keys: Vec<SignedKey> = mix_keys
+        .iter()
+        .map(|(&epoch, key)| SignedKey {
+            epoch,
+            key: *key,
+            signature: identity.sign(
+                canonical::MIX_KEY_CONTEXT,
+                &canonical::mix_key(&id, epoch, key),
+            ),
+        })
+        .collect();
+    let signature = address.map(|address| {
+        let claims = NodeClaims {
+            id,
+            identity: identity.public(),
+            link: *link,
+            address,
+            epoch_s,
+            mix_keys: keys.clone(),
+        };
+        identity
+            .sign(canonical::NODE_CONTEXT, &canonical::node(&claims))
+            .to_hex()
+    });
+    NodeDescriptor {
+        id: hex::encode(id.0),
+        identity_key: identity.public().to_hex(),
+        link_key: hex::encode(link.as_bytes()),
+        address,
+        epoch_s,
+        signature,
+        mix_keys: keys
+            .iter()
+            .map(|k| SignedMixKey {
+                epoch: k.epoch,
+                key: hex::encode(k.key.as_bytes()),
+                signature: k.signature.to_hex(),
+            })
+            .collect(),
+    }
 }
 
 /// What `keygen` did.
@@ -157,17 +419,43 @@ pub struct KeygenReport {
     pub created: Vec<PathBuf>,
 }
 
-/// Create `dir` if needed, the link key if missing, and a mix key for each
-/// epoch `first_epoch .. first_epoch + epochs` that is missing; then rewrite
-/// `node.toml` from every mix key present.
+/// [`keygen_at`] keeping the address already in `node.toml`, if any.
 pub fn keygen(
     dir: &Path,
     epoch_s: u64,
     first_epoch: u64,
     epochs: u64,
 ) -> Result<KeygenReport, KeyError> {
+    keygen_at(dir, None, epoch_s, first_epoch, epochs)
+}
+
+/// The address in an existing `node.toml`, read leniently so that
+/// descriptors of older formats still give theirs up.
+fn previous_address(desc_path: &Path) -> Option<SocketAddr> {
+    let text = fs::read_to_string(desc_path).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    table.get("address")?.as_str()?.parse().ok()
+}
+
+/// Create `dir` if needed, the identity and link keys if missing, and a mix
+/// key for each epoch `first_epoch .. first_epoch + epochs` that is missing;
+/// then rewrite `node.toml` from every mix key present, each signed by the
+/// identity key. `address` replaces the one in `node.toml`; without either,
+/// the descriptor has no address and no signature (a topology refuses it).
+pub fn keygen_at(
+    dir: &Path,
+    address: Option<SocketAddr>,
+    epoch_s: u64,
+    first_epoch: u64,
+    epochs: u64,
+) -> Result<KeygenReport, KeyError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mut created = Vec::new();
+    let identity_path = dir.join("identity.key");
+    if !identity_path.exists() {
+        write_secret_text(&identity_path, &IdentityKey::generate(&mut OsRng).to_hex())?;
+        created.push(identity_path.clone());
+    }
     let link_path = dir.join("link.key");
     if !link_path.exists() {
         write_secret(&link_path, &SecretKey::generate(&mut OsRng))?;
@@ -182,18 +470,15 @@ pub fn keygen(
             created.push(p);
         }
     }
+    let identity = read_identity(&identity_path)?;
     let link = read_secret(&link_path)?;
-    let mut mix_keys = BTreeMap::new();
-    for (epoch, key) in read_mix_keys(dir)? {
-        mix_keys.insert(epoch.to_string(), hex::encode(key.public_key().as_bytes()));
-    }
-    let descriptor = NodeDescriptor {
-        id: hex::encode(node_id_of(&link.public_key()).0),
-        link_key: hex::encode(link.public_key().as_bytes()),
-        epoch_s,
-        mix_keys,
-    };
+    let mix: BTreeMap<u64, PublicKey> = read_mix_keys(dir)?
+        .iter()
+        .map(|(e, k)| (*e, k.public_key()))
+        .collect();
     let desc_path = dir.join("node.toml");
+    let address = address.or_else(|| previous_address(&desc_path));
+    let descriptor = sign_descriptor(&identity, &link.public_key(), &mix, address, epoch_s);
     let text = toml::to_string(&descriptor).map_err(|e| KeyError::Format {
         path: desc_path.clone(),
         problem: e.to_string(),
@@ -226,15 +511,25 @@ pub fn read_mix_keys(dir: &Path) -> Result<BTreeMap<u64, SecretKey>, KeyError> {
 
 /// The node's secrets as loaded at start.
 pub struct NodeSecrets {
+    /// Ed25519 identity key.
+    pub identity: IdentityKey,
     /// Static link key.
     pub link: SecretKey,
     /// Sphinx keys by epoch.
     pub mix: BTreeMap<u64, SecretKey>,
 }
 
-/// Load `link.key` and every mix key from `dir`; `need_epoch` must be present.
+/// Load `link.key`, `identity.key` and every mix key from `dir`;
+/// `need_epoch` must be present.
 pub fn load_node_secrets(dir: &Path, need_epoch: u64) -> Result<NodeSecrets, KeyError> {
     let link = read_secret(&dir.join("link.key"))?;
+    let identity_path = dir.join("identity.key");
+    if !identity_path.exists() {
+        return Err(KeyError::MissingIdentity {
+            dir: dir.to_owned(),
+        });
+    }
+    let identity = read_identity(&identity_path)?;
     let mix = read_mix_keys(dir)?;
     if !mix.contains_key(&need_epoch) {
         return Err(KeyError::MissingEpoch {
@@ -242,7 +537,11 @@ pub fn load_node_secrets(dir: &Path, need_epoch: u64) -> Result<NodeSecrets, Key
             epoch: need_epoch,
         });
     }
-    Ok(NodeSecrets { link, mix })
+    Ok(NodeSecrets {
+        identity,
+        link,
+        mix,
+    })
 }
 
 #[cfg(test)]
@@ -253,7 +552,7 @@ mod tests {
     fn keygen_writes_private_files_and_never_overwrites() {
         let dir = tempfile::tempdir().expect("tempdir");
         let r = keygen(dir.path(), 3600, 100, 3).expect("keygen");
-        assert_eq!(r.created.len(), 4);
+        assert_eq!(r.created.len(), 5, "identity, link and three mix keys");
         assert_eq!(r.descriptor.mix_keys.len(), 3);
         for p in &r.created {
             let mode = fs::metadata(p).expect("stat").permissions().mode() & 0o777;
@@ -267,12 +566,73 @@ mod tests {
             link_before
         );
         assert_eq!(r2.descriptor.id, r.descriptor.id);
+        assert_eq!(r2.descriptor.identity_key, r.descriptor.identity_key);
         let s = load_node_secrets(dir.path(), 102).expect("load");
         assert_eq!(s.mix.len(), 4);
         assert!(matches!(
             load_node_secrets(dir.path(), 99),
             Err(KeyError::MissingEpoch { epoch: 99, .. })
         ));
+    }
+
+    #[test]
+    fn descriptor_signatures_verify_and_catch_tampering() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = keygen(dir.path(), 3600, 7, 2).expect("keygen");
+        let err = r.descriptor.verify("d").expect_err("no address yet");
+        assert!(err.contains("no address"), "{err}");
+        let addr: SocketAddr = "127.0.0.1:1789".parse().expect("addr");
+        let r = keygen_at(dir.path(), Some(addr), 3600, 7, 2).expect("keygen");
+        let claims = r.descriptor.verify("d").expect("verifies");
+        assert_eq!(claims.address, addr);
+        assert_eq!(claims.mix_keys.len(), 2);
+        // A later run without --address keeps the address.
+        let again = keygen(dir.path(), 3600, 8, 2).expect("keygen");
+        assert_eq!(again.descriptor.address, Some(addr));
+        assert_eq!(
+            NodeDescriptor::read(dir.path()).expect("read"),
+            again.descriptor
+        );
+        again.descriptor.verify("d").expect("verifies");
+
+        let mut moved = again.descriptor.clone();
+        moved.address = Some("127.0.0.1:1790".parse().expect("addr"));
+        let err = moved.verify("d").expect_err("moved");
+        assert!(err.contains("node signature"), "{err}");
+        let mut flipped = again.descriptor.clone();
+        let s = &mut flipped.mix_keys[1].signature;
+        *s = format!("{}{}", if s.starts_with('0') { '1' } else { '0' }, &s[1..]);
+        let err = flipped.verify("d").expect_err("flipped");
+        assert!(err.contains("mix key for epoch 8"), "{err}");
+    }
+
+    #[test]
+    fn old_key_dir_without_identity_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        keygen(dir.path(), 3600, 1, 1).expect("keygen");
+        fs::remove_file(dir.path().join("identity.key")).expect("rm");
+        let err = load_node_secrets(dir.path(), 1)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.contains("identity.key") && err.contains("loopix keygen"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn operator_key_is_private_and_never_overwritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("operator.key");
+        let public = operator_keygen(&p).expect("operator keygen");
+        let mode = fs::metadata(&p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(read_identity(&p).expect("read").public(), public);
+        let pub_text = fs::read_to_string(dir.path().join("operator.key.pub")).expect("pub");
+        assert_eq!(pub_text.trim(), public.to_hex());
+        let err = operator_keygen(&p).expect_err("exists").to_string();
+        assert!(err.contains("never overwritten"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! System calls and `unsafe` live in `io/` only.
 #![deny(unsafe_code)] // exceptions: io/ (sockets, io_uring), audited there
 
+pub mod canonical;
 pub mod client_cli;
 pub mod config;
 pub mod inbox;

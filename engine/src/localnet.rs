@@ -1,6 +1,7 @@
 //! A network of nodes on loopback, for tests and benchmarks: key
-//! directories, a topology and one config file per mix, written under one
-//! directory; plus a `Driver` that plays a provider (it holds a provider's
+//! directories, an operator key, a signed topology (serial 1, valid from
+//! five minutes ago for 30 days) and one config file per mix, written under
+//! one directory; plus a `Driver` that plays a provider (it holds a provider's
 //! keys) so that it can inject packets into the first layer and receive
 //! what the last layer sends on.
 //!
@@ -12,12 +13,14 @@ use std::time::Duration;
 
 use loopix_crypto::link::FRAME_OVERHEAD;
 use loopix_crypto::sphinx::{self, Hop};
-use loopix_crypto::{Delay, Geometry, LinkKey, NodeId, RouteKey, RoutingCommand, SecretKey};
+use loopix_crypto::{
+    Delay, Geometry, IdentityPublic, LinkKey, NodeId, RouteKey, RoutingCommand, SecretKey,
+};
 use rand_core::CryptoRngCore;
 
 use crate::config::IoChoice;
 use crate::keyfile::{self, epoch_at, unix_now_s, NodeDescriptor, NodeSecrets};
-use crate::topology::{Role, Topology};
+use crate::topology::{BuildParams, Role, Topology, TopologyFile};
 
 /// What network to lay out.
 #[derive(Debug, Clone)]
@@ -99,6 +102,10 @@ pub struct LocalNet {
     pub dir: PathBuf,
     /// The topology file.
     pub topology_path: PathBuf,
+    /// The operator's secret key file (`operator.key`; `.pub` beside it).
+    pub operator_key_path: PathBuf,
+    /// The operator's public key, trusted by every node's config.
+    pub operator: IdentityPublic,
     /// Nodes, in topology order: providers first, then layer by layer.
     pub nodes: Vec<LocalNode>,
 }
@@ -130,11 +137,12 @@ impl LocalNet {
                 Role::Mix => format!("mix-l{layer}-{i}"),
             };
             let key_dir = dir.join(&name);
-            let report = keyfile::keygen(&key_dir, epoch_s, first, spec.key_epochs)
-                .map_err(|e| e.to_string())?;
             let address = free_udp_addr().map_err(|e| e.to_string())?;
             let metrics = free_tcp_addr().map_err(|e| e.to_string())?;
-            placed.push((report.descriptor.clone(), role, layer, address));
+            let report =
+                keyfile::keygen_at(&key_dir, Some(address), epoch_s, first, spec.key_epochs)
+                    .map_err(|e| e.to_string())?;
+            placed.push((report.descriptor.clone(), role, layer));
             nodes.push(LocalNode {
                 role,
                 layer,
@@ -145,9 +153,21 @@ impl LocalNet {
                 descriptor: report.descriptor,
             });
         }
+        let operator_key_path = dir.join("operator.key");
+        let operator = keyfile::operator_keygen(&operator_key_path).map_err(|e| e.to_string())?;
+        let operator_secret =
+            keyfile::read_identity(&operator_key_path).map_err(|e| e.to_string())?;
+        let now = unix_now_s();
+        let params = BuildParams {
+            serial: 1,
+            valid_from: now.saturating_sub(300),
+            valid_until: now + 30 * 86_400,
+            layers: spec.layers,
+        };
         let topology_path = dir.join("topology.toml");
-        let file = Topology::assemble(epoch_s, spec.layers, &placed);
-        let text = toml::to_string(&file).map_err(|e| e.to_string())?;
+        let file =
+            TopologyFile::build(params, &placed, &operator_secret).map_err(|e| e.to_string())?;
+        let text = file.to_toml().map_err(|e| e.to_string())?;
         std::fs::write(&topology_path, text)
             .map_err(|e| format!("{}: {e}", topology_path.display()))?;
         for n in nodes.iter_mut().filter(|n| n.role == Role::Mix) {
@@ -157,7 +177,7 @@ impl LocalNet {
                 IoChoice::Portable => "portable",
             };
             let config = format!(
-                "[node]\nkey_dir = {:?}\ntopology = {:?}\nlisten = \"{}\"\n\n\
+                "[node]\nkey_dir = {:?}\ntopology = {:?}\nlisten = \"{}\"\noperator_key = \"{operator}\"\n\n\
                  [engine]\nshards = {}\npin_cores = {}\nfirst_core = {}\nio = \"{io}\"\npool_packets = {}\ndelay_cap_ms = {}\n\n\
                  [replay]\nrate_pps = {}\n\n[epochs]\ngrace_s = {}\n\n[metrics]\nlisten = \"{}\"\n\n[shutdown]\ndrain_ms = {}\n",
                 n.key_dir.display().to_string(),
@@ -180,13 +200,15 @@ impl LocalNet {
         Ok(LocalNet {
             dir: dir.to_owned(),
             topology_path,
+            operator_key_path,
+            operator,
             nodes,
         })
     }
 
     /// The checked topology.
     pub fn topology(&self) -> Result<Topology, String> {
-        Topology::load(&self.topology_path).map_err(|e| e.to_string())
+        Topology::load(&self.topology_path, &self.operator).map_err(|e| e.to_string())
     }
 
     /// Indices of the mixes of `layer`.

@@ -1,6 +1,8 @@
 //! The `loopix` command: `keygen` writes a node's keys, `mix` runs a mix
-//! node, `client ...` is the Loopix client (see `client_cli`). Errors
-//! print one message naming the problem and exit 1; usage mistakes exit 2.
+//! node, `operator-keygen` and `topology` make signed topology documents
+//! (`topology_cli.rs`), `client ...` is the Loopix client (see
+//! `client_cli`). Errors print one message naming the problem and exit 1;
+//! usage mistakes exit 2.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,20 +12,26 @@ use loopix_engine::config::MixConfig;
 use loopix_engine::keyfile::{self, epoch_at, unix_now_s};
 use loopix_engine::node;
 
+mod topology_cli;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage:
-  loopix keygen --dir DIR [--epoch-s SECONDS] [--epochs N]
-      write a node's link key and N epoch mix keys (default 3600 s, 24 epochs
-      from the current one) into DIR, mode 0600, never overwriting a key;
-      prints the public descriptor (also in DIR/node.toml)
+const USAGE_NODE: &str = "usage:
+  loopix keygen --dir DIR [--address HOST:PORT] [--epoch-s SECONDS] [--epochs N]
+      write a node's identity key, link key and N epoch mix keys (default
+      3600 s, 24 epochs from the current one) into DIR, mode 0600, never
+      overwriting a key; prints the signed public descriptor (also in
+      DIR/node.toml); --address is needed once, later runs keep it
   loopix mix --config FILE
-      run a mix node (see systemd/mix.example.toml)
-{CLIENT}";
+      run a mix node (see systemd/mix.example.toml)";
 
 fn usage_text() -> String {
-    USAGE.replace("{CLIENT}", client_cli::USAGE)
+    format!(
+        "{USAGE_NODE}\n{}\n{}",
+        topology_cli::USAGE,
+        client_cli::USAGE
+    )
 }
 
 fn usage(msg: &str) -> ExitCode {
@@ -36,8 +44,13 @@ fn main() -> ExitCode {
     let Some(cmd) = args.first() else {
         return usage("missing command");
     };
-    if cmd == "client" {
-        return client_cli::main(&args[1..]);
+    match cmd.as_str() {
+        "client" => return client_cli::main(&args[1..]),
+        "topology" => return topology_cli::exit(topology_cli::topology(&args[1..]), &usage_text()),
+        "operator-keygen" => {
+            return topology_cli::exit(topology_cli::operator_keygen(&args[1..]), &usage_text())
+        }
+        _ => {}
     }
     let mut opts = std::collections::HashMap::new();
     let mut it = args[1..].iter();
@@ -72,12 +85,20 @@ fn main() -> ExitCode {
                 Ok(v) => v,
                 Err(c) => return c,
             };
+            let address = match opts.get("address").map(|a| a.parse()) {
+                None => None,
+                Some(Ok(a)) => Some(a),
+                Some(Err(_)) => return usage("--address must be HOST:PORT, e.g. 192.0.2.7:1789"),
+            };
             let first = epoch_at(unix_now_s(), epoch_s);
-            keyfile::keygen(&PathBuf::from(dir), epoch_s, first, epochs)
+            keyfile::keygen_at(&PathBuf::from(dir), address, epoch_s, first, epochs)
                 .map_err(|e| e.to_string())
                 .and_then(|r| {
                     for p in &r.created {
                         eprintln!("created {}", p.display());
+                    }
+                    if r.descriptor.address.is_none() {
+                        eprintln!("note: no address yet; run again with --address HOST:PORT before `loopix topology build`");
                     }
                     print!(
                         "{}",

@@ -109,7 +109,8 @@ pub fn build_links(
 /// Run a mix node until SIGTERM or SIGINT. `Err` is a start-up failure,
 /// already phrased for the operator.
 pub fn run_mix(config: &MixConfig) -> Result<(), String> {
-    let topology = Topology::load(&config.node.topology).map_err(|e| e.to_string())?;
+    let topology = Topology::load(&config.node.topology, &config.node.operator_key)
+        .map_err(|e| e.to_string())?;
     let now_s = unix_now_s();
     let epoch = epoch_at(now_s, topology.epoch_s);
     let secrets =

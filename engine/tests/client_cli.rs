@@ -95,11 +95,12 @@ fn setup() -> Setup {
         &registration,
         format!(
             "provider_id = \"{}\"\nprovider_address = \"{}\"\nslot = 3\n\
-             mailbox = \"{}\"\naccess_key = \"{}\"\n",
+             mailbox = \"{}\"\naccess_key = \"{}\"\noperator_key = \"{}\"\n",
             provider.descriptor.id,
             free_udp_addr().expect("port"),
             "ab".repeat(16),
             "cd".repeat(16),
+            net.operator.to_hex(),
         ),
     )
     .expect("write registration");
@@ -200,18 +201,10 @@ fn bad_files_name_the_field() {
         assert!(!st.root.join(format!("c{i}")).join("client.key").exists());
     }
 
-    // A topology without the current epoch's keys names the node.
+    // A topology changed after the operator signed it is refused.
     let topo = std::fs::read_to_string(&st.net.topology_path).expect("read");
-    let no_keys = st.root.join("no-keys.toml");
-    let stripped: String = topo
-        .lines()
-        .filter(|l| {
-            !l.trim_start()
-                .starts_with(|c: char| c == '"' || c.is_ascii_digit())
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(&no_keys, stripped).expect("write");
+    let tampered = st.root.join("tampered.toml");
+    std::fs::write(&tampered, topo.replacen("serial = 1", "serial = 2", 1)).expect("write");
     let (code, _, err) = loopix(&[
         "client",
         "init",
@@ -220,10 +213,10 @@ fn bad_files_name_the_field() {
         "--registration",
         s(&st.registration),
         "--topology",
-        s(&no_keys),
+        s(&tampered),
     ]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("node 0") && err.contains("epoch"), "{err}");
+    assert!(err.contains("operator signature"), "{err}");
 
     // client.toml mistakes are named when the client goes online.
     let dir = st.root.join("bob");

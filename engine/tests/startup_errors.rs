@@ -1,6 +1,7 @@
 //! `loopix` start-up failures are one clear message and exit status 1 (2 for
 //! usage mistakes), never a panic: a missing key directory, an unreadable
-//! topology, a config mistake, a node missing from the topology.
+//! topology, a config mistake, a node missing from the topology, a missing
+//! or wrong operator key, a key directory without an identity key.
 
 use std::path::Path;
 use std::process::Command;
@@ -78,6 +79,34 @@ fn startup_failures_name_the_problem() {
     let (code, err) = mix_with(&cfg, &good.replace(&mix.address.to_string(), "127.0.0.1:1"));
     assert_eq!(code, 1);
     assert!(err.contains("node.listen"), "{err}");
+
+    // No operator key: the field and the fix are named.
+    let operator_line = format!("operator_key = \"{}\"\n", net.operator);
+    assert!(good.contains(&operator_line));
+    let (code, err) = mix_with(&cfg, &good.replace(&operator_line, ""));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("node.operator_key") && err.contains("operator-keygen"),
+        "{err}"
+    );
+
+    // A different operator key: the topology's signer is not trusted.
+    let other = loopix_crypto::IdentityKey::from_seed([7; 32]).expect("seed");
+    let (code, err) = mix_with(
+        &cfg,
+        &good.replace(&net.operator.to_hex(), &other.public().to_hex()),
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("trusted operator key"), "{err}");
+
+    // A key directory from before identity keys.
+    std::fs::remove_file(mix.key_dir.join("identity.key")).expect("remove identity.key");
+    let (code, err) = mix_with(&cfg, &good);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("identity.key") && err.contains("loopix keygen --dir"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -106,13 +135,17 @@ fn keygen_writes_keys_and_prints_the_descriptor() {
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("link_key = ") && stdout.contains("[mix_keys]"),
+        stdout.contains("link_key = ")
+            && stdout.contains("identity_key = ")
+            && stdout.contains("[[mix_keys]]"),
         "{stdout}"
     );
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(keys.join("link.key"))
-        .expect("stat")
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600);
+    for file in ["link.key", "identity.key"] {
+        let mode = std::fs::metadata(keys.join(file))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
 }
