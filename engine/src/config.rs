@@ -505,7 +505,10 @@ listen = "127.0.0.1:9001"
         let cases = [
             ("pull_frames = 0", "provider.pull_frames"),
             ("pull_frames = 2000", "provider.pull_frames"),
-            ("max_messages_per_client = 0", "provider.max_messages_per_client"),
+            (
+                "max_messages_per_client = 0",
+                "provider.max_messages_per_client",
+            ),
             ("max_bytes_per_client = 10", "provider.max_bytes_per_client"),
             ("max_age_s = 0", "provider.max_age_s"),
             ("commit_max_batch = 0", "provider.commit_max_batch"),

@@ -1,8 +1,11 @@
 //! A network of nodes on loopback, for tests and benchmarks: key
-//! directories, a topology and one config file per mix, written under one
-//! directory; plus a `Driver` that plays a provider (it holds a provider's
-//! keys) so that it can inject packets into the first layer and receive
-//! what the last layer sends on.
+//! directories, a topology and one config file per node (a provider's with a
+//! `[provider]` section and a data directory under the net's directory, so
+//! it can run as `loopix provider`), written under one directory; plus a
+//! `Driver` that plays any node (it holds that node's keys), usually a
+//! provider, so that it can inject packets into the first layer and
+//! receive what the last layer sends on, or the last layer, to deliver
+//! packets to a provider.
 //!
 //! Invariant: everything is under the given directory and on 127.0.0.1.
 
@@ -50,6 +53,10 @@ pub struct LocalNetSpec {
     pub grace_s: u64,
     /// Epoch keys to generate per node, from the current epoch on.
     pub key_epochs: u64,
+    /// Providers: `provider.pull_frames`.
+    pub pull_frames: u16,
+    /// Providers: `provider.max_messages_per_client`.
+    pub max_messages_per_client: u32,
 }
 
 impl Default for LocalNetSpec {
@@ -69,6 +76,8 @@ impl Default for LocalNetSpec {
             epoch_s: 3600,
             grace_s: 300,
             key_epochs: 2,
+            pull_frames: 8,
+            max_messages_per_client: 10_000,
         }
     }
 }
@@ -82,8 +91,10 @@ pub struct LocalNode {
     pub layer: u8,
     /// Key directory.
     pub key_dir: PathBuf,
-    /// Mix config file (providers have none yet).
+    /// Config file (`loopix mix` or `loopix provider --config`).
     pub config: Option<PathBuf>,
+    /// A provider's `provider.data_dir` (`None` for mixes).
+    pub data_dir: Option<PathBuf>,
     /// UDP address.
     pub address: SocketAddr,
     /// Metrics address.
@@ -140,6 +151,7 @@ impl LocalNet {
                 layer,
                 key_dir,
                 config: None,
+                data_dir: None,
                 address,
                 metrics,
                 descriptor: report.descriptor,
@@ -150,7 +162,7 @@ impl LocalNet {
         let text = toml::to_string(&file).map_err(|e| e.to_string())?;
         std::fs::write(&topology_path, text)
             .map_err(|e| format!("{}: {e}", topology_path.display()))?;
-        for n in nodes.iter_mut().filter(|n| n.role == Role::Mix) {
+        for n in nodes.iter_mut() {
             let io = match spec.io {
                 IoChoice::Auto => "auto",
                 IoChoice::Uring => "uring",
@@ -173,6 +185,19 @@ impl LocalNet {
                 n.metrics,
                 spec.drain_ms,
             );
+            let config = if n.role == Role::Provider {
+                let data_dir = n.key_dir.with_extension("data");
+                let section = format!(
+                    "\n[provider]\ndata_dir = {:?}\npull_frames = {}\nmax_messages_per_client = {}\n",
+                    data_dir.display().to_string(),
+                    spec.pull_frames,
+                    spec.max_messages_per_client,
+                );
+                n.data_dir = Some(data_dir);
+                config + &section
+            } else {
+                config
+            };
             let path = n.key_dir.with_extension("toml");
             std::fs::write(&path, config).map_err(|e| format!("{}: {e}", path.display()))?;
             n.config = Some(path);
@@ -262,6 +287,40 @@ impl Driver {
     /// Node id of the node at `index`.
     pub fn id(&self, index: usize) -> NodeId {
         self.topology.nodes[index].id
+    }
+
+    /// Build a packet that provider `provider` stores in `mailbox` (it reads
+    /// `Deliver`), for a recipient whose Sphinx key is `recipient`,
+    /// carrying `payload`: what a last-layer mix hands a provider.
+    pub fn build_delivery(
+        &self,
+        provider: usize,
+        mailbox: loopix_crypto::MailboxId,
+        recipient: &RouteKey,
+        payload: &[u8],
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Vec<u8>, String> {
+        let key = self.route_keys[provider]
+            .as_ref()
+            .ok_or_else(|| format!("node {provider} has no key for epoch {}", self.epoch))?;
+        let mut id = [0u8; 16];
+        rng.fill_bytes(&mut id);
+        let hops = [
+            Hop {
+                key,
+                command: RoutingCommand::Deliver { mailbox },
+            },
+            Hop {
+                key: recipient,
+                command: RoutingCommand::Recipient {
+                    kind: loopix_crypto::RecipientKind::Message,
+                    id,
+                },
+            },
+        ];
+        let mut pkt = vec![0u8; self.geometry.packet_len()];
+        sphinx::build(&self.geometry, &hops, payload, rng, &mut pkt).map_err(|e| e.to_string())?;
+        Ok(pkt)
     }
 
     /// Build a packet along `path` (node indices) with the given per-hop

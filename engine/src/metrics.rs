@@ -674,7 +674,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("loopix_node_info{node=\"n1\",io=\"portable\"} 1"));
-        assert!(!text.contains("loopix_inbox"), "no provider series at a mix");
+        assert!(
+            !text.contains("loopix_inbox"),
+            "no provider series at a mix"
+        );
     }
 
     #[test]

@@ -348,6 +348,7 @@ impl Runner {
                 for tx in &self.t.controls {
                     let _ = tx.send(Control::Clients(Arc::clone(&self.t.table)));
                 }
+                self.publish();
             }
             Err(e) => self.fail("syncing the client registry", &e),
         }
@@ -414,8 +415,8 @@ fn send_frame(socket: &UdpSocket, frame: &[u8], to: SocketAddr) -> std::io::Resu
 /// registration. Touches only the registry directory.
 pub fn register(config: &MixConfig, name: &str) -> Result<Registration, String> {
     let p = section(config)?;
-    let link = keyfile::read_secret(&config.node.key_dir.join("link.key"))
-        .map_err(|e| e.to_string())?;
+    let link =
+        keyfile::read_secret(&config.node.key_dir.join("link.key")).map_err(|e| e.to_string())?;
     let provider_id = keyfile::node_id_of(&link.public_key());
     let entry = registry::register(&p.data_dir, name)?;
     Ok(Registration {
