@@ -528,6 +528,9 @@ fn register_unregister_clients_while_running() {
 
     // The running provider picks the client up within a couple of seconds.
     p.wait_metric("loopix_registered_clients", &[], 1.0);
+    // The gauge moves when the inbox thread has sent the shards the new
+    // table; they apply it between batches (within their 20 ms idle wait).
+    std::thread::sleep(Duration::from_millis(200));
     let mut carol = Client::new(reg.clone());
     assert_eq!(carol.pull(&[]).len(), usize::from(K));
 
@@ -543,6 +546,7 @@ fn register_unregister_clients_while_running() {
         assert!(Instant::now() < deadline, "unregistration not picked up");
         std::thread::sleep(Duration::from_millis(50));
     }
+    std::thread::sleep(Duration::from_millis(200));
     // Its pulls are now unknown-client drops.
     let key = LinkKey::from_bytes(&reg.access_key);
     carol.send_pull_as(&key, reg.slot, reg.mailbox, &[]);
