@@ -14,7 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use loopix_client::Registration;
-use loopix_crypto::access::{delivery_frame_len, open_delivery, pull_frame_len, PullRequest};
+use loopix_crypto::access::{
+    delivery_frame_len, open_delivery, pull_frame_len, seal_client_packet, PullRequest,
+};
 use loopix_crypto::{Geometry, LinkKey, MailboxId, RouteKey, SecretKey};
 use loopix_engine::config::IoChoice;
 use loopix_engine::localnet::{free_tcp_addr, scrape, scrape_sum, Driver, LocalNet, LocalNetSpec};
@@ -447,6 +449,35 @@ fn bad_input_is_counted_and_good_clients_are_served() {
     // Cover is discarded and counted, not stored.
     mix.send_cover();
     p.wait_metric("loopix_cover_discarded_total", &[], 1.0);
+
+    // Client packets: a Relay to the first layer is forwarded; anything
+    // else from a client is a bad command; an unknown slot is dropped first.
+    let relay = mix
+        .driver
+        .build_drop_path(&[0, 1], &[0], &mut mix.rng)
+        .expect("build");
+    let deliver = mix
+        .driver
+        .build_delivery(0, a_reg.mailbox, &mix.recipient, b"x", &mut mix.rng)
+        .expect("build");
+    let mut frame = vec![0u8; G.frame_len()];
+    a.counter += 1;
+    seal_client_packet(&key_a, a_reg.slot, a.counter - 1, &relay, &mut frame).expect("seal");
+    a.socket
+        .send_to(&frame, a_reg.provider_address)
+        .expect("send");
+    p.wait_metric("loopix_forwarded_packets_total", &[], 1.0);
+    a.counter += 1;
+    seal_client_packet(&key_a, a_reg.slot, a.counter - 1, &deliver, &mut frame).expect("seal");
+    a.socket
+        .send_to(&frame, a_reg.provider_address)
+        .expect("send");
+    wait_dropped("bad_command");
+    seal_client_packet(&key_a, 77, 1, &relay, &mut frame).expect("seal");
+    a.socket
+        .send_to(&frame, a_reg.provider_address)
+        .expect("send");
+    p.wait_metric("loopix_dropped_total", &["reason=\"unknown_client\""], 2.0);
 
     // Everyone is still served.
     assert_eq!(ids(&a.pull(&[])).len(), 3);
