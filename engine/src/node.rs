@@ -141,6 +141,7 @@ struct ProviderStart {
     work_tx: crossbeam_channel::Sender<crate::shard::InboxWork>,
     work_rx: crossbeam_channel::Receiver<crate::shard::InboxWork>,
     metrics: Arc<ProviderMetrics>,
+    problems: Vec<String>,
 }
 
 fn role_name(role: Role) -> &'static str {
@@ -200,7 +201,8 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
     let mut prov = match &config.provider {
         Some(p) => {
             let mut inbox = provider::open_inbox(p)?;
-            let clients = provider::sync_registry(&mut inbox, &p.data_dir, &mut Vec::new())
+            let mut problems = Vec::new();
+            let clients = provider::sync_registry(&mut inbox, &p.data_dir, &mut problems)
                 .map_err(|e| e.to_string())?;
             let table = Arc::new(ClientTable::new(&clients));
             let (work_tx, work_rx) = crossbeam_channel::bounded(p.store_queue);
@@ -211,6 +213,7 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
                 work_tx,
                 work_rx,
                 metrics: Arc::new(ProviderMetrics::default()),
+                problems,
             })
         }
         None => None,
@@ -345,6 +348,7 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
                 metrics: p.metrics,
                 stop: Arc::clone(&stop),
                 rescan: Arc::clone(&rescan),
+                problems: p.problems,
             };
             // Only the shards hold senders now: the channel disconnects
             // when they end.

@@ -140,6 +140,9 @@ pub struct InboxThread {
     pub stop: Arc<AtomicBool>,
     /// Set by SIGHUP: rescan the registry now.
     pub rescan: Arc<AtomicBool>,
+    /// Registry files already reported as unreadable (reported again only
+    /// when the set changes).
+    pub problems: Vec<String>,
 }
 
 struct Runner {
@@ -158,11 +161,13 @@ impl InboxThread {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
         let frame = vec![0u8; delivery_frame_len(&self.geometry)];
+        let mut t = self;
+        let problems = std::mem::take(&mut t.problems);
         let mut r = Runner {
-            t: self,
+            t,
             counter: wall_us,
             frame,
-            problems: Vec::new(),
+            problems,
             broken: false,
         };
         r.publish();
@@ -332,8 +337,8 @@ impl Runner {
         if self.broken {
             return;
         }
-        let (entries, _) = registry::scan(&self.t.settings.data_dir);
-        if entries == self.t.clients {
+        let (entries, problems) = registry::scan(&self.t.settings.data_dir);
+        if entries == self.t.clients && problems == self.problems {
             return;
         }
         let data_dir = self.t.settings.data_dir.clone();
