@@ -1,5 +1,6 @@
-//! Mix node configuration: the TOML file an operator writes, parsed into
-//! typed values and checked as a whole before anything starts.
+//! Node configuration (mixes and providers): the TOML file an operator
+//! writes, parsed into typed values and checked as a whole before anything
+//! starts. A provider's file is a mix's plus a `[provider]` section.
 //!
 //! Invariant: every error names the field (`section.key`) and what would be
 //! valid. Unknown fields are errors, so a typo is caught at start rather than
@@ -48,7 +49,7 @@ pub enum ConfigError {
 }
 
 /// Which datagram backend to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum IoChoice {
     /// io_uring if this host allows it, else portable (with a logged reason).
@@ -230,7 +231,61 @@ impl Default for ShutdownSection {
     }
 }
 
-/// The whole mix node configuration.
+fn default_pull_frames() -> u16 {
+    8
+}
+fn default_max_messages() -> u32 {
+    10_000
+}
+fn default_max_bytes() -> u64 {
+    64 << 20
+}
+fn default_max_age_s() -> u64 {
+    604_800
+}
+fn default_commit_max_batch() -> usize {
+    256
+}
+fn default_commit_max_wait_ms() -> u64 {
+    2
+}
+fn default_store_queue() -> usize {
+    8192
+}
+
+/// `[provider]`: the inbox, the client registry and pulls (providers only).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSection {
+    /// Directory of the inbox (`inbox.redb`) and the client registry
+    /// (`clients/`).
+    pub data_dir: PathBuf,
+    /// Frames in every pull answer (k), whatever the inbox holds.
+    #[serde(default = "default_pull_frames")]
+    pub pull_frames: u16,
+    /// Messages one client's mailbox may hold; more are refused and counted.
+    #[serde(default = "default_max_messages")]
+    pub max_messages_per_client: u32,
+    /// Bytes one client's mailbox may hold; more are refused and counted.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes_per_client: u64,
+    /// Messages not acknowledged after this long are removed and counted.
+    #[serde(default = "default_max_age_s")]
+    pub max_age_s: u64,
+    /// Group commit: at most this many packets per durable transaction.
+    #[serde(default = "default_commit_max_batch")]
+    pub commit_max_batch: usize,
+    /// Group commit: wait at most this long for more packets to join one.
+    #[serde(default = "default_commit_max_wait_ms")]
+    pub commit_max_wait_ms: u64,
+    /// Packets and pulls queued from the shards to the inbox thread; more are
+    /// dropped and counted (`inbox_queue_full`).
+    #[serde(default = "default_store_queue")]
+    pub store_queue: usize,
+}
+
+/// The whole node configuration (the name is historical: a provider's is
+/// the same plus `[provider]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MixConfig {
@@ -251,6 +306,8 @@ pub struct MixConfig {
     /// `[shutdown]`
     #[serde(default)]
     pub shutdown: ShutdownSection,
+    /// `[provider]`: present for providers, absent for mixes.
+    pub provider: Option<ProviderSection>,
 }
 
 impl MixConfig {
@@ -263,7 +320,11 @@ impl MixConfig {
         })?;
         let mut config = Self::parse(path, &text)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut config.node.key_dir, &mut config.node.topology] {
+        let mut paths = vec![&mut config.node.key_dir, &mut config.node.topology];
+        if let Some(p) = config.provider.as_mut() {
+            paths.push(&mut p.data_dir);
+        }
+        for p in paths {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -353,6 +414,56 @@ impl MixConfig {
                 ),
             ));
         }
+        if let Some(p) = &self.provider {
+            if p.data_dir.as_os_str().is_empty() {
+                return Err(bad(
+                    "provider.data_dir",
+                    "is empty; name the directory for the inbox and the client registry".into(),
+                ));
+            }
+            if !(1..=1024).contains(&p.pull_frames) {
+                return Err(bad(
+                    "provider.pull_frames",
+                    format!("is {}; use 1 to 1024", p.pull_frames),
+                ));
+            }
+            if p.max_messages_per_client == 0 {
+                return Err(bad(
+                    "provider.max_messages_per_client",
+                    "must be at least 1".into(),
+                ));
+            }
+            if p.max_bytes_per_client < 4096 {
+                return Err(bad(
+                    "provider.max_bytes_per_client",
+                    format!(
+                        "is {}; use at least 4096 (one packet is about 1.4 KB)",
+                        p.max_bytes_per_client
+                    ),
+                ));
+            }
+            if p.max_age_s == 0 {
+                return Err(bad("provider.max_age_s", "must be at least 1".into()));
+            }
+            if !(1..=65_536).contains(&p.commit_max_batch) {
+                return Err(bad(
+                    "provider.commit_max_batch",
+                    format!("is {}; use 1 to 65536", p.commit_max_batch),
+                ));
+            }
+            if p.commit_max_wait_ms > 1000 {
+                return Err(bad(
+                    "provider.commit_max_wait_ms",
+                    format!("is {}; use 0 to 1000", p.commit_max_wait_ms),
+                ));
+            }
+            if !(1..=1_048_576).contains(&p.store_queue) {
+                return Err(bad(
+                    "provider.store_queue",
+                    format!("is {}; use 1 to 1048576", p.store_queue),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -411,6 +522,40 @@ operator_key = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a
             let err = parse(&text).expect_err("invalid").to_string();
             assert!(err.contains(field), "{err:?} should name {field}");
         }
+    }
+
+    #[test]
+    fn provider_section() {
+        let c = parse(&format!("{MINIMAL}[provider]\ndata_dir = \"data\"\n")).expect("valid");
+        let p = c.provider.expect("present");
+        assert_eq!(p.pull_frames, 8);
+        assert_eq!(p.max_messages_per_client, 10_000);
+        assert_eq!(p.max_bytes_per_client, 64 << 20);
+        assert_eq!((p.commit_max_batch, p.commit_max_wait_ms), (256, 2));
+        assert!(parse(MINIMAL).expect("valid").provider.is_none());
+        let cases = [
+            ("pull_frames = 0", "provider.pull_frames"),
+            ("pull_frames = 2000", "provider.pull_frames"),
+            (
+                "max_messages_per_client = 0",
+                "provider.max_messages_per_client",
+            ),
+            ("max_bytes_per_client = 10", "provider.max_bytes_per_client"),
+            ("max_age_s = 0", "provider.max_age_s"),
+            ("commit_max_batch = 0", "provider.commit_max_batch"),
+            ("commit_max_wait_ms = 5000", "provider.commit_max_wait_ms"),
+            ("store_queue = 0", "provider.store_queue"),
+            ("k = 3", "k"),
+        ];
+        for (line, field) in cases {
+            let text = format!("{MINIMAL}[provider]\ndata_dir = \"d\"\n{line}\n");
+            let err = parse(&text).expect_err("invalid").to_string();
+            assert!(err.contains(field), "{err:?} should name {field}");
+        }
+        let err = parse(&format!("{MINIMAL}[provider]\npull_frames = 4\n"))
+            .expect_err("data_dir is required")
+            .to_string();
+        assert!(err.contains("data_dir"), "{err}");
     }
 
     #[test]

@@ -564,6 +564,19 @@ impl Inbox {
         }
     }
 
+    /// Every registered mailbox, in key order (one per registered client,
+    /// so bounded by the provider's client registry).
+    pub fn registered_mailboxes(&self) -> Result<Vec<MailboxId>, InboxError> {
+        self.read("registered_mailboxes", |txn| {
+            let mailboxes = txn.open_table(MAILBOXES)?;
+            mailboxes
+                .iter()?
+                .map(|r| r.map(|(k, _)| MailboxId(k.value())))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(redb::Error::from)
+        })
+    }
+
     /// Whether `mailbox` is registered.
     pub fn is_registered(&self, mailbox: MailboxId) -> Result<bool, InboxError> {
         self.read("is_registered", |txn| {
@@ -830,6 +843,7 @@ mod tests {
         inbox.register(A).expect("register");
         assert!(inbox.is_registered(A).expect("is_registered"));
         assert!(!inbox.is_registered(B).expect("is_registered"));
+        assert_eq!(inbox.registered_mailboxes().expect("list"), vec![A]);
         let out = inbox
             .store_batch(1000, &[(A, b"one"), (A, b"two")])
             .expect("store");

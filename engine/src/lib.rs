@@ -1,7 +1,8 @@
 //! The Loopix node engine: a thread-per-core sharded mix node.
 //!
-//! `node::run_mix` assembles a node from its config, key directory and
-//! topology; each `shard::Shard` owns its socket backend, buffer pool, replay
+//! `node::run_mix` and `node::run_provider` assemble a node from its config,
+//! key directory and topology (a provider adds `provider`'s inbox thread and
+//! `registry`'s clients); each `shard::Shard` owns its socket backend, buffer pool, replay
 //! filters, timing wheel and counters; the control plane (the calling
 //! thread) handles key epochs, signals and the metrics endpoint, and talks
 //! to shards through bounded channels and one stop flag.
@@ -18,8 +19,11 @@ pub mod keyfile;
 pub mod localnet;
 pub mod metrics;
 pub mod node;
+pub mod provider;
+pub mod registry;
 pub mod replay;
 pub mod shard;
 pub mod supervise;
+pub mod testnet;
 pub mod topology;
 pub mod wheel;

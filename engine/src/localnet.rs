@@ -1,9 +1,12 @@
 //! A network of nodes on loopback, for tests and benchmarks: key
 //! directories, an operator key, a signed topology (serial 1, valid from
-//! five minutes ago for 30 days) and one config file per mix, written under
-//! one directory; plus a `Driver` that plays a provider (it holds a provider's
-//! keys) so that it can inject packets into the first layer and receive
-//! what the last layer sends on.
+//! five minutes ago for 30 days) and one config file per node (a
+//! provider's with a `[provider]` section and a data directory under the
+//! net's directory, so it can run as `loopix provider`), written under one
+//! directory; plus a `Driver` that plays any node (it holds that node's
+//! keys), usually a provider, so that it can inject packets into the first
+//! layer and receive what the last layer sends on, or the last layer, to
+//! deliver packets to a provider.
 //!
 //! Invariant: everything is under the given directory and on 127.0.0.1.
 
@@ -53,6 +56,10 @@ pub struct LocalNetSpec {
     pub grace_s: u64,
     /// Epoch keys to generate per node, from the current epoch on.
     pub key_epochs: u64,
+    /// Providers: `provider.pull_frames`.
+    pub pull_frames: u16,
+    /// Providers: `provider.max_messages_per_client`.
+    pub max_messages_per_client: u32,
 }
 
 impl Default for LocalNetSpec {
@@ -72,6 +79,8 @@ impl Default for LocalNetSpec {
             epoch_s: 3600,
             grace_s: 300,
             key_epochs: 2,
+            pull_frames: 8,
+            max_messages_per_client: 10_000,
         }
     }
 }
@@ -85,14 +94,25 @@ pub struct LocalNode {
     pub layer: u8,
     /// Key directory.
     pub key_dir: PathBuf,
-    /// Mix config file (providers have none yet).
+    /// Config file (`loopix mix` or `loopix provider --config`).
     pub config: Option<PathBuf>,
+    /// A provider's `provider.data_dir` (`None` for mixes).
+    pub data_dir: Option<PathBuf>,
     /// UDP address.
     pub address: SocketAddr,
     /// Metrics address.
     pub metrics: SocketAddr,
     /// Public descriptor.
     pub descriptor: NodeDescriptor,
+}
+
+impl LocalNode {
+    /// Its name: the key directory's (`provider-0`, `mix-l1-2`).
+    pub fn name(&self) -> String {
+        self.key_dir
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    }
 }
 
 /// A laid-out network.
@@ -148,6 +168,7 @@ impl LocalNet {
                 layer,
                 key_dir,
                 config: None,
+                data_dir: None,
                 address,
                 metrics,
                 descriptor: report.descriptor,
@@ -170,7 +191,7 @@ impl LocalNet {
         let text = file.to_toml().map_err(|e| e.to_string())?;
         std::fs::write(&topology_path, text)
             .map_err(|e| format!("{}: {e}", topology_path.display()))?;
-        for n in nodes.iter_mut().filter(|n| n.role == Role::Mix) {
+        for n in nodes.iter_mut() {
             let io = match spec.io {
                 IoChoice::Auto => "auto",
                 IoChoice::Uring => "uring",
@@ -193,6 +214,19 @@ impl LocalNet {
                 n.metrics,
                 spec.drain_ms,
             );
+            let config = if n.role == Role::Provider {
+                let data_dir = n.key_dir.with_extension("data");
+                let section = format!(
+                    "\n[provider]\ndata_dir = {:?}\npull_frames = {}\nmax_messages_per_client = {}\n",
+                    data_dir.display().to_string(),
+                    spec.pull_frames,
+                    spec.max_messages_per_client,
+                );
+                n.data_dir = Some(data_dir);
+                config + &section
+            } else {
+                config
+            };
             let path = n.key_dir.with_extension("toml");
             std::fs::write(&path, config).map_err(|e| format!("{}: {e}", path.display()))?;
             n.config = Some(path);
@@ -209,6 +243,35 @@ impl LocalNet {
     /// The checked topology.
     pub fn topology(&self) -> Result<Topology, String> {
         Topology::load(&self.topology_path, &self.operator).map_err(|e| e.to_string())
+    }
+
+    /// Register a client named `name` at the provider at `index` (directly
+    /// in its registry, as `loopix provider register` does; a running
+    /// provider picks it up within about a second) and return what the
+    /// client needs.
+    pub fn register_client(
+        &self,
+        index: usize,
+        name: &str,
+    ) -> Result<loopix_client::Registration, String> {
+        let node = &self.nodes[index];
+        let data_dir = node
+            .data_dir
+            .as_ref()
+            .ok_or_else(|| format!("node {index} is not a provider"))?;
+        let id: [u8; 16] = hex::decode(&node.descriptor.id)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| format!("node {index}: bad id in its descriptor"))?;
+        let entry = crate::registry::register(data_dir, name)?;
+        Ok(loopix_client::Registration {
+            provider_id: NodeId(id),
+            provider_address: node.address,
+            slot: entry.slot,
+            mailbox: entry.mailbox,
+            access_key: entry.access_key,
+            operator_key: self.operator,
+        })
     }
 
     /// Indices of the mixes of `layer`.
@@ -284,6 +347,40 @@ impl Driver {
     /// Node id of the node at `index`.
     pub fn id(&self, index: usize) -> NodeId {
         self.topology.nodes[index].id
+    }
+
+    /// Build a packet that provider `provider` stores in `mailbox` (it reads
+    /// `Deliver`), for a recipient whose Sphinx key is `recipient`,
+    /// carrying `payload`: what a last-layer mix hands a provider.
+    pub fn build_delivery(
+        &self,
+        provider: usize,
+        mailbox: loopix_crypto::MailboxId,
+        recipient: &RouteKey,
+        payload: &[u8],
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Vec<u8>, String> {
+        let key = self.route_keys[provider]
+            .as_ref()
+            .ok_or_else(|| format!("node {provider} has no key for epoch {}", self.epoch))?;
+        let mut id = [0u8; 16];
+        rng.fill_bytes(&mut id);
+        let hops = [
+            Hop {
+                key,
+                command: RoutingCommand::Deliver { mailbox },
+            },
+            Hop {
+                key: recipient,
+                command: RoutingCommand::Recipient {
+                    kind: loopix_crypto::RecipientKind::Message,
+                    id,
+                },
+            },
+        ];
+        let mut pkt = vec![0u8; self.geometry.packet_len()];
+        sphinx::build(&self.geometry, &hops, payload, rng, &mut pkt).map_err(|e| e.to_string())?;
+        Ok(pkt)
     }
 
     /// Build a packet along `path` (node indices) with the given per-hop

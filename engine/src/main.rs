@@ -1,8 +1,9 @@
 //! The `loopix` command: `keygen` writes a node's keys, `mix` runs a mix
-//! node, `operator-keygen` and `topology` make signed topology documents
-//! (`topology_cli.rs`), `client ...` is the Loopix client (see
-//! `client_cli`). Errors print one message naming the problem and exit 1;
-//! usage mistakes exit 2.
+//! node, `provider` runs a provider and `provider register|unregister|
+//! clients` manage its clients, `operator-keygen` and `topology` make
+//! signed topology documents (`topology_cli.rs`), `client ...` is the
+//! Loopix client (see `client_cli`). Errors print one message naming the
+//! problem and exit 1; usage mistakes exit 2.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +12,8 @@ use loopix_engine::client_cli;
 use loopix_engine::config::MixConfig;
 use loopix_engine::keyfile::{self, epoch_at, unix_now_s};
 use loopix_engine::node;
+use loopix_engine::provider;
+use loopix_engine::testnet;
 
 mod topology_cli;
 
@@ -24,14 +27,61 @@ const USAGE_NODE: &str = "usage:
       overwriting a key; prints the signed public descriptor (also in
       DIR/node.toml); --address is needed once, later runs keep it
   loopix mix --config FILE
-      run a mix node (see systemd/mix.example.toml)";
+      run a mix node (see systemd/mix.example.toml)
+  loopix provider --config FILE
+      run a provider (see systemd/provider.example.toml); SIGHUP rescans
+      its client registry at once
+  loopix provider register --config FILE [--name NAME] [--out FILE]
+      register a client; print its registration (or write it to FILE, 0600)
+  loopix provider unregister --config FILE --slot N
+      remove the client in slot N (its stored messages are dropped)
+  loopix provider clients --config FILE
+      list registered clients: slot, name, mailbox";
 
 fn usage_text() -> String {
     format!(
-        "{USAGE_NODE}\n{}\n{}",
+        "{USAGE_NODE}\n{}\n{}\n{}",
+        testnet::USAGE,
         topology_cli::USAGE,
         client_cli::USAGE
     )
+}
+
+/// `loopix testnet`: exit 0 on a clean run, 1 on a failure (a node that
+/// died, lost messages), 130 when interrupted, 2 on a usage mistake.
+fn run_testnet(args: &[String]) -> ExitCode {
+    let opts = match testnet::parse_args(args) {
+        Ok(o) => o,
+        Err(e) => return usage(&format!("testnet: {e}")),
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(sig, std::sync::Arc::clone(&stop)) {
+            eprintln!("loopix: signal handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match testnet::run(&opts, std::sync::Arc::clone(&stop)) {
+        Ok(summary) => {
+            print!("{}", testnet::render(&summary));
+            if summary.messages_lost > 0 || summary.messages_duplicated > 0 {
+                eprintln!(
+                    "loopix testnet: {} messages lost, {} duplicated",
+                    summary.messages_lost, summary.messages_duplicated
+                );
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) if stop.load(std::sync::atomic::Ordering::Relaxed) => {
+            eprintln!("loopix testnet: interrupted ({e}); every node stopped");
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("loopix testnet: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn usage(msg: &str) -> ExitCode {
@@ -46,14 +96,22 @@ fn main() -> ExitCode {
     };
     match cmd.as_str() {
         "client" => return client_cli::main(&args[1..]),
+        "testnet" => return run_testnet(&args[1..]),
         "topology" => return topology_cli::exit(topology_cli::topology(&args[1..]), &usage_text()),
         "operator-keygen" => {
             return topology_cli::exit(topology_cli::operator_keygen(&args[1..]), &usage_text())
         }
         _ => {}
     }
+    // `provider` has admin subcommands; options follow them.
+    let (cmd, first_opt) = match (cmd.as_str(), args.get(1).map(String::as_str)) {
+        ("provider", Some(sub @ ("register" | "unregister" | "clients"))) => {
+            (format!("provider {sub}"), 2)
+        }
+        _ => (cmd.clone(), 1),
+    };
     let mut opts = std::collections::HashMap::new();
-    let mut it = args[1..].iter();
+    let mut it = args[first_opt..].iter();
     while let Some(a) = it.next() {
         let Some(name) = a.strip_prefix("--") else {
             return usage(&format!("unexpected argument {a:?}"));
@@ -114,6 +172,62 @@ fn main() -> ExitCode {
             MixConfig::load(&PathBuf::from(path))
                 .map_err(|e| e.to_string())
                 .and_then(|c| node::run_mix(&c))
+        }
+        "provider" | "provider register" | "provider unregister" | "provider clients" => {
+            let Some(path) = opts.get("config") else {
+                return usage(&format!("{cmd} needs --config FILE"));
+            };
+            let config = match MixConfig::load(&PathBuf::from(path)) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("loopix: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match cmd.as_str() {
+                "provider" => node::run_provider(&config),
+                "provider register" => {
+                    let name = opts.get("name").map_or("", String::as_str);
+                    let out = opts.get("out").map(PathBuf::from);
+                    if let Some(o) = &out {
+                        if o.exists() {
+                            return usage(&format!(
+                                "--out {}: the file exists; name a new file",
+                                o.display()
+                            ));
+                        }
+                    }
+                    provider::register(&config, name).and_then(|r| {
+                        eprintln!("registered slot {} mailbox {}", r.slot, r.mailbox);
+                        match &out {
+                            Some(o) => provider::write_registration(o, &r),
+                            None => {
+                                print!("{}", r.to_toml());
+                                Ok(())
+                            }
+                        }
+                    })
+                }
+                "provider unregister" => {
+                    let slot = match opts.get("slot").map(|v| v.parse::<u32>()) {
+                        Some(Ok(s)) => s,
+                        Some(Err(_)) => return usage("--slot must be a whole number"),
+                        None => return usage("unregister needs --slot N"),
+                    };
+                    provider::unregister(&config, slot).map(|e| {
+                        eprintln!(
+                            "removed slot {} ({}) mailbox {}; a running provider drops its messages within a second",
+                            e.slot, e.name, e.mailbox
+                        );
+                    })
+                }
+                _ => provider::list(&config).map(|(text, problems)| {
+                    print!("{text}");
+                    for p in problems {
+                        eprintln!("loopix: {p}");
+                    }
+                }),
+            }
         }
         "help" | "--help" | "-h" => {
             println!("{}", usage_text());

@@ -5,6 +5,24 @@
 //! Invariants: nothing here allocates or locks on the packet path; a shard's
 //! counters are written only by that shard; histograms have a fixed number of
 //! buckets, so memory does not grow with load.
+//!
+//! Series (every one labelled `node`; shard series also `shard`):
+//! - `loopix_received_datagrams_total`, `loopix_forwarded_packets_total`,
+//!   `loopix_loops_received_total`, `loopix_dropped_total{reason}`, pool,
+//!   replay filter and latency series: every node;
+//! - providers only: `loopix_delivered_to_inbox_total` (packets with a
+//!   `Deliver` command handed to the inbox thread),
+//!   `loopix_cover_discarded_total` (`Drop` cover discarded),
+//!   `loopix_inbox_stored_total` (durably stored: counted only after the
+//!   commit), `loopix_inbox_refused_total{reason=count_quota|bytes_quota|
+//!   unknown_mailbox|storage_error}`, `loopix_inbox_expired_total`,
+//!   `loopix_inbox_acked_total`, `loopix_inbox_foreign_acks_total`,
+//!   `loopix_inbox_dropped_unregistered_total`, `loopix_inbox_commits_total`,
+//!   `loopix_pulls_total`, `loopix_pull_frames_total` (all frames sent, real
+//!   and dummy), `loopix_pull_real_frames_total`,
+//!   `loopix_pull_send_failed_total`, and the gauges
+//!   `loopix_inbox_messages`, `loopix_inbox_bytes`,
+//!   `loopix_registered_clients`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -45,11 +63,24 @@ pub enum DropReason {
     ShuttingDown,
     /// The kernel refused the send.
     SendFailed,
+    /// (Provider) a client frame from a slot with no registered client.
+    UnknownClient,
+    /// (Provider) a client frame whose tag did not verify under the slot's
+    /// access key.
+    ClientUnauthenticated,
+    /// (Provider) an authentic pull request whose body does not parse.
+    BadPull,
+    /// (Provider) a pull request for a mailbox that is not the client's.
+    PullWrongMailbox,
+    /// (Provider) the queue to the inbox thread is full.
+    InboxQueueFull,
+    /// (Mix) a client frame kind: only providers take those.
+    NotAProvider,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::BadLength,
         DropReason::BadFrame,
         DropReason::Unauthenticated,
@@ -63,6 +94,12 @@ impl DropReason {
         DropReason::PoolFull,
         DropReason::ShuttingDown,
         DropReason::SendFailed,
+        DropReason::UnknownClient,
+        DropReason::ClientUnauthenticated,
+        DropReason::BadPull,
+        DropReason::PullWrongMailbox,
+        DropReason::InboxQueueFull,
+        DropReason::NotAProvider,
     ];
 
     /// The label value.
@@ -81,6 +118,12 @@ impl DropReason {
             DropReason::PoolFull => "pool_full",
             DropReason::ShuttingDown => "shutting_down",
             DropReason::SendFailed => "send_failed",
+            DropReason::UnknownClient => "unknown_client",
+            DropReason::ClientUnauthenticated => "client_unauthenticated",
+            DropReason::BadPull => "bad_pull",
+            DropReason::PullWrongMailbox => "pull_wrong_mailbox",
+            DropReason::InboxQueueFull => "inbox_queue_full",
+            DropReason::NotAProvider => "not_a_provider",
         }
     }
 
@@ -203,6 +246,10 @@ pub struct ShardMetrics {
     pub forwarded: AtomicU64,
     /// This node's own loops that came back.
     pub loops_received: AtomicU64,
+    /// (Provider) `Deliver` packets handed to the inbox thread.
+    pub to_inbox: AtomicU64,
+    /// (Provider) `Drop` cover packets discarded.
+    pub cover_discarded: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
     /// Packets held in the pool now.
     pub pool_in_use: AtomicU64,
@@ -233,10 +280,157 @@ impl ShardMetrics {
     }
 }
 
+/// A provider's inbox and pull counters and gauges, written by its inbox
+/// thread alone.
+#[derive(Default)]
+pub struct ProviderMetrics {
+    /// Packets durably stored.
+    pub stored: AtomicU64,
+    /// Refused: the mailbox was at its message quota.
+    pub refused_count: AtomicU64,
+    /// Refused: the mailbox was at its byte quota.
+    pub refused_bytes: AtomicU64,
+    /// Refused: no such registered mailbox.
+    pub unknown_mailbox: AtomicU64,
+    /// Lost: the commit failed (storage error).
+    pub storage_error: AtomicU64,
+    /// Removed by age.
+    pub expired: AtomicU64,
+    /// Removed by acknowledgement.
+    pub acked: AtomicU64,
+    /// Acknowledgements naming another mailbox's message (ignored).
+    pub foreign_acks: AtomicU64,
+    /// Removed with their client's registration.
+    pub dropped_unregistered: AtomicU64,
+    /// Durable transactions of stores.
+    pub commits: AtomicU64,
+    /// Pull requests answered.
+    pub pulls: AtomicU64,
+    /// Delivery frames sent (real and dummy).
+    pub pull_frames: AtomicU64,
+    /// Delivery frames that carried a message.
+    pub pull_real_frames: AtomicU64,
+    /// Delivery frames the kernel refused.
+    pub pull_send_failed: AtomicU64,
+    /// Messages held now.
+    pub inbox_messages: AtomicU64,
+    /// Bytes held now.
+    pub inbox_bytes: AtomicU64,
+    /// Clients registered now.
+    pub registered_clients: AtomicU64,
+}
+
 type Labels = Vec<(String, String)>;
 
 /// Render every shard's metrics in the Prometheus text format.
 pub fn render(node_labels: &[(&str, &str)], shards: &[Arc<ShardMetrics>], io: &str) -> String {
+    render_with(node_labels, shards, io, None)
+}
+
+fn register_provider(registry: &mut Registry, base: &Labels, p: &ProviderMetrics) {
+    let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
+    let counters: [(&str, &str, &AtomicU64); 10] = [
+        (
+            "loopix_inbox_stored",
+            "Packets durably stored in the inbox",
+            &p.stored,
+        ),
+        (
+            "loopix_inbox_expired",
+            "Messages removed by age",
+            &p.expired,
+        ),
+        (
+            "loopix_inbox_acked",
+            "Messages removed by acknowledgement",
+            &p.acked,
+        ),
+        (
+            "loopix_inbox_foreign_acks",
+            "Acknowledgements naming another mailbox's message, ignored",
+            &p.foreign_acks,
+        ),
+        (
+            "loopix_inbox_dropped_unregistered",
+            "Messages dropped with their client's registration",
+            &p.dropped_unregistered,
+        ),
+        (
+            "loopix_inbox_commits",
+            "Durable transactions of stores (group commits)",
+            &p.commits,
+        ),
+        ("loopix_pulls", "Pull requests answered", &p.pulls),
+        (
+            "loopix_pull_frames",
+            "Delivery frames sent, real and dummy",
+            &p.pull_frames,
+        ),
+        (
+            "loopix_pull_real_frames",
+            "Delivery frames that carried a message",
+            &p.pull_real_frames,
+        ),
+        (
+            "loopix_pull_send_failed",
+            "Delivery frames the kernel refused",
+            &p.pull_send_failed,
+        ),
+    ];
+    for (name, help, v) in counters {
+        let c = Family::<Labels, Counter>::default();
+        c.get_or_create(base).inc_by(load(v));
+        registry.register(name, help, c);
+    }
+    let refused = Family::<Labels, Counter>::default();
+    for (reason, v) in [
+        ("count_quota", &p.refused_count),
+        ("bytes_quota", &p.refused_bytes),
+        ("unknown_mailbox", &p.unknown_mailbox),
+        ("storage_error", &p.storage_error),
+    ] {
+        let mut l = base.clone();
+        l.push(("reason".into(), reason.into()));
+        refused.get_or_create(&l).inc_by(load(v));
+    }
+    registry.register(
+        "loopix_inbox_refused",
+        "Packets not stored, by reason",
+        refused,
+    );
+    let gauges: [(&str, &str, &AtomicU64); 3] = [
+        (
+            "loopix_inbox_messages",
+            "Messages held in the inbox",
+            &p.inbox_messages,
+        ),
+        (
+            "loopix_inbox_bytes",
+            "Bytes of messages held in the inbox",
+            &p.inbox_bytes,
+        ),
+        (
+            "loopix_registered_clients",
+            "Clients registered now",
+            &p.registered_clients,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        let g = Family::<Labels, Gauge>::default();
+        g.get_or_create(base)
+            .set(i64::try_from(load(v)).unwrap_or(i64::MAX));
+        registry.register(name, help, g);
+    }
+}
+
+/// Render every shard's metrics, and a provider's if given, in the
+/// Prometheus text format.
+pub fn render_with(
+    node_labels: &[(&str, &str)],
+    shards: &[Arc<ShardMetrics>],
+    io: &str,
+    provider: Option<&ProviderMetrics>,
+) -> String {
     let mut registry = Registry::default();
     let base: Labels = node_labels
         .iter()
@@ -251,6 +445,8 @@ pub fn render(node_labels: &[(&str, &str)], shards: &[Arc<ShardMetrics>], io: &s
     let received = Family::<Labels, Counter>::default();
     let forwarded = Family::<Labels, Counter>::default();
     let loops = Family::<Labels, Counter>::default();
+    let to_inbox = Family::<Labels, Counter>::default();
+    let cover = Family::<Labels, Counter>::default();
     let dropped = Family::<Labels, Counter>::default();
     let pool_in_use = Family::<Labels, Gauge>::default();
     let pool_capacity = Family::<Labels, Gauge>::default();
@@ -275,6 +471,14 @@ pub fn render(node_labels: &[(&str, &str)], shards: &[Arc<ShardMetrics>], io: &s
         loops
             .get_or_create(&l)
             .inc_by(s.loops_received.load(Ordering::Relaxed));
+        if provider.is_some() {
+            to_inbox
+                .get_or_create(&l)
+                .inc_by(s.to_inbox.load(Ordering::Relaxed));
+            cover
+                .get_or_create(&l)
+                .inc_by(s.cover_discarded.load(Ordering::Relaxed));
+        }
         for r in DropReason::ALL {
             dropped
                 .get_or_create(&with(&[
@@ -350,6 +554,19 @@ pub fn render(node_labels: &[(&str, &str)], shards: &[Arc<ShardMetrics>], io: &s
         lateness_q,
     );
     registry.register("loopix_node_info", "Static facts about the node", info);
+    if let Some(p) = provider {
+        registry.register(
+            "loopix_delivered_to_inbox",
+            "Packets with a Deliver command handed to the inbox thread",
+            to_inbox,
+        );
+        registry.register(
+            "loopix_cover_discarded",
+            "Drop cover packets discarded",
+            cover,
+        );
+        register_provider(&mut registry, &base, p);
+    }
 
     let mut out = String::new();
     // Writing into a String cannot fail.
@@ -457,5 +674,33 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("loopix_node_info{node=\"n1\",io=\"portable\"} 1"));
+        assert!(
+            !text.contains("loopix_inbox"),
+            "no provider series at a mix"
+        );
+    }
+
+    #[test]
+    fn provider_series() {
+        let s = Arc::new(ShardMetrics::default());
+        s.to_inbox.fetch_add(5, Ordering::Relaxed);
+        let p = ProviderMetrics::default();
+        p.stored.store(4, Ordering::Relaxed);
+        p.refused_count.store(2, Ordering::Relaxed);
+        p.inbox_messages.store(3, Ordering::Relaxed);
+        p.registered_clients.store(1, Ordering::Relaxed);
+        let text = render_with(&[("node", "n1")], &[s], "portable", Some(&p));
+        for line in [
+            "loopix_inbox_stored_total{node=\"n1\"} 4",
+            "loopix_inbox_refused_total{node=\"n1\",reason=\"count_quota\"} 2",
+            "loopix_inbox_refused_total{node=\"n1\",reason=\"unknown_mailbox\"} 0",
+            "loopix_inbox_messages{node=\"n1\"} 3",
+            "loopix_registered_clients{node=\"n1\"} 1",
+            "loopix_pulls_total{node=\"n1\"} 0",
+            "loopix_delivered_to_inbox_total{node=\"n1\",shard=\"0\"} 5",
+            "reason=\"pull_wrong_mailbox\"",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
     }
 }

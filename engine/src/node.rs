@@ -1,10 +1,14 @@
-//! Assembling and running a mix node: config, keys and topology in; shards,
-//! the metrics endpoint and the key-epoch control loop out.
+//! Assembling and running a node, mix or provider: config, keys and
+//! topology in; shards, the metrics endpoint and the key-epoch control loop
+//! out. A provider adds its inbox (opened before any socket is bound), its
+//! client table in every shard and its inbox thread (see `provider`).
 //!
 //! Start-up checks everything it can before binding a socket, and every
 //! failure is a message naming the file or field. Shutdown: SIGTERM or
 //! SIGINT set one stop flag; shards stop receiving, send what falls due
-//! within `shutdown.drain_ms`, count the rest, and the process exits 0.
+//! within `shutdown.drain_ms`, count the rest, the inbox thread commits what
+//! is queued, and the process exits 0. SIGHUP makes a provider rescan its
+//! client registry at once.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,9 +20,11 @@ use loopix_crypto::{Geometry, LinkKey, SecretKey};
 use crate::config::{IoChoice, MixConfig};
 use crate::io::{self, socket, IoKind};
 use crate::keyfile::{self, epoch_at, unix_now_s, NodeSecrets};
-use crate::metrics::{self, ShardMetrics};
+use crate::metrics::{self, ProviderMetrics, ShardMetrics};
+use crate::provider::{self, InboxThread};
+use crate::registry::ClientTable;
 use crate::replay::{BloomFilter, FilterSizing};
-use crate::shard::{Control, EpochKey, Links, Peer, Shard, ShardSettings};
+use crate::shard::{Control, EpochKey, Links, Peer, ProviderHooks, Shard, ShardSettings};
 use crate::topology::{Role, Topology};
 
 /// The epochs whose keys a node accepts at `unix_s`: the current one, the
@@ -109,6 +115,44 @@ pub fn build_links(
 /// Run a mix node until SIGTERM or SIGINT. `Err` is a start-up failure,
 /// already phrased for the operator.
 pub fn run_mix(config: &MixConfig) -> Result<(), String> {
+    if config.provider.is_some() {
+        return Err(
+            "the config has a [provider] section: run it with `loopix provider`, \
+             or remove the section to run a mix"
+                .into(),
+        );
+    }
+    run_node(config, Role::Mix)
+}
+
+/// Run a provider until SIGTERM or SIGINT: a node like a mix, plus its
+/// clients, inbox and pulls. `Err` is a start-up failure, already phrased
+/// for the operator.
+pub fn run_provider(config: &MixConfig) -> Result<(), String> {
+    provider::section(config)?;
+    run_node(config, Role::Provider)
+}
+
+/// What a provider adds at start-up, before its threads exist.
+struct ProviderStart {
+    inbox: crate::inbox::Inbox,
+    clients: Vec<crate::registry::ClientEntry>,
+    table: Arc<ClientTable>,
+    work_tx: crossbeam_channel::Sender<crate::shard::InboxWork>,
+    work_rx: crossbeam_channel::Receiver<crate::shard::InboxWork>,
+    metrics: Arc<ProviderMetrics>,
+    problems: Vec<String>,
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Mix => "mix",
+        Role::Provider => "provider",
+    }
+}
+
+fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
+    let name = role_name(role);
     let topology = Topology::load(&config.node.topology, &config.node.operator_key)
         .map_err(|e| e.to_string())?;
     let now_s = unix_now_s();
@@ -124,10 +168,16 @@ pub fn run_mix(config: &MixConfig) -> Result<(), String> {
         )
     })?;
     let me = &topology.nodes[own as usize];
-    if me.role != Role::Mix {
+    if me.role != role {
         return Err(format!(
-            "topology lists node {own_id} as a {:?}, not a mix; run it with `loopix provider`",
-            me.role
+            "topology lists node {own_id} as a {}, not a {name}; run it with `loopix {}`{}",
+            role_name(me.role),
+            role_name(me.role),
+            if me.role == Role::Provider {
+                " (with a [provider] section)"
+            } else {
+                " (without a [provider] section)"
+            }
         ));
     }
     if me.address != config.node.listen {
@@ -147,11 +197,37 @@ pub fn run_mix(config: &MixConfig) -> Result<(), String> {
         .div_ceil(e.shards as u64)
         .max(1);
 
+    // A provider's inbox and registry, before any socket is bound: a
+    // corrupt inbox file fails the start here, naming the file.
+    let mut prov = match &config.provider {
+        Some(p) => {
+            let mut inbox = provider::open_inbox(p)?;
+            let mut problems = Vec::new();
+            let clients = provider::sync_registry(&mut inbox, &p.data_dir, &mut problems)
+                .map_err(|e| e.to_string())?;
+            let table = Arc::new(ClientTable::new(&clients));
+            let (work_tx, work_rx) = crossbeam_channel::bounded(p.store_queue);
+            Some(ProviderStart {
+                inbox,
+                clients,
+                table,
+                work_tx,
+                work_rx,
+                metrics: Arc::new(ProviderMetrics::default()),
+                problems,
+            })
+        }
+        None => None,
+    };
+
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .map_err(|e| format!("signal handler: {e}"))?;
     }
+    let rescan = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&rescan))
+        .map_err(|e| format!("signal handler: {e}"))?;
 
     let mut shards = Vec::new();
     let mut controls = Vec::new();
@@ -189,6 +265,13 @@ pub fn run_mix(config: &MixConfig) -> Result<(), String> {
             Arc::clone(&m),
         )
         .map_err(|err| format!("{err}; lower replay.rate_pps or raise replay.max_filter_mb"))?;
+        let shard = match &prov {
+            Some(p) => shard.with_provider(ProviderHooks {
+                clients: Arc::clone(&p.table),
+                inbox: p.work_tx.clone(),
+            }),
+            None => shard,
+        };
         shards.push(shard);
         controls.push(tx);
         all_metrics.push(m);
@@ -203,6 +286,16 @@ pub fn run_mix(config: &MixConfig) -> Result<(), String> {
             .map_err(|err| format!("cannot attach the steering program: {err}"))?;
         }
     }
+    // A provider answers pulls from its listening socket (so from its own
+    // address); a mix needs no handle on it here.
+    let answer_socket = match &prov {
+        Some(_) => Some(
+            first_socket
+                .take()
+                .ok_or("no shard socket to answer pulls from")?,
+        ),
+        None => None,
+    };
     drop(first_socket);
 
     let filter_mb = all_metrics
@@ -210,8 +303,12 @@ pub fn run_mix(config: &MixConfig) -> Result<(), String> {
         .map(|m| m.filter_bytes.load(Ordering::Relaxed))
         .sum::<u64>() as f64
         / (1u64 << 20) as f64;
+    let clients_note = prov
+        .as_ref()
+        .map(|p| format!(", {} client(s)", p.clients.len()))
+        .unwrap_or_default();
     eprintln!(
-        "loopix mix: node {own_id} layer {} on {}, {} shard(s), io={}, replay filters {filter_mb:.1} MiB, epochs {:?}",
+        "loopix {name}: node {own_id} layer {} on {}, {} shard(s), io={}, replay filters {filter_mb:.1} MiB, epochs {:?}{clients_note}",
         me.layer,
         config.node.listen,
         e.shards,
@@ -237,12 +334,44 @@ pub fn run_mix(config: &MixConfig) -> Result<(), String> {
         handles.push(h);
     }
 
+    let provider_metrics = prov.as_ref().map(|p| Arc::clone(&p.metrics));
+    let inbox_thread = match (prov.take(), answer_socket, &config.provider) {
+        (Some(p), Some(socket), Some(settings)) => {
+            let worker = InboxThread {
+                inbox: p.inbox,
+                settings: settings.clone(),
+                geometry,
+                work: p.work_rx,
+                socket,
+                controls: controls.clone(),
+                clients: p.clients,
+                table: p.table,
+                metrics: p.metrics,
+                stop: Arc::clone(&stop),
+                rescan: Arc::clone(&rescan),
+                problems: p.problems,
+            };
+            // Only the shards hold senders now: the channel disconnects
+            // when they end.
+            drop(p.work_tx);
+            Some(
+                std::thread::Builder::new()
+                    .name("inbox".into())
+                    .spawn(move || worker.run())
+                    .map_err(|err| format!("cannot start the inbox thread: {err}"))?,
+            )
+        }
+        _ => None,
+    };
+
     let metrics_thread = match config.metrics.listen {
         Some(addr) => {
             let ms = all_metrics.clone();
             let node = own_id.to_string();
             let io_name = io_kind.name();
-            let render = move || metrics::render(&[("node", &node)], &ms, io_name);
+            let pm = provider_metrics.clone();
+            let render =
+                move || metrics::render_with(&[("node", &node)], &ms, io_name, pm.as_deref());
             Some(
                 metrics::serve(addr, render, Arc::clone(&stop))
                     .map_err(|err| format!("metrics.listen {addr}: {err}"))?,
@@ -297,6 +426,9 @@ pub fn run_mix(config: &MixConfig) -> Result<(), String> {
     for h in handles {
         let _ = h.join();
     }
+    if let Some(h) = inbox_thread {
+        let _ = h.join();
+    }
     if let Some(h) = metrics_thread {
         let _ = h.join();
     }
@@ -309,7 +441,7 @@ pub fn run_mix(config: &MixConfig) -> Result<(), String> {
         .map(|m| m.drops(crate::metrics::DropReason::ShuttingDown))
         .sum();
     eprintln!(
-        "loopix mix: stopped in {} ms; forwarded {forwarded} packets in all, {dropped} dropped at shutdown",
+        "loopix {name}: stopped in {} ms; forwarded {forwarded} packets in all, {dropped} dropped at shutdown",
         stopping.elapsed().as_millis()
     );
     Ok(())

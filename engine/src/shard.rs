@@ -8,9 +8,19 @@
 //! Sphinx shared secret (one scalar mult), replay-tag lookup, MAC, command,
 //! then the blinding (second scalar mult) and scheduling on the wheel.
 //!
-//! Invariants: nothing on this path allocates or crosses cores; every drop
-//! is counted by reason; a replay tag is inserted only after its MAC
-//! verified; the pool bounds the wheel, so memory does not grow with load.
+//! A provider's shards also take client frames (kinds `0x02` packets and
+//! `0x03` pulls): the slot must hold a registered client (a table lookup,
+//! before any cryptography), then the slot's replay window, the tag under
+//! the client's access key, and for packets the same Sphinx path as above,
+//! where a client may only ask for `Relay`. Packets whose command is
+//! `Deliver` and authentic pulls go to the provider's inbox thread over a
+//! bounded channel; `Drop` cover is discarded and counted.
+//!
+//! Invariants: nothing on the mix path allocates or crosses cores (a
+//! provider copies each delivered packet once, to hand it to its inbox
+//! thread); every drop is counted by reason; a replay tag is inserted only
+//! after its MAC verified; the pool bounds the wheel, so memory does not
+//! grow with load.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,15 +28,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
-use loopix_crypto::link::{FRAME_HEADER_LEN, TAG_LEN};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use loopix_crypto::access::PullRequest;
+use loopix_crypto::link::{FRAME_HEADER_LEN, KIND_CLIENT_PACKET, KIND_PACKET, KIND_PULL, TAG_LEN};
 use loopix_crypto::{
-    sphinx, FrameHeader, Geometry, LinkError, LinkKey, NodeId, RecipientKind, ReplayWindow,
-    RoutingCommand, SecretKey, SphinxError,
+    sphinx, FrameHeader, Geometry, LinkError, LinkKey, MailboxId, NodeId, RecipientKind,
+    ReplayWindow, RoutingCommand, SecretKey, SphinxError,
 };
 
 use crate::io::{Backend, Datagram};
 use crate::metrics::{DropReason, ShardMetrics};
+use crate::registry::ClientTable;
 use crate::replay::{BloomFilter, ReplayFilters};
 use crate::wheel::{InsertError, TimingWheel};
 
@@ -75,6 +87,43 @@ pub enum Control {
     /// filters the control plane built (and faulted in) for epochs this
     /// shard has not opened yet.
     Keys(Vec<EpochKey>, Vec<(u64, BloomFilter)>),
+    /// (Provider) the registered clients from now on.
+    Clients(Arc<ClientTable>),
+}
+
+/// What a provider's shards hand its inbox thread.
+#[derive(Debug)]
+pub enum InboxWork {
+    /// Store this processed packet (`packet_len` bytes) in `mailbox`.
+    Store(MailboxId, Vec<u8>),
+    /// Answer this pull, authenticated for `slot`, at `from`.
+    Pull {
+        /// The client's slot.
+        slot: u32,
+        /// Where the request came from (the answer goes there).
+        from: SocketAddr,
+        /// The request.
+        request: PullRequest,
+    },
+}
+
+/// What makes a shard a provider's: its clients and the way to its inbox.
+pub struct ProviderHooks {
+    /// The registered clients (replaced by `Control::Clients`).
+    pub clients: Arc<ClientTable>,
+    /// The bounded channel to the inbox thread.
+    pub inbox: Sender<InboxWork>,
+}
+
+/// A provider shard's client state.
+struct ProviderState {
+    clients: Arc<ClientTable>,
+    inbox: Sender<InboxWork>,
+    /// Replay windows of client frames, by slot.
+    windows: HashMap<u32, ReplayWindow>,
+    /// A frame-sized buffer to decrypt pulls in (the received one is
+    /// borrowed immutably).
+    scratch: Vec<u8>,
 }
 
 /// Fixed settings of a shard.
@@ -139,6 +188,7 @@ struct State {
     metrics: Arc<ShardMetrics>,
     start: Instant,
     counter: u64,
+    provider: Option<ProviderState>,
 }
 
 /// A shard ready to run.
@@ -209,6 +259,7 @@ impl Shard {
             metrics,
             start,
             counter,
+            provider: None,
         };
         let batch = state.settings.batch;
         Ok(Shard {
@@ -218,6 +269,18 @@ impl Shard {
             state,
             due: Vec::with_capacity(batch),
         })
+    }
+
+    /// Make this a provider's shard: it takes client frames, stores
+    /// `Deliver` packets and answers pulls through `hooks.inbox`.
+    pub fn with_provider(mut self, hooks: ProviderHooks) -> Shard {
+        self.state.provider = Some(ProviderState {
+            clients: hooks.clients,
+            inbox: hooks.inbox,
+            windows: HashMap::new(),
+            scratch: vec![0u8; self.state.settings.geometry.frame_len()],
+        });
+        self
     }
 
     /// Run until the stop flag is set and the drain is done.
@@ -230,6 +293,7 @@ impl Shard {
             while let Ok(msg) = self.control.try_recv() {
                 match msg {
                     Control::Keys(keys, filters) => self.state.set_keys(keys, filters),
+                    Control::Clients(table) => self.state.set_clients(table),
                 }
             }
             if now.saturating_sub(last_stats) >= 1_000_000 {
@@ -382,6 +446,14 @@ impl State {
         self.publish_stats();
     }
 
+    fn set_clients(&mut self, table: Arc<ClientTable>) {
+        if let Some(p) = self.provider.as_mut() {
+            // A removed client's window goes with it.
+            p.windows.retain(|slot, _| table.by_slot.contains_key(slot));
+            p.clients = table;
+        }
+    }
+
     fn publish_stats(&self) {
         self.metrics
             .filter_bytes
@@ -415,6 +487,9 @@ impl State {
             Ok(h) => h,
             Err(_) => return self.drop(DropReason::BadFrame),
         };
+        if header.kind != KIND_PACKET {
+            return self.handle_client(d, header, arrival_us);
+        }
         // Borrow the shared table (no refcount traffic: an Arc clone per
         // datagram would write a cache line every shard shares).
         let Some(peer) = self
@@ -449,7 +524,7 @@ impl State {
         let packet_range = FRAME_HEADER_LEN..g.frame_len() - TAG_LEN;
         let slot = self.pool.slot(idx);
         slot[packet_range.clone()].copy_from_slice(&d.data[packet_range.clone()]);
-        match self.process(idx, packet_range, arrival_us) {
+        match self.process(idx, packet_range, arrival_us, false) {
             Ok(()) => {}
             Err(reason) => {
                 self.pool.free.push(idx);
@@ -458,13 +533,76 @@ impl State {
         }
     }
 
+    /// Client frames (providers only): slot lookup, window, tag; then a
+    /// packet goes the Sphinx path and a pull to the inbox thread.
+    fn handle_client(&mut self, d: Datagram<'_>, header: FrameHeader, arrival_us: u64) {
+        let metrics = &self.metrics;
+        let Some(p) = self.provider.as_mut() else {
+            return metrics.count_drop(DropReason::NotAProvider);
+        };
+        if header.kind != KIND_CLIENT_PACKET && header.kind != KIND_PULL {
+            return metrics.count_drop(DropReason::BadFrame);
+        }
+        let slot = header.sender;
+        let Some(client) = p.clients.by_slot.get(&slot) else {
+            return metrics.count_drop(DropReason::UnknownClient);
+        };
+        if let Some(w) = p.windows.get(&slot) {
+            if w.check(header.counter).is_err() {
+                return metrics.count_drop(DropReason::LinkReplay);
+            }
+        }
+        if header.kind == KIND_PULL {
+            p.scratch.copy_from_slice(d.data);
+            let body = match client.link.open_in_place(&mut p.scratch) {
+                Ok((_, body)) => body,
+                Err(_) => return metrics.count_drop(DropReason::ClientUnauthenticated),
+            };
+            p.windows.entry(slot).or_default().commit(header.counter);
+            let Ok(request) = PullRequest::parse(body) else {
+                return metrics.count_drop(DropReason::BadPull);
+            };
+            if request.mailbox != client.mailbox {
+                return metrics.count_drop(DropReason::PullWrongMailbox);
+            }
+            let work = InboxWork::Pull {
+                slot,
+                from: d.from,
+                request,
+            };
+            if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+                p.inbox.try_send(work)
+            {
+                metrics.count_drop(DropReason::InboxQueueFull);
+            }
+            return;
+        }
+        if client.link.open(d.data).is_err() {
+            return metrics.count_drop(DropReason::ClientUnauthenticated);
+        }
+        p.windows.entry(slot).or_default().commit(header.counter);
+        let g = self.settings.geometry;
+        let Some(idx) = self.pool.free.pop() else {
+            return self.drop(DropReason::PoolFull);
+        };
+        let packet_range = FRAME_HEADER_LEN..g.frame_len() - TAG_LEN;
+        let pool_slot = self.pool.slot(idx);
+        pool_slot[packet_range.clone()].copy_from_slice(&d.data[packet_range.clone()]);
+        if let Err(reason) = self.process(idx, packet_range, arrival_us, true) {
+            self.pool.free.push(idx);
+            self.drop(reason);
+        }
+    }
+
     /// Sphinx processing of the packet in pool slot `idx`, trying each
-    /// accepted epoch key; schedules it on success.
+    /// accepted epoch key; schedules it on success (or, at a provider,
+    /// stores or discards it). From a client only `Relay` is valid.
     fn process(
         &mut self,
         idx: u32,
         range: std::ops::Range<usize>,
         arrival_us: u64,
+        from_client: bool,
     ) -> Result<(), DropReason> {
         let g = self.settings.geometry;
         let mut outcome = Err(DropReason::BadMac);
@@ -519,10 +657,29 @@ impl State {
                 self.metrics.overhead.record(now.saturating_sub(arrival_us));
                 Ok(())
             }
+            RoutingCommand::Deliver { mailbox } if !from_client => {
+                let Some(p) = self.provider.as_ref() else {
+                    return Err(DropReason::BadCommand);
+                };
+                let packet = self.pool.slot(idx)[range].to_vec();
+                match p.inbox.try_send(InboxWork::Store(mailbox, packet)) {
+                    Ok(()) => {
+                        self.metrics.to_inbox.fetch_add(1, Ordering::Relaxed);
+                        self.pool.free.push(idx);
+                        Ok(())
+                    }
+                    Err(_) => Err(DropReason::InboxQueueFull),
+                }
+            }
+            RoutingCommand::Drop if !from_client && self.provider.is_some() => {
+                self.metrics.cover_discarded.fetch_add(1, Ordering::Relaxed);
+                self.pool.free.push(idx);
+                Ok(())
+            }
             RoutingCommand::Recipient {
                 kind: RecipientKind::Loop,
                 ..
-            } => {
+            } if !from_client => {
                 self.metrics.loops_received.fetch_add(1, Ordering::Relaxed);
                 // Consumed: give the slot back.
                 self.pool.free.push(idx);

@@ -1,5 +1,5 @@
 //! The shipped systemd unit passes `systemd-analyze verify`, and the shipped
-//! example config parses. The unit check is skipped, with a message, where
+//! example configs (mix and provider) parse. The unit check is skipped, with a message, where
 //! systemd-analyze is not installed.
 
 use std::path::PathBuf;
@@ -15,6 +15,15 @@ fn example_config_parses() {
     let text = std::fs::read_to_string(&path).expect("example config");
     let c = loopix_engine::config::MixConfig::parse(&path, &text).expect("example is valid");
     assert_eq!(c.engine.shards, 2);
+    assert!(c.provider.is_none());
+}
+
+#[test]
+fn example_provider_config_parses() {
+    let path = repo().join("systemd/provider.example.toml");
+    let text = std::fs::read_to_string(&path).expect("example config");
+    let c = loopix_engine::config::MixConfig::parse(&path, &text).expect("example is valid");
+    assert_eq!(c.provider.expect("has [provider]").pull_frames, 8);
 }
 
 #[test]

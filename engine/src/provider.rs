@@ -1,0 +1,466 @@
+//! The provider role beyond what mixes do: the inbox thread (group commit of
+//! delivered packets, pull answers, expiry, registry rescans) and the
+//! `loopix provider register|unregister|clients` admin commands.
+//!
+//! The inbox thread alone owns the `Inbox`. Shards hand it packets to store
+//! and authenticated pulls over one bounded channel. It commits stores in
+//! groups (up to `commit_max_batch` packets, waiting at most
+//! `commit_max_wait_ms` for more), counts a packet as stored only after its
+//! transaction is durable, and only then answers the pulls taken with them.
+//!
+//! Invariants:
+//! - a pull answer is exactly `pull_frames` delivery frames of one length,
+//!   real messages first, then dummies, all sealed with the client's key,
+//!   sent from the provider's own socket (so from its address);
+//! - acknowledgements are applied, for the pulling client's mailbox only,
+//!   before the answer is built, so a message is delivered in every answer
+//!   until acknowledged and never after;
+//! - delivery frame counters are provider-wide and strictly increasing,
+//!   starting at the wall clock in microseconds (above any earlier run's);
+//! - the registry directory is the source of truth for who is registered:
+//!   the inbox registers and unregisters mailboxes to match it;
+//! - whatever is refused, expired or lost is counted (`ProviderMetrics`).
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::Write;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use loopix_client::Registration;
+use loopix_crypto::access::{delivery_frame_len, seal_delivery, PullRequest};
+use loopix_crypto::{Geometry, MailboxId};
+
+use crate::config::{MixConfig, ProviderSection};
+use crate::inbox::{Inbox, InboxConfig, InboxError, MessageId};
+use crate::keyfile::{self, unix_now_s};
+use crate::metrics::ProviderMetrics;
+use crate::registry::{self, ClientEntry, ClientTable};
+use crate::shard::{Control, InboxWork};
+
+/// The inbox file under a provider's data directory.
+pub fn inbox_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("inbox.redb")
+}
+
+/// How often the registry directory is rescanned (SIGHUP: at once).
+const RESCAN_EVERY: Duration = Duration::from_secs(1);
+/// How often old messages are expired.
+const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+/// Longest wait for work, so the stop flag and timers are seen.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// Pulls answered per round at most (each round also commits stores).
+const MAX_PULLS_PER_ROUND: usize = 256;
+
+/// The `[provider]` section, or the error for a config without one.
+pub fn section(config: &MixConfig) -> Result<&ProviderSection, String> {
+    config.provider.as_ref().ok_or_else(|| {
+        "the config has no [provider] section; add one with at least `data_dir = \"...\"` \
+         (see systemd/provider.example.toml), or run this node with `loopix mix`"
+            .to_string()
+    })
+}
+
+/// Create the data directory (mode 0700) and open the inbox in it. A
+/// corrupt inbox file is an error naming it.
+pub fn open_inbox(p: &ProviderSection) -> Result<Inbox, String> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&p.data_dir)
+        .map_err(|e| {
+            format!(
+                "provider.data_dir {}: cannot create: {e}; check the path and the node's permissions",
+                p.data_dir.display()
+            )
+        })?;
+    Inbox::open(InboxConfig::new(
+        inbox_path(&p.data_dir),
+        p.max_messages_per_client,
+        p.max_bytes_per_client,
+        p.max_age_s,
+    ))
+    .map_err(|e| e.to_string())
+}
+
+/// Make the inbox's registered mailboxes those of the registry directory;
+/// returns the registered clients. Problems with single files are printed
+/// when they differ from `last_problems`.
+pub fn sync_registry(
+    inbox: &mut Inbox,
+    data_dir: &Path,
+    last_problems: &mut Vec<String>,
+) -> Result<Vec<ClientEntry>, InboxError> {
+    let (entries, problems) = registry::scan(data_dir);
+    if problems != *last_problems {
+        for p in &problems {
+            eprintln!("loopix provider: client registry: {p}; skipped until fixed");
+        }
+        *last_problems = problems;
+    }
+    let want: HashSet<MailboxId> = entries.iter().map(|e| e.mailbox).collect();
+    for m in inbox.registered_mailboxes()? {
+        if !want.contains(&m) {
+            let dropped = inbox.unregister(m)?;
+            eprintln!("loopix provider: mailbox {m} unregistered; {dropped} message(s) dropped");
+        }
+    }
+    for m in &want {
+        inbox.register(*m)?;
+    }
+    Ok(entries)
+}
+
+/// Everything the inbox thread needs.
+pub struct InboxThread {
+    /// The inbox (the thread's alone).
+    pub inbox: Inbox,
+    /// The `[provider]` settings.
+    pub settings: ProviderSection,
+    /// Packet geometry.
+    pub geometry: Geometry,
+    /// Work from the shards.
+    pub work: Receiver<InboxWork>,
+    /// A clone of the provider's listening socket, for pull answers.
+    pub socket: UdpSocket,
+    /// The shards' control channels (new client tables go there).
+    pub controls: Vec<Sender<Control>>,
+    /// The registered clients now.
+    pub clients: Vec<ClientEntry>,
+    /// The table built from `clients` (the shards hold the same).
+    pub table: Arc<ClientTable>,
+    /// Counters and gauges.
+    pub metrics: Arc<ProviderMetrics>,
+    /// Stop flag (SIGTERM, SIGINT).
+    pub stop: Arc<AtomicBool>,
+    /// Set by SIGHUP: rescan the registry now.
+    pub rescan: Arc<AtomicBool>,
+    /// Registry files already reported as unreadable (reported again only
+    /// when the set changes).
+    pub problems: Vec<String>,
+}
+
+struct Runner {
+    t: InboxThread,
+    counter: u64,
+    frame: Vec<u8>,
+    problems: Vec<String>,
+    broken: bool,
+}
+
+impl InboxThread {
+    /// Run until every shard has ended (they hold the work channel's
+    /// senders) and the queue is drained.
+    pub fn run(self) {
+        let wall_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let frame = vec![0u8; delivery_frame_len(&self.geometry)];
+        let mut t = self;
+        let problems = std::mem::take(&mut t.problems);
+        let mut r = Runner {
+            t,
+            counter: wall_us,
+            frame,
+            problems,
+            broken: false,
+        };
+        r.publish();
+        r.run();
+    }
+}
+
+impl Runner {
+    fn run(&mut self) {
+        let batch_max = self.t.settings.commit_max_batch;
+        let wait = Duration::from_millis(self.t.settings.commit_max_wait_ms);
+        let mut stores: Vec<(MailboxId, Vec<u8>)> = Vec::with_capacity(batch_max);
+        let mut pulls: Vec<Pull> = Vec::new();
+        let mut last_rescan = Instant::now();
+        let mut last_expire = Instant::now();
+        loop {
+            let stopping = self.t.stop.load(Ordering::Relaxed);
+            if !stopping
+                && (self.t.rescan.swap(false, Ordering::Relaxed)
+                    || last_rescan.elapsed() >= RESCAN_EVERY)
+            {
+                self.rescan();
+                last_rescan = Instant::now();
+            }
+            if last_expire.elapsed() >= EXPIRE_EVERY {
+                self.expire();
+                last_expire = Instant::now();
+            }
+            // After stop, keep committing until every shard has ended (they
+            // hold the only senders), so nothing they queued is lost.
+            let first = match self.t.work.recv_timeout(IDLE_WAIT) {
+                Ok(w) => w,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            take(first, &mut stores, &mut pulls);
+            let deadline = Instant::now() + wait;
+            while stores.len() < batch_max && pulls.len() < MAX_PULLS_PER_ROUND {
+                // Wait for more only when there is a commit to share.
+                let next = if stores.is_empty() {
+                    self.t.work.try_recv().ok()
+                } else {
+                    self.t.work.recv_deadline(deadline).ok()
+                };
+                match next {
+                    Some(w) => take(w, &mut stores, &mut pulls),
+                    None => break,
+                }
+            }
+            self.commit(&mut stores);
+            for (slot, from, request) in pulls.drain(..) {
+                self.answer(slot, from, &request);
+            }
+            self.publish();
+        }
+    }
+
+    fn fail(&mut self, what: &str, e: &InboxError) {
+        eprintln!("loopix provider: {what}: {e}");
+        if matches!(e, InboxError::Corrupt { .. }) && !self.broken {
+            // The inbox must not be used after this: stop the provider so
+            // the operator sees it rather than a node that drops everything.
+            eprintln!("loopix provider: the inbox is damaged; stopping");
+            self.broken = true;
+            self.t.stop.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn commit(&mut self, stores: &mut Vec<(MailboxId, Vec<u8>)>) {
+        if stores.is_empty() {
+            return;
+        }
+        let n = stores.len() as u64;
+        if self.broken {
+            self.t.metrics.storage_error.fetch_add(n, Ordering::Relaxed);
+            stores.clear();
+            return;
+        }
+        let items: Vec<(MailboxId, &[u8])> =
+            stores.iter().map(|(m, b)| (*m, b.as_slice())).collect();
+        match self.t.inbox.store_batch(unix_now_s(), &items) {
+            // Outcomes are counted by the inbox (published from its stats).
+            Ok(_) => {
+                self.t.metrics.commits.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.t.metrics.storage_error.fetch_add(n, Ordering::Relaxed);
+                self.fail("storing a batch", &e);
+            }
+        }
+        stores.clear();
+    }
+
+    fn answer(&mut self, slot: u32, from: SocketAddr, request: &PullRequest) {
+        let Some(client) = self.t.table.by_slot.get(&slot) else {
+            // Unregistered since the shard checked it.
+            return;
+        };
+        if client.mailbox != request.mailbox || self.broken {
+            return;
+        }
+        let mailbox = request.mailbox;
+        let k = self.t.settings.pull_frames;
+        let acks: Vec<MessageId> = request.acks.iter().map(|&id| MessageId(id)).collect();
+        if let Err(e) = self.t.inbox.ack(mailbox, &acks) {
+            self.fail("applying acknowledgements", &e);
+            return;
+        }
+        let pending = match self.t.inbox.pending(mailbox, usize::from(k)) {
+            Ok(p) => p,
+            Err(e) => {
+                self.fail("reading pending messages", &e);
+                return;
+            }
+        };
+        let g = self.t.geometry;
+        let m = &self.t.metrics;
+        for i in 0..k {
+            let message = pending
+                .get(usize::from(i))
+                .map(|(id, bytes)| (id.0, bytes.as_slice()));
+            let counter = self.counter;
+            self.counter += 1;
+            let mut sealed = seal_delivery(
+                &g,
+                &client.link,
+                slot,
+                counter,
+                request.request_id,
+                i,
+                k,
+                message,
+                &mut self.frame,
+            );
+            if sealed.is_err() && message.is_some() {
+                // A stored packet of the wrong length (not written by this
+                // build): send a dummy in its place, keeping k frames.
+                sealed = seal_delivery(
+                    &g,
+                    &client.link,
+                    slot,
+                    counter,
+                    request.request_id,
+                    i,
+                    k,
+                    None,
+                    &mut self.frame,
+                );
+            } else if sealed.is_ok() && message.is_some() {
+                m.pull_real_frames.fetch_add(1, Ordering::Relaxed);
+            }
+            if sealed.is_err() {
+                m.pull_send_failed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            match send_frame(&self.t.socket, &self.frame, from) {
+                Ok(()) => {
+                    m.pull_frames.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    m.pull_send_failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        m.pulls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn rescan(&mut self) {
+        if self.broken {
+            return;
+        }
+        let (entries, problems) = registry::scan(&self.t.settings.data_dir);
+        if entries == self.t.clients && problems == self.problems {
+            return;
+        }
+        let data_dir = self.t.settings.data_dir.clone();
+        match sync_registry(&mut self.t.inbox, &data_dir, &mut self.problems) {
+            Ok(entries) => {
+                eprintln!(
+                    "loopix provider: client registry changed: {} client(s)",
+                    entries.len()
+                );
+                self.t.table = Arc::new(ClientTable::new(&entries));
+                self.t.clients = entries;
+                for tx in &self.t.controls {
+                    let _ = tx.send(Control::Clients(Arc::clone(&self.t.table)));
+                }
+                self.publish();
+            }
+            Err(e) => self.fail("syncing the client registry", &e),
+        }
+    }
+
+    fn expire(&mut self) {
+        if self.broken {
+            return;
+        }
+        if let Err(e) = self.t.inbox.expire(unix_now_s()) {
+            self.fail("expiring old messages", &e);
+        }
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let s = self.t.inbox.stats();
+        let m = &self.t.metrics;
+        let set = |a: &std::sync::atomic::AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        set(&m.stored, s.stored);
+        set(&m.refused_count, s.refused_count_quota);
+        set(&m.refused_bytes, s.refused_bytes_quota);
+        set(&m.unknown_mailbox, s.unknown_mailbox);
+        set(&m.expired, s.expired);
+        set(&m.acked, s.acked);
+        set(&m.foreign_acks, s.foreign_acks);
+        set(&m.dropped_unregistered, s.dropped_unregistered);
+        set(&m.inbox_messages, s.held_messages);
+        set(&m.inbox_bytes, s.held_bytes);
+        set(&m.registered_clients, self.t.clients.len() as u64);
+    }
+}
+
+type Pull = (u32, SocketAddr, PullRequest);
+
+fn take(w: InboxWork, stores: &mut Vec<(MailboxId, Vec<u8>)>, pulls: &mut Vec<Pull>) {
+    match w {
+        InboxWork::Store(m, bytes) => stores.push((m, bytes)),
+        InboxWork::Pull {
+            slot,
+            from,
+            request,
+        } => pulls.push((slot, from, request)),
+    }
+}
+
+/// Send one frame from the (non-blocking) provider socket; a full send
+/// buffer gets a few short retries.
+fn send_frame(socket: &UdpSocket, frame: &[u8], to: SocketAddr) -> std::io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match socket.send_to(frame, to) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && tries < 5 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `loopix provider register`: add a client to the registry and return its
+/// registration. Touches only the registry directory.
+pub fn register(config: &MixConfig, name: &str) -> Result<Registration, String> {
+    let p = section(config)?;
+    let link =
+        keyfile::read_secret(&config.node.key_dir.join("link.key")).map_err(|e| e.to_string())?;
+    let provider_id = keyfile::node_id_of(&link.public_key());
+    let entry = registry::register(&p.data_dir, name)?;
+    Ok(Registration {
+        provider_id,
+        provider_address: config.node.listen,
+        slot: entry.slot,
+        mailbox: entry.mailbox,
+        access_key: entry.access_key,
+        operator_key: config.node.operator_key,
+    })
+}
+
+/// Write a registration to `path`, mode 0600, never over an existing file.
+pub fn write_registration(path: &Path, r: &Registration) -> Result<(), String> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("--out {}: cannot create: {e}", path.display()))?;
+    f.write_all(r.to_toml().as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("--out {}: cannot write: {e}", path.display()))
+}
+
+/// `loopix provider unregister`: remove the client in `slot`.
+pub fn unregister(config: &MixConfig, slot: u32) -> Result<ClientEntry, String> {
+    registry::unregister(&section(config)?.data_dir, slot)
+}
+
+/// `loopix provider clients`: one line per client (`slot name mailbox`),
+/// and the problems with unreadable files.
+pub fn list(config: &MixConfig) -> Result<(String, Vec<String>), String> {
+    let (entries, problems) = registry::scan(&section(config)?.data_dir);
+    let mut out = String::new();
+    for e in entries {
+        out.push_str(&format!("{}\t{}\t{}\n", e.slot, e.name, e.mailbox));
+    }
+    Ok((out, problems))
+}

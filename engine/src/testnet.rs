@@ -1,0 +1,919 @@
+//! `loopix testnet`: a whole Loopix network on loopback with one command.
+//!
+//! It lays out keys, a signed topology and node configs in a directory
+//! (temporary unless `--keep DIR`), starts every mix and provider as a real
+//! `loopix` child process, registers and runs in-process clients with the
+//! paper's three Poisson streams and pulls, has them send real messages to
+//! each other for the run's duration, and then stops everything and prints
+//! (and with `--json FILE` writes) a summary: messages sent, delivered and
+//! lost; message and loop latency quantiles beside the Poisson model's
+//! (per-hop `Exp(mu)` delays, the wait for the next `lambda_P` slot and for
+//! the next pull); per-node packets per second and drops by reason.
+//!
+//! Invariants: every child is stopped and the directory removed (unless
+//! kept) on every exit path, including Ctrl-C and a child that dies; a
+//! child's death ends the run with an error naming it and its exit status.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use loopix_client::driver::{self, Driver, Flow};
+use loopix_client::model::{ks_p_value, ks_statistic, LatencyModel};
+use loopix_client::{Address, Client, ClientLimits, ClientTopology, Event, Rates, Registration};
+use loopix_crypto::{Geometry, SecretKey};
+use rand_core::{OsRng, RngCore};
+use serde::Serialize;
+
+use crate::config::IoChoice;
+use crate::localnet::{self, LocalNet, LocalNetSpec};
+use crate::supervise::Supervisor;
+use crate::topology::Role;
+
+/// Everything a user can set; `Default` is the embedded default run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TestnetOptions {
+    /// Mix layers.
+    pub layers: u8,
+    /// Mixes in each layer.
+    pub mixes_per_layer: usize,
+    /// Providers.
+    pub providers: usize,
+    /// In-process clients (spread over the providers).
+    pub clients: usize,
+    /// Mean per-hop delay, milliseconds (`1/mu`).
+    pub mu_ms: f64,
+    /// `lambda_P`, per second per client.
+    pub lambda_p: f64,
+    /// `lambda_L`, per second per client.
+    pub lambda_l: f64,
+    /// `lambda_D`, per second per client.
+    pub lambda_d: f64,
+    /// Pull period, milliseconds.
+    pub pull_ms: u64,
+    /// Frames in a pull answer (`k`).
+    pub pull_frames: u16,
+    /// Real messages each client writes per second (a Poisson process).
+    pub message_rate: f64,
+    /// Bytes of each real message.
+    pub message_bytes: usize,
+    /// Length of the run, seconds.
+    pub duration_s: f64,
+    /// I/O backend of the nodes.
+    pub io: IoChoice,
+    /// Keep the network's directory here instead of a temporary one.
+    pub keep: Option<PathBuf>,
+    /// Write the summary as JSON here.
+    pub json: Option<PathBuf>,
+    /// Print a progress line every second.
+    pub progress: bool,
+}
+
+impl Default for TestnetOptions {
+    fn default() -> Self {
+        TestnetOptions {
+            layers: 3,
+            mixes_per_layer: 2,
+            providers: 2,
+            clients: 24,
+            mu_ms: 20.0,
+            lambda_p: 4.0,
+            lambda_l: 2.0,
+            lambda_d: 2.0,
+            pull_ms: 100,
+            pull_frames: 16,
+            message_rate: 0.5,
+            message_bytes: 200,
+            duration_s: 30.0,
+            io: IoChoice::Auto,
+            keep: None,
+            json: None,
+            progress: true,
+        }
+    }
+}
+
+impl TestnetOptions {
+    /// Refuse values that cannot make a network, naming the option.
+    pub fn check(&self) -> Result<(), String> {
+        let bad = |what: &str, why: &str| Err(format!("--{what} {why}"));
+        if self.layers == 0 || self.layers > 4 {
+            return bad("layers", "must be 1 to 4 (a Sphinx header holds 6 hops)");
+        }
+        if self.mixes_per_layer == 0 || self.mixes_per_layer > 16 {
+            return bad("mixes-per-layer", "must be 1 to 16");
+        }
+        if self.providers == 0 || self.providers > 16 {
+            return bad("providers", "must be 1 to 16");
+        }
+        if self.clients < 2 || self.clients > 1000 {
+            return bad("clients", "must be 2 to 1000 (use loopix-loadgen for more)");
+        }
+        for (name, v) in [
+            ("lambda-p", self.lambda_p),
+            ("lambda-l", self.lambda_l),
+            ("lambda-d", self.lambda_d),
+            ("message-rate", self.message_rate),
+        ] {
+            if !(0.0..=1000.0).contains(&v) || v.is_nan() {
+                return bad(name, "must be between 0 and 1000 per second");
+            }
+        }
+        if self.message_rate > 0.0 && self.lambda_p <= self.message_rate {
+            return bad(
+                "message-rate",
+                "must be below --lambda-p, or messages queue without bound",
+            );
+        }
+        if !(0.0..=10_000.0).contains(&self.mu_ms) || self.mu_ms.is_nan() {
+            return bad("mu-ms", "must be between 0 and 10000");
+        }
+        if self.pull_ms == 0 || self.pull_ms > 60_000 {
+            return bad("pull-ms", "must be 1 to 60000");
+        }
+        if !(1.0..=86_400.0).contains(&self.duration_s) {
+            return bad("duration-s", "must be 1 to 86400");
+        }
+        if self.message_bytes == 0 || self.message_bytes > 100_000 {
+            return bad("message-bytes", "must be 1 to 100000");
+        }
+        Ok(())
+    }
+
+    /// Hops that add an `Exp(mu)` delay on a path: the first provider and
+    /// every layer (the last provider stores at once).
+    pub fn delayed_hops(&self) -> u32 {
+        u32::from(self.layers) + 1
+    }
+
+    /// The model of a loop's round trip, seconds: per-hop delays plus the
+    /// wait for the next pull.
+    pub fn loop_model(&self) -> LatencyModel {
+        LatencyModel {
+            hops: self.delayed_hops(),
+            mean_delay: self.mu_ms / 1000.0,
+            pull_period: self.pull_ms as f64 / 1000.0,
+            offset: 0.0,
+        }
+    }
+}
+
+/// Latency quantiles, seconds, measured and modelled.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyReport {
+    /// Samples.
+    pub samples: usize,
+    /// Measured quantiles (p50, p90, p99, max); `None` without samples.
+    pub measured: Option<Quantiles>,
+    /// The model's quantiles.
+    pub model: Quantiles,
+    /// Kolmogorov–Smirnov statistic against the model.
+    pub ks_d: Option<f64>,
+    /// Its p-value.
+    pub ks_p: Option<f64>,
+}
+
+/// p50, p90, p99 and the maximum (the model's p99.9 in its place).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Quantiles {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest sample (for the model: the 99.9th percentile).
+    pub max: f64,
+}
+
+/// One node's traffic over the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeReport {
+    /// Name (`provider-0`, `mix-l1-2`).
+    pub name: String,
+    /// `provider` or `mix`.
+    pub role: String,
+    /// Layer (0 for providers).
+    pub layer: u8,
+    /// Datagrams received.
+    pub received: u64,
+    /// Packets forwarded.
+    pub forwarded: u64,
+    /// Datagrams received per second over the run.
+    pub pps: f64,
+    /// Drops by reason (only reasons with drops).
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// What `loopix testnet` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// The options of the run.
+    pub options: TestnetOptions,
+    /// Wall time from the first client packet to the stop, seconds.
+    pub elapsed_s: f64,
+    /// Real messages handed to clients to send.
+    pub messages_sent: u64,
+    /// Delivered whole to their recipient.
+    pub messages_delivered: u64,
+    /// Sent but not delivered by the end.
+    pub messages_lost: u64,
+    /// Delivered more than once (should be 0).
+    pub messages_duplicated: u64,
+    /// Still queued at a sender at the end (never left; not counted sent).
+    pub messages_unsent: u64,
+    /// Packets the clients sent, by kind.
+    pub client_packets: BTreeMap<String, u64>,
+    /// Loops that came back.
+    pub loops_returned: u64,
+    /// Message latency (from the send call to delivery), seconds; the
+    /// model adds the wait for the next `lambda_P` slot.
+    pub message_latency: LatencyReport,
+    /// Loop round trip, seconds.
+    pub loop_latency: LatencyReport,
+    /// Per node.
+    pub nodes: Vec<NodeReport>,
+}
+
+/// Shared between client threads and the main loop.
+#[derive(Default)]
+struct Ledger {
+    sent: HashMap<u64, Instant>,
+    delivered: HashMap<u64, u32>,
+    message_latency_s: Vec<f64>,
+    loop_latency_s: Vec<f64>,
+    unsent: u64,
+    packets: BTreeMap<String, u64>,
+}
+
+fn quantiles(xs: &mut [f64]) -> Option<Quantiles> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    let at = |q: f64| xs[((xs.len() - 1) as f64 * q).round() as usize];
+    Some(Quantiles {
+        p50: at(0.5),
+        p90: at(0.9),
+        p99: at(0.99),
+        max: xs[xs.len() - 1],
+    })
+}
+
+fn model_quantiles(q: impl Fn(f64) -> f64) -> Quantiles {
+    Quantiles {
+        p50: q(0.5),
+        p90: q(0.9),
+        p99: q(0.99),
+        max: q(0.999),
+    }
+}
+
+/// Samples of the message model: `Exp(1/lambda_P)` (the wait for the next
+/// payload slot, with an empty queue) plus the loop model. Seeded, so the
+/// reported figures are reproducible.
+fn message_model_samples(opts: &TestnetOptions, n: usize) -> Vec<f64> {
+    use rand_chacha::rand_core::SeedableRng;
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(0x6c6f6f706978);
+    let mut u = || ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    let mean = opts.mu_ms / 1000.0;
+    let pull = opts.pull_ms as f64 / 1000.0;
+    let mut xs: Vec<f64> = (0..n)
+        .map(|_| {
+            let mut t = -u().ln() / opts.lambda_p + pull * u();
+            for _ in 0..opts.delayed_hops() {
+                t += -u().ln() * mean;
+            }
+            t
+        })
+        .collect();
+    xs.sort_by(f64::total_cmp);
+    xs
+}
+
+fn report(mut xs: Vec<f64>, model: Quantiles, cdf: Option<&dyn Fn(f64) -> f64>) -> LatencyReport {
+    let samples = xs.len();
+    let (ks_d, ks_p) = match cdf {
+        Some(f) if samples > 0 => {
+            let d = ks_statistic(&mut xs, f);
+            (Some(d), Some(ks_p_value(d, samples as f64)))
+        }
+        _ => (None, None),
+    };
+    LatencyReport {
+        samples,
+        measured: quantiles(&mut xs),
+        model,
+        ks_d,
+        ks_p,
+    }
+}
+
+const MESSAGE_TAG: &[u8] = b"loopix-testnet ";
+
+/// A message body: the tag, the id, padding to `len`.
+fn message_body(id: u64, len: usize) -> Vec<u8> {
+    let mut v = MESSAGE_TAG.to_vec();
+    v.extend_from_slice(id.to_string().as_bytes());
+    v.push(b' ');
+    while v.len() < len {
+        v.push(b'.');
+    }
+    v
+}
+
+fn parse_body(data: &[u8]) -> Option<u64> {
+    let rest = data.strip_prefix(MESSAGE_TAG)?;
+    let end = rest.iter().position(|&b| b == b' ')?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+/// One client's thread: online until `stop`, writing messages to random
+/// other clients at `message_rate` until `send_until`.
+#[allow(clippy::too_many_arguments)]
+fn client_thread(
+    mut drv: Driver,
+    me: usize,
+    peers: Arc<Vec<Address>>,
+    opts: TestnetOptions,
+    send_until: Instant,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let mut rng = OsRng;
+    let exp = |rng: &mut OsRng, rate: f64| {
+        let u = ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        Duration::from_secs_f64(-u.ln() / rate)
+    };
+    let mut next_message =
+        (opts.message_rate > 0.0).then(|| Instant::now() + exp(&mut rng, opts.message_rate));
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if let Some(at) = next_message {
+            if now >= at {
+                if now < send_until {
+                    let mut to = (rng.next_u64() % (peers.len() as u64 - 1)) as usize;
+                    if to >= me {
+                        to += 1;
+                    }
+                    let id = next_id.fetch_add(1, Ordering::Relaxed);
+                    let body = message_body(id, opts.message_bytes);
+                    drv.client_mut()
+                        .send(peers[to], &body, false, &mut rng)
+                        .map_err(|e| format!("client {me}: send: {e}"))?;
+                    ledger
+                        .lock()
+                        .expect("ledger lock")
+                        .sent
+                        .insert(id, Instant::now());
+                    next_message = Some(at + exp(&mut rng, opts.message_rate));
+                } else {
+                    next_message = None;
+                }
+            }
+        }
+        let slice = Instant::now() + Duration::from_millis(20);
+        let until = next_message.map_or(slice, |t| t.min(slice));
+        let led = &ledger;
+        drv.run_until(until, |_, ev| {
+            match ev {
+                Event::Message { data, .. } => {
+                    if let Some(id) = parse_body(&data) {
+                        let mut l = led.lock().expect("ledger lock");
+                        let n = l.delivered.entry(id).or_insert(0);
+                        *n += 1;
+                        if *n == 1 {
+                            if let Some(t) = l.sent.get(&id).copied() {
+                                l.message_latency_s.push(t.elapsed().as_secs_f64());
+                            }
+                        }
+                    }
+                }
+                Event::LoopReturned { rtt_us } => {
+                    led.lock()
+                        .expect("ledger lock")
+                        .loop_latency_s
+                        .push(rtt_us as f64 / 1e6);
+                }
+                _ => {}
+            }
+            Flow::Continue
+        })
+        .map_err(|e| format!("client {me}: socket: {e}"))?;
+    }
+    let s = drv.client().stats();
+    let mut l = ledger.lock().expect("ledger lock");
+    l.unsent += drv.client().queued() as u64;
+    for (k, v) in [
+        ("real", s.sent_real),
+        ("reply", s.sent_reply),
+        ("drop", s.sent_drop),
+        ("loop", s.sent_loop),
+    ] {
+        *l.packets.entry(k.to_string()).or_insert(0) += v;
+    }
+    Ok(())
+}
+
+fn scrape_node(addr: SocketAddr) -> Option<(u64, u64, BTreeMap<String, u64>)> {
+    let text = localnet::scrape(addr)?;
+    let received = localnet::sum_metric(&text, "loopix_received_datagrams_total", &[]) as u64;
+    let forwarded = localnet::sum_metric(&text, "loopix_forwarded_packets_total", &[]) as u64;
+    let mut drops = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("loopix_dropped_total{"))
+    {
+        let Some(reason) = line
+            .split("reason=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+        else {
+            continue;
+        };
+        let v: f64 = line
+            .rsplit_once(' ')
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0.0);
+        if v > 0.0 {
+            *drops.entry(reason.to_string()).or_insert(0) += v as u64;
+        }
+    }
+    Some((received, forwarded, drops))
+}
+
+/// Wait until the providers report `clients` registered clients in all.
+fn wait_registered(
+    net: &LocalNet,
+    providers: &[usize],
+    clients: usize,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    let by = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: f64 = providers
+            .iter()
+            .filter_map(|&p| {
+                localnet::scrape_sum(net.nodes[p].metrics, "loopix_registered_clients", &[])
+            })
+            .sum();
+        if n as usize >= clients {
+            // Shards take the new client table between batches.
+            std::thread::sleep(Duration::from_millis(100));
+            return Ok(());
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Err("interrupted".into());
+        }
+        if Instant::now() > by {
+            return Err(format!(
+                "the providers registered {n} of {clients} clients within 10 s"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Run a testnet; `stop` (set by Ctrl-C) ends it early.
+pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, String> {
+    opts.check()?;
+    let tmp;
+    let dir = match &opts.keep {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(|e| format!("--keep {}: {e}", d.display()))?;
+            if std::fs::read_dir(d).is_ok_and(|mut r| r.next().is_some()) {
+                return Err(format!(
+                    "--keep {}: the directory is not empty",
+                    d.display()
+                ));
+            }
+            d.clone()
+        }
+        None => {
+            tmp = tempfile::Builder::new()
+                .prefix("loopix-testnet-")
+                .tempdir()
+                .map_err(|e| format!("temporary directory: {e}"))?;
+            tmp.path().to_owned()
+        }
+    };
+    let spec = LocalNetSpec {
+        providers: opts.providers,
+        layers: opts.layers,
+        mixes_per_layer: opts.mixes_per_layer,
+        io: opts.io,
+        pull_frames: opts.pull_frames,
+        ..LocalNetSpec::default()
+    };
+    let net = LocalNet::create(&dir, &spec)?;
+    let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+    let mut sup = Supervisor::new();
+    for n in &net.nodes {
+        let config = n.config.as_ref().ok_or("a node without a config")?;
+        let cmd = match n.role {
+            Role::Provider => "provider",
+            Role::Mix => "mix",
+        };
+        sup.spawn(
+            &n.name(),
+            &exe,
+            &[cmd, "--config", &config.display().to_string()],
+            &n.key_dir.with_extension("log"),
+        )?;
+    }
+    let died = |sup: &mut Supervisor| -> Result<(), String> {
+        match sup.check_exited() {
+            Some((name, status, tail)) => Err(format!(
+                "node {name} exited ({status}); its log ends:\n{tail}"
+            )),
+            None => Ok(()),
+        }
+    };
+    // Ready when every node serves its metrics.
+    let ready_by = Instant::now() + Duration::from_secs(20);
+    for n in &net.nodes {
+        while localnet::scrape(n.metrics).is_none() {
+            died(&mut sup)?;
+            if stop.load(Ordering::Relaxed) {
+                return Err("interrupted".into());
+            }
+            if Instant::now() > ready_by {
+                return Err(format!("node {} did not start within 20 s", n.name()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    // Clients: registered round-robin at the providers.
+    let topology = net.topology()?;
+    let geometry = Geometry::DEFAULT;
+    let rates = Rates {
+        lambda_p: opts.lambda_p,
+        lambda_l: opts.lambda_l,
+        lambda_d: opts.lambda_d,
+        mean_delay_us: opts.mu_ms * 1000.0,
+        pull_period_us: opts.pull_ms * 1000,
+    };
+    let providers: Vec<usize> = (0..net.nodes.len())
+        .filter(|&i| net.nodes[i].role == Role::Provider)
+        .collect();
+    let client_topology: Arc<ClientTopology> = Arc::new(crate::client_cli::client_topology(
+        &topology,
+        crate::keyfile::epoch_at(crate::keyfile::unix_now_s(), topology.epoch_s),
+    )?);
+    let mut registrations = Vec::new();
+    let mut secrets = Vec::new();
+    let mut addresses = Vec::new();
+    for c in 0..opts.clients {
+        let p = providers[c % providers.len()];
+        let reg: Registration = net.register_client(p, &format!("testnet-{c}"))?;
+        let secret = SecretKey::generate(&mut OsRng);
+        addresses.push(Address {
+            provider: reg.provider_id,
+            mailbox: reg.mailbox,
+            key: secret.public_key(),
+        });
+        registrations.push(reg);
+        secrets.push(secret);
+    }
+    // The providers pick up new registrations within about a second.
+    wait_registered(&net, &providers, opts.clients, &stop)?;
+    // Clients start their Poisson clocks now, not before the wait: a core
+    // created earlier would owe a burst of overdue packets.
+    let mut drivers = Vec::new();
+    for (c, (reg, secret)) in registrations.iter().zip(secrets).enumerate() {
+        let client = Client::new(
+            geometry,
+            Arc::clone(&client_topology),
+            rates,
+            ClientLimits::default(),
+            secret,
+            reg.mailbox,
+            reg.provider_id,
+            driver::now_us(),
+            &mut OsRng,
+        )
+        .map_err(|e| format!("client {c}: {e}"))?;
+        let socket = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("client socket: {e}"))?;
+        drivers.push(
+            Driver::new(client, reg, geometry, socket).map_err(|e| format!("client {c}: {e}"))?,
+        );
+    }
+
+    let message_model = message_model_samples(opts, 200_000);
+    let mq = |q: f64| message_model[((message_model.len() - 1) as f64 * q) as usize];
+    // Stop writing messages early enough that nearly all arrive in time.
+    let drain_s = (mq(0.99999) + 1.0).min(opts.duration_s / 2.0);
+    let started = Instant::now();
+    let end = started + Duration::from_secs_f64(opts.duration_s);
+    let send_until = end - Duration::from_secs_f64(drain_s);
+    let peers = Arc::new(addresses);
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let clients_stop = Arc::new(AtomicBool::new(false));
+    let next_id = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let mut threads = Vec::new();
+    for (i, drv) in drivers.into_iter().enumerate() {
+        let (peers, ledger, st, next_id) = (
+            Arc::clone(&peers),
+            Arc::clone(&ledger),
+            Arc::clone(&clients_stop),
+            Arc::clone(&next_id),
+        );
+        let o = opts.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("client-{i}"))
+                .spawn(move || client_thread(drv, i, peers, o, send_until, next_id, ledger, st))
+                .map_err(|e| format!("client thread: {e}"))?,
+        );
+    }
+
+    let mut last: Vec<u64> = vec![0; net.nodes.len()];
+    let mut outcome = Ok(());
+    let mut tick = started;
+    loop {
+        if let Err(e) = died(&mut sup) {
+            outcome = Err(e);
+            break;
+        }
+        if stop.load(Ordering::Relaxed) {
+            outcome = Err("interrupted".into());
+            break;
+        }
+        let now = Instant::now();
+        let (sent, delivered) = {
+            let l = ledger.lock().expect("ledger lock");
+            (l.sent.len(), l.delivered.len())
+        };
+        if now >= end || (now >= send_until && sent == delivered && sent > 0) {
+            break;
+        }
+        if now >= tick + Duration::from_secs(1) {
+            tick = now;
+            if opts.progress {
+                let mut rates = Vec::new();
+                for (i, n) in net.nodes.iter().enumerate() {
+                    if let Some((r, _, _)) = scrape_node(n.metrics) {
+                        rates.push(format!("{} {}", n.name(), r.saturating_sub(last[i])));
+                        last[i] = r;
+                    }
+                }
+                eprintln!(
+                    "testnet: {:>3.0} s left  sent {sent}  delivered {delivered}  pps {}",
+                    end.saturating_duration_since(now).as_secs_f64(),
+                    rates.join(" ")
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let elapsed_s = started.elapsed().as_secs_f64();
+    clients_stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => outcome = outcome.and(Err(e)),
+            Err(_) => outcome = outcome.and(Err("a client thread panicked".into())),
+        }
+    }
+    let mut nodes = Vec::new();
+    for n in &net.nodes {
+        let (received, forwarded, drops) = scrape_node(n.metrics).unwrap_or_default();
+        nodes.push(NodeReport {
+            name: n.name(),
+            role: match n.role {
+                Role::Provider => "provider".into(),
+                Role::Mix => "mix".into(),
+            },
+            layer: n.layer,
+            received,
+            forwarded,
+            pps: received as f64 / elapsed_s,
+            drops,
+        });
+    }
+    for (name, status) in sup.stop_all(Duration::from_secs(10)) {
+        match status {
+            Some(s) if s.success() => {}
+            Some(s) => outcome = outcome.and(Err(format!("node {name} exited with {s} at stop"))),
+            None => outcome = outcome.and(Err(format!("node {name} ignored SIGTERM; killed"))),
+        }
+    }
+    outcome?;
+
+    let l = Arc::try_unwrap(ledger)
+        .map_err(|_| "client threads still hold the ledger")?
+        .into_inner()
+        .map_err(|_| "ledger lock poisoned")?;
+    let sent = l.sent.len() as u64;
+    let delivered = l.delivered.len() as u64;
+    let duplicated = l.delivered.values().filter(|&&n| n > 1).count() as u64;
+    let lm = opts.loop_model();
+    let loop_cdf = |x: f64| lm.cdf(x);
+    let summary = Summary {
+        options: opts.clone(),
+        elapsed_s,
+        messages_sent: sent,
+        messages_delivered: delivered,
+        messages_lost: sent.saturating_sub(delivered),
+        messages_duplicated: duplicated,
+        messages_unsent: l.unsent,
+        client_packets: l.packets,
+        loops_returned: l.loop_latency_s.len() as u64,
+        message_latency: report(l.message_latency_s, model_quantiles(mq), None),
+        loop_latency: report(
+            l.loop_latency_s,
+            model_quantiles(|q| lm.quantile(q)),
+            Some(&loop_cdf),
+        ),
+        nodes,
+    };
+    if let Some(path) = &opts.json {
+        let text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("--json {}: {e}", path.display()))?;
+    }
+    Ok(summary)
+}
+
+/// The summary as text for the terminal.
+pub fn render(s: &Summary) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let o = &s.options;
+    let _ = writeln!(
+        out,
+        "loopix testnet: {} providers, {} layers x {} mixes, {} clients, {:.1} s",
+        o.providers, o.layers, o.mixes_per_layer, o.clients, s.elapsed_s
+    );
+    let _ = writeln!(
+        out,
+        "  rates per client: lambda_P {} lambda_L {} lambda_D {} /s, messages {} /s; mean delay {} ms per hop; pull every {} ms",
+        o.lambda_p, o.lambda_l, o.lambda_d, o.message_rate, o.mu_ms, o.pull_ms
+    );
+    let _ = writeln!(
+        out,
+        "messages: sent {}  delivered {}  lost {}  duplicated {}  never left {}",
+        s.messages_sent,
+        s.messages_delivered,
+        s.messages_lost,
+        s.messages_duplicated,
+        s.messages_unsent
+    );
+    let _ = writeln!(
+        out,
+        "client packets: {:?}; loops returned {}",
+        s.client_packets, s.loops_returned
+    );
+    for (name, r) in [
+        ("message latency", &s.message_latency),
+        ("loop round trip", &s.loop_latency),
+    ] {
+        let _ = writeln!(
+            out,
+            "{name} (s, {} samples):        p50      p90      p99      max",
+            r.samples
+        );
+        if let Some(m) = r.measured {
+            let _ = writeln!(
+                out,
+                "  measured            {:8.3} {:8.3} {:8.3} {:8.3}",
+                m.p50, m.p90, m.p99, m.max
+            );
+        }
+        let m = r.model;
+        let _ = writeln!(
+            out,
+            "  model               {:8.3} {:8.3} {:8.3} {:8.3} (p99.9)",
+            m.p50, m.p90, m.p99, m.max
+        );
+        if let (Some(d), Some(p)) = (r.ks_d, r.ks_p) {
+            let _ = writeln!(
+                out,
+                "  Kolmogorov-Smirnov against the model: D = {d:.4}, p = {p:.3}"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "nodes:{:>22} {:>10} {:>10}  drops",
+        "pps", "received", "forwarded"
+    );
+    for n in &s.nodes {
+        let _ = writeln!(
+            out,
+            "  {:<20} {:>7.1} {:>10} {:>10}  {}",
+            n.name,
+            n.pps,
+            n.received,
+            n.forwarded,
+            if n.drops.is_empty() {
+                "none".to_string()
+            } else {
+                n.drops
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+    }
+    out
+}
+
+/// The usage text of `loopix testnet`.
+pub const USAGE: &str = "  loopix testnet [--layers N] [--mixes-per-layer N] [--providers N]
+                 [--clients N] [--mu-ms MS] [--lambda-p R] [--lambda-l R]
+                 [--lambda-d R] [--pull-ms MS] [--pull-frames K]
+                 [--message-rate R] [--message-bytes N] [--duration-s S]
+                 [--io auto|uring|portable] [--keep DIR] [--json FILE] [--quiet]
+      start a whole network on loopback (default 2 providers, 3 layers of 2
+      mixes, 24 clients, 30 s), exchange real messages, print a summary";
+
+/// Parse `loopix testnet` options (after the word `testnet`).
+pub fn parse_args(args: &[String]) -> Result<TestnetOptions, String> {
+    let mut o = TestnetOptions::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let Some(name) = a.strip_prefix("--") else {
+            return Err(format!("unexpected argument {a:?}"));
+        };
+        if name == "quiet" {
+            o.progress = false;
+            continue;
+        }
+        let v = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
+        fn num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
+            v.parse()
+                .map_err(|_| format!("--{name} must be a number, not {v:?}"))
+        }
+        match name {
+            "layers" => o.layers = num(name, v)?,
+            "mixes-per-layer" => o.mixes_per_layer = num(name, v)?,
+            "providers" => o.providers = num(name, v)?,
+            "clients" => o.clients = num(name, v)?,
+            "mu-ms" => o.mu_ms = num(name, v)?,
+            "lambda-p" => o.lambda_p = num(name, v)?,
+            "lambda-l" => o.lambda_l = num(name, v)?,
+            "lambda-d" => o.lambda_d = num(name, v)?,
+            "pull-ms" => o.pull_ms = num(name, v)?,
+            "pull-frames" => o.pull_frames = num(name, v)?,
+            "message-rate" => o.message_rate = num(name, v)?,
+            "message-bytes" => o.message_bytes = num(name, v)?,
+            "duration-s" => o.duration_s = num(name, v)?,
+            "io" => {
+                o.io = match v.as_str() {
+                    "auto" => IoChoice::Auto,
+                    "uring" => IoChoice::Uring,
+                    "portable" => IoChoice::Portable,
+                    _ => return Err(format!("--io must be auto, uring or portable, not {v:?}")),
+                }
+            }
+            "keep" => o.keep = Some(PathBuf::from(v)),
+            "json" => o.json = Some(PathBuf::from(v)),
+            _ => return Err(format!("unknown option --{name}")),
+        }
+    }
+    o.check()?;
+    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_round_trip_and_options_are_checked() {
+        let b = message_body(42, 100);
+        assert_eq!(b.len(), 100);
+        assert_eq!(parse_body(&b), Some(42));
+        assert_eq!(parse_body(b"other"), None);
+        assert!(TestnetOptions::default().check().is_ok());
+        let e = TestnetOptions {
+            clients: 1,
+            ..TestnetOptions::default()
+        }
+        .check()
+        .expect_err("one client");
+        assert!(e.contains("--clients"), "{e}");
+        let e = TestnetOptions {
+            message_rate: 5.0,
+            ..TestnetOptions::default()
+        }
+        .check()
+        .expect_err("rate above lambda_p");
+        assert!(e.contains("--message-rate"), "{e}");
+    }
+
+    #[test]
+    fn message_model_is_above_the_loop_model() {
+        let o = TestnetOptions::default();
+        let xs = message_model_samples(&o, 50_000);
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        let expect = 1.0 / o.lambda_p + o.loop_model().mean();
+        assert!((mean - expect).abs() < 0.02 * expect, "{mean} vs {expect}");
+    }
+}

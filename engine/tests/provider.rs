@@ -1,0 +1,586 @@
+//! Multi-process tests of `loopix provider` on loopback: constant-size pull
+//! answers, acknowledgement semantics, durability across SIGKILL, bad input
+//! (each counted by reason while good clients are still served), a corrupt
+//! inbox at start, and the register / unregister / clients commands.
+//!
+//! The test plays the last-layer mix (it holds that mix's keys through
+//! `localnet`) to put packets in the inbox, and the clients to pull them.
+//! Every wait is bounded; every child is killed when its guard drops.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use loopix_client::Registration;
+use loopix_crypto::access::{
+    delivery_frame_len, open_delivery, pull_frame_len, seal_client_packet, PullRequest,
+};
+use loopix_crypto::{Geometry, LinkKey, MailboxId, RouteKey, SecretKey};
+use loopix_engine::config::IoChoice;
+use loopix_engine::localnet::{free_tcp_addr, scrape, scrape_sum, Driver, LocalNet, LocalNetSpec};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+const G: Geometry = Geometry::DEFAULT;
+const K: u16 = 4;
+
+/// A running provider, killed (SIGKILL) on drop.
+struct ProviderProcess {
+    child: Child,
+    metrics: SocketAddr,
+    log: PathBuf,
+}
+
+impl Drop for ProviderProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ProviderProcess {
+    fn start(config: &Path, metrics: SocketAddr) -> ProviderProcess {
+        let log = config.with_extension(format!(
+            "{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_nanos()
+        ));
+        let child = Command::new(env!("CARGO_BIN_EXE_loopix"))
+            .args(["provider", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start loopix provider");
+        let mut p = ProviderProcess {
+            child,
+            metrics,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while scrape(p.metrics).is_none() {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!("provider exited with {status}: {}", p.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "provider did not start: {}",
+                p.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        p
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        scrape_sum(self.metrics, name, labels).expect("metrics endpoint answers")
+    }
+
+    /// Wait (bounded) until `name{labels}` reaches `at_least`.
+    fn wait_metric(&self, name: &str, labels: &[&str], at_least: f64) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.metric(name, labels);
+            if v >= at_least {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}{labels:?} stayed at {v}, wanted {at_least}: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn spec() -> LocalNetSpec {
+    LocalNetSpec {
+        providers: 1,
+        layers: 1,
+        mixes_per_layer: 1,
+        io: IoChoice::Portable,
+        pull_frames: K,
+        ..LocalNetSpec::default()
+    }
+}
+
+fn provider_config(net: &LocalNet) -> PathBuf {
+    net.nodes[0].config.clone().expect("providers have configs")
+}
+
+fn loopix(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_loopix"))
+        .args(args)
+        .output()
+        .expect("run loopix");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    )
+}
+
+fn register(config: &Path, name: &str) -> Registration {
+    let (code, out, err) = loopix(&[
+        "provider",
+        "register",
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--name",
+        name,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    Registration::parse(&out).expect("a registration")
+}
+
+/// The test as the last-layer mix: delivers packets to the provider.
+struct LastMix {
+    driver: Driver,
+    socket: UdpSocket,
+    provider: SocketAddr,
+    recipient: RouteKey,
+    rng: ChaCha20Rng,
+}
+
+impl LastMix {
+    fn new(net: &LocalNet) -> LastMix {
+        let mix = net.layer(1)[0];
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let recipient =
+            RouteKey::new(&SecretKey::generate(&mut rng).public_key()).expect("a valid key");
+        LastMix {
+            recipient,
+            driver: Driver::new(net, mix).expect("driver"),
+            socket: UdpSocket::bind("127.0.0.1:0").expect("bind"),
+            provider: net.nodes[0].address,
+            rng,
+        }
+    }
+
+    fn deliver(&mut self, mailbox: MailboxId, n: usize) {
+        for _ in 0..n {
+            let packet = self
+                .driver
+                .build_delivery(0, mailbox, &self.recipient, b"hello", &mut self.rng)
+                .expect("build");
+            let f = self.driver.frame_for(0, &packet);
+            self.socket.send_to(&f, self.provider).expect("send");
+        }
+    }
+
+    /// Cover traffic ending at the provider.
+    fn send_cover(&mut self) {
+        let packet = self
+            .driver
+            .build_drop_path(&[0], &[], &mut self.rng)
+            .expect("build");
+        let f = self.driver.frame_for(0, &packet);
+        self.socket.send_to(&f, self.provider).expect("send");
+    }
+}
+
+/// The test as a client pulling from its provider.
+struct Client {
+    reg: Registration,
+    key: LinkKey,
+    socket: UdpSocket,
+    counter: u64,
+    request_id: u64,
+}
+
+/// One answer: per frame, the message id and packet of a real one.
+type Answer = Vec<Option<(u64, Vec<u8>)>>;
+
+impl Client {
+    fn new(reg: Registration) -> Client {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        Client {
+            key: LinkKey::from_bytes(&reg.access_key),
+            reg,
+            socket,
+            counter: 1,
+            request_id: 100,
+        }
+    }
+
+    /// Send a pull for `mailbox` as `slot` under `key` (for bad input).
+    fn send_pull_as(&mut self, key: &LinkKey, slot: u32, mailbox: MailboxId, acks: &[u64]) {
+        let mut frame = vec![0u8; pull_frame_len(&G)];
+        self.request_id += 1;
+        PullRequest {
+            request_id: self.request_id,
+            mailbox,
+            acks: acks.to_vec(),
+        }
+        .seal(&G, key, slot, self.counter, &mut frame)
+        .expect("seal");
+        self.counter += 1;
+        self.socket
+            .send_to(&frame, self.reg.provider_address)
+            .expect("send");
+    }
+
+    /// Pull with `acks`; the answer must be exactly K frames of one length,
+    /// real ones first.
+    fn pull(&mut self, acks: &[u64]) -> Answer {
+        let key = LinkKey::from_bytes(&self.reg.access_key);
+        self.send_pull_as(&key, self.reg.slot, self.reg.mailbox, acks);
+        let mut answer: Answer = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while answer.len() < usize::from(K) {
+            assert!(Instant::now() < deadline, "only {} frames", answer.len());
+            let Ok((n, from)) = self.socket.recv_from(&mut buf) else {
+                continue;
+            };
+            assert_eq!(from, self.reg.provider_address, "answer from the provider");
+            assert_eq!(n, delivery_frame_len(&G), "every frame has one length");
+            let (_, d) =
+                open_delivery(&G, &self.key, self.reg.slot, &mut buf[..n]).expect("authentic");
+            assert_eq!(d.request_id, self.request_id);
+            assert_eq!((d.index as usize, d.k), (answer.len(), K));
+            answer.push(d.message.map(|(id, p)| (id, p.to_vec())));
+        }
+        // Nothing more arrives for this pull.
+        self.socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        assert!(
+            self.socket.recv_from(&mut buf).is_err(),
+            "more than K frames"
+        );
+        self.socket
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        let real = answer.iter().filter(|m| m.is_some()).count();
+        assert!(
+            answer[..real].iter().all(|m| m.is_some()),
+            "real messages first"
+        );
+        answer
+    }
+}
+
+fn ids(a: &Answer) -> Vec<u64> {
+    a.iter().flatten().map(|(id, _)| *id).collect()
+}
+
+#[test]
+fn constant_pulls_and_acknowledgements() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = LocalNet::create(dir.path(), &spec()).expect("lay out");
+    let config = provider_config(&net);
+    let reg = register(&config, "alice");
+    let p = ProviderProcess::start(&config, net.nodes[0].metrics);
+    let mut mix = LastMix::new(&net);
+    let mut alice = Client::new(reg.clone());
+
+    // Empty inbox: K dummies.
+    assert!(ids(&alice.pull(&[])).is_empty());
+
+    // Some: real first, and again in the next answer until acknowledged.
+    mix.deliver(reg.mailbox, 2);
+    p.wait_metric("loopix_inbox_stored_total", &[], 2.0);
+    let first = alice.pull(&[]);
+    let first_ids = ids(&first);
+    assert_eq!(first_ids.len(), 2);
+    assert_eq!(ids(&alice.pull(&[])), first_ids, "not acknowledged yet");
+    let packets: HashSet<Vec<u8>> = first.iter().flatten().map(|(_, p)| p.clone()).collect();
+    assert_eq!(packets.len(), 2);
+    assert!(packets.iter().all(|p| p.len() == G.packet_len()));
+
+    // More than K: every answer is K frames; acknowledged ones never return.
+    mix.deliver(reg.mailbox, 5);
+    p.wait_metric("loopix_inbox_stored_total", &[], 7.0);
+    let mut acked: HashSet<u64> = HashSet::new();
+    let mut to_ack = first_ids.clone();
+    let mut seen = 0;
+    for _ in 0..10 {
+        let a = alice.pull(&to_ack);
+        acked.extend(to_ack.iter().copied());
+        let got = ids(&a);
+        assert!(got.iter().all(|id| !acked.contains(id)), "acked came back");
+        if got.is_empty() {
+            break;
+        }
+        seen += got.len();
+        to_ack = got;
+    }
+    assert_eq!(seen, 5, "each of the later 5 delivered, then none");
+    assert_eq!(p.metric("loopix_inbox_acked_total", &[]), 7.0);
+    assert_eq!(p.metric("loopix_inbox_messages", &[]), 0.0);
+    let pulls = p.metric("loopix_pulls_total", &[]);
+    assert_eq!(
+        p.metric("loopix_pull_frames_total", &[]),
+        pulls * f64::from(K)
+    );
+}
+
+#[test]
+fn stored_packets_survive_sigkill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = LocalNet::create(dir.path(), &spec()).expect("lay out");
+    let config = provider_config(&net);
+    let reg = register(&config, "bob");
+    let p = ProviderProcess::start(&config, net.nodes[0].metrics);
+
+    // A stream of deliveries from another thread while we watch the count.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        let mut mix = LastMix::new(&net);
+        let mailbox = reg.mailbox;
+        std::thread::spawn(move || {
+            let mut sent = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && sent < 20_000 {
+                mix.deliver(mailbox, 1);
+                sent += 1;
+                if sent % 50 == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        })
+    };
+    let stored = p.wait_metric("loopix_inbox_stored_total", &[], 300.0);
+    let mut p = p;
+    p.child.kill().expect("SIGKILL");
+    let _ = p.child.wait();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sender.join().expect("sender");
+    drop(p);
+
+    // Restart on the same data directory (a fresh metrics port, in case the
+    // old one lingers).
+    let metrics = free_tcp_addr().expect("port");
+    let text = std::fs::read_to_string(&config).expect("read config");
+    let text = text.replace(
+        &format!("[metrics]\nlisten = \"{}\"", net.nodes[0].metrics),
+        &format!("[metrics]\nlisten = \"{metrics}\""),
+    );
+    std::fs::write(&config, text).expect("write config");
+    let p = ProviderProcess::start(&config, metrics);
+    let mut bob = Client::new(reg);
+    let mut acked: HashSet<u64> = HashSet::new();
+    let mut packets: HashSet<Vec<u8>> = HashSet::new();
+    let mut to_ack: Vec<u64> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "inbox did not empty");
+        let a = bob.pull(&to_ack);
+        acked.extend(to_ack.iter().copied());
+        if a.iter().all(|m| m.is_none()) {
+            break;
+        }
+        to_ack.clear();
+        for (id, packet) in a.into_iter().flatten() {
+            assert!(!acked.contains(&id), "message {id} came back after its ack");
+            assert!(packets.insert(packet), "a packet delivered twice");
+            to_ack.push(id);
+        }
+    }
+    assert!(
+        packets.len() as f64 >= stored,
+        "{} messages after restart, {stored} were counted stored before SIGKILL",
+        packets.len()
+    );
+    assert_eq!(p.metric("loopix_inbox_messages", &[]), 0.0);
+}
+
+#[test]
+fn bad_input_is_counted_and_good_clients_are_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = LocalNet::create(
+        dir.path(),
+        &LocalNetSpec {
+            max_messages_per_client: 3,
+            ..spec()
+        },
+    )
+    .expect("lay out");
+    let config = provider_config(&net);
+    let a_reg = register(&config, "a");
+    let b_reg = register(&config, "b");
+    let p = ProviderProcess::start(&config, net.nodes[0].metrics);
+    let mut a = Client::new(a_reg.clone());
+    let mut b = Client::new(b_reg.clone());
+    let wait_dropped = |reason: &str| {
+        let label = format!("reason=\"{reason}\"");
+        p.wait_metric("loopix_dropped_total", &[&label], 1.0)
+    };
+
+    // Unknown slot.
+    a.send_pull_as(&LinkKey::from_bytes(&[1; 16]), 999, a_reg.mailbox, &[]);
+    wait_dropped("unknown_client");
+    // Wrong access key for a registered slot.
+    a.send_pull_as(
+        &LinkKey::from_bytes(&[2; 16]),
+        a_reg.slot,
+        a_reg.mailbox,
+        &[],
+    );
+    wait_dropped("client_unauthenticated");
+    // Another client's mailbox.
+    let key_a = LinkKey::from_bytes(&a_reg.access_key);
+    a.send_pull_as(&key_a, a_reg.slot, b_reg.mailbox, &[]);
+    wait_dropped("pull_wrong_mailbox");
+
+    // Quota: 3 messages per client; 5 sent, 2 refused and counted.
+    let mut mix = LastMix::new(&net);
+    mix.deliver(a_reg.mailbox, 5);
+    p.wait_metric(
+        "loopix_inbox_refused_total",
+        &["reason=\"count_quota\""],
+        2.0,
+    );
+    assert_eq!(p.metric("loopix_inbox_stored_total", &[]), 3.0);
+    // Cover is discarded and counted, not stored.
+    mix.send_cover();
+    p.wait_metric("loopix_cover_discarded_total", &[], 1.0);
+
+    // Client packets: a Relay to the first layer is forwarded; anything
+    // else from a client is a bad command; an unknown slot is dropped first.
+    let relay = mix
+        .driver
+        .build_drop_path(&[0, 1], &[0], &mut mix.rng)
+        .expect("build");
+    let deliver = mix
+        .driver
+        .build_delivery(0, a_reg.mailbox, &mix.recipient, b"x", &mut mix.rng)
+        .expect("build");
+    let mut frame = vec![0u8; G.frame_len()];
+    a.counter += 1;
+    seal_client_packet(&key_a, a_reg.slot, a.counter - 1, &relay, &mut frame).expect("seal");
+    a.socket
+        .send_to(&frame, a_reg.provider_address)
+        .expect("send");
+    p.wait_metric("loopix_forwarded_packets_total", &[], 1.0);
+    a.counter += 1;
+    seal_client_packet(&key_a, a_reg.slot, a.counter - 1, &deliver, &mut frame).expect("seal");
+    a.socket
+        .send_to(&frame, a_reg.provider_address)
+        .expect("send");
+    wait_dropped("bad_command");
+    seal_client_packet(&key_a, 77, 1, &relay, &mut frame).expect("seal");
+    a.socket
+        .send_to(&frame, a_reg.provider_address)
+        .expect("send");
+    p.wait_metric("loopix_dropped_total", &["reason=\"unknown_client\""], 2.0);
+
+    // Everyone is still served.
+    assert_eq!(ids(&a.pull(&[])).len(), 3);
+    mix.deliver(b_reg.mailbox, 1);
+    p.wait_metric("loopix_inbox_stored_total", &[], 4.0);
+    assert_eq!(ids(&b.pull(&[])).len(), 1);
+    assert_eq!(p.metric("loopix_registered_clients", &[]), 2.0);
+}
+
+#[test]
+fn start_up_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = LocalNet::create(dir.path(), &spec()).expect("lay out");
+    let config = provider_config(&net);
+    let cfg = config.to_str().expect("utf-8");
+
+    // A provider config run as a mix, and a mix config run as a provider.
+    let (code, _, err) = loopix(&["mix", "--config", cfg]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("loopix provider"), "{err}");
+    let mix_cfg = net.nodes[1].config.clone().expect("mix config");
+    let (code, _, err) = loopix(&["provider", "--config", mix_cfg.to_str().expect("utf-8")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("[provider]"), "{err}");
+    // A provider section on a node the topology lists as a mix.
+    let as_provider = dir.path().join("mix-as-provider.toml");
+    let text = std::fs::read_to_string(&mix_cfg).expect("read");
+    std::fs::write(
+        &as_provider,
+        format!("{text}\n[provider]\ndata_dir = \"x\"\n"),
+    )
+    .expect("write");
+    let (code, _, err) = loopix(&["provider", "--config", as_provider.to_str().expect("utf-8")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not a provider"), "{err}");
+
+    // A corrupt inbox file: exit 1 naming the file.
+    let data_dir = net.nodes[0].data_dir.clone().expect("data dir");
+    std::fs::create_dir_all(&data_dir).expect("mkdir");
+    let inbox = data_dir.join("inbox.redb");
+    std::fs::write(&inbox, vec![0x5a; 8192]).expect("write garbage");
+    let (code, _, err) = loopix(&["provider", "--config", cfg]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&inbox.display().to_string()), "{err}");
+}
+
+#[test]
+fn register_unregister_clients_while_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = LocalNet::create(dir.path(), &spec()).expect("lay out");
+    let config = provider_config(&net);
+    let cfg = config.to_str().expect("utf-8");
+    let p = ProviderProcess::start(&config, net.nodes[0].metrics);
+    assert_eq!(p.metric("loopix_registered_clients", &[]), 0.0);
+
+    let out = dir.path().join("carol.toml");
+    let (code, stdout, err) = loopix(&[
+        "provider",
+        "register",
+        "--config",
+        cfg,
+        "--name",
+        "carol",
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.is_empty(), "the registration went to --out");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&out).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let reg = Registration::parse(&std::fs::read_to_string(&out).expect("read")).expect("parse");
+    assert_eq!(reg.slot, 0);
+    assert_eq!(reg.provider_address, net.nodes[0].address);
+
+    let (code, list, err) = loopix(&["provider", "clients", "--config", cfg]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(list, format!("0\tcarol\t{}\n", reg.mailbox));
+
+    // The running provider picks the client up within a couple of seconds.
+    p.wait_metric("loopix_registered_clients", &[], 1.0);
+    // The gauge moves when the inbox thread has sent the shards the new
+    // table; they apply it between batches (within their 20 ms idle wait).
+    std::thread::sleep(Duration::from_millis(200));
+    let mut carol = Client::new(reg.clone());
+    assert_eq!(carol.pull(&[]).len(), usize::from(K));
+
+    let (code, _, err) = loopix(&["provider", "unregister", "--config", cfg, "--slot", "0"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = loopix(&["provider", "unregister", "--config", cfg, "--slot", "0"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("slot 0"), "{err}");
+    let (_, list, _) = loopix(&["provider", "clients", "--config", cfg]);
+    assert!(list.is_empty(), "{list}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while p.metric("loopix_registered_clients", &[]) != 0.0 {
+        assert!(Instant::now() < deadline, "unregistration not picked up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // Its pulls are now unknown-client drops.
+    let key = LinkKey::from_bytes(&reg.access_key);
+    carol.send_pull_as(&key, reg.slot, reg.mailbox, &[]);
+    p.wait_metric("loopix_dropped_total", &["reason=\"unknown_client\""], 1.0);
+}
