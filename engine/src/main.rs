@@ -50,6 +50,10 @@ fn usage_text() -> String {
 /// `loopix testnet`: exit 0 on a clean run, 1 on a failure (a node that
 /// died, lost messages), 130 when interrupted, 2 on a usage mistake.
 fn run_testnet(args: &[String]) -> ExitCode {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("usage:\n{}", testnet::USAGE);
+        return ExitCode::SUCCESS;
+    }
     let opts = match testnet::parse_args(args) {
         Ok(o) => o,
         Err(e) => return usage(&format!("testnet: {e}")),
