@@ -617,8 +617,13 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
     let mq = |q: f64| message_model[((message_model.len() - 1) as f64 * q) as usize];
     // Stop writing messages (and counting loops) early enough that nearly
     // all of them are back before the end.
+    let message_tail = if opts.message_rate > 0.0 {
+        mq(0.99999)
+    } else {
+        0.0
+    };
     let drain_s =
-        (mq(0.99999).max(opts.loop_model().quantile(0.99999)) + 1.0).min(opts.duration_s / 2.0);
+        (message_tail.max(opts.loop_model().quantile(0.99999)) + 1.0).min(opts.duration_s / 2.0);
     let started = Instant::now();
     let end = started + Duration::from_secs_f64(opts.duration_s);
     let send_until = end - Duration::from_secs_f64(drain_s);
