@@ -1,0 +1,263 @@
+//! Issue 4's end-to-end test over real processes on loopback: two
+//! providers and three layers of mixes run as `loopix provider` and
+//! `loopix mix`; client A (`loopix client send --surb --wait-reply`) sends a
+//! message of several packets to client B through its provider, the three
+//! layers and B's provider; B is started only after every fragment has
+//! left A, receives the message whole (`loopix client recv --reply`), and
+//! answers through A's SURB; A prints the reply.
+//!
+//! Everything is started through the `loopix` binary the way an operator
+//! and users would; every wait is bounded and every process is killed if
+//! the test fails.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use loopix_engine::localnet::{LocalNet, LocalNetSpec};
+use loopix_engine::supervise::Supervisor;
+use loopix_engine::topology::Role;
+
+const BIN: &str = env!("CARGO_BIN_EXE_loopix");
+
+fn loopix(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().expect("run loopix");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A child whose stdout lines arrive on a channel; killed on drop.
+struct Online {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Drop for Online {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Online {
+    fn start(args: &[&str], log: &Path) -> Online {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).expect("log file"))
+            .spawn()
+            .expect("start client");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Online {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first stdout line starting with `prefix`, within `bound`.
+    fn line(&mut self, prefix: &str, bound: Duration, log: &Path) -> String {
+        let by = Instant::now() + bound;
+        loop {
+            let left = by.saturating_duration_since(Instant::now());
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
+                Ok(l) if l.starts_with(prefix) => return l,
+                Ok(l) => self.seen.push(l),
+                Err(_) if Instant::now() < by => {}
+                Err(_) => panic!(
+                    "no {prefix:?} line within {bound:?}; stdout so far {:?}; stderr:\n{}",
+                    self.seen,
+                    std::fs::read_to_string(log).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    fn exit_code(&mut self, bound: Duration) -> Option<i32> {
+        let by = Instant::now() + bound;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return st.code();
+            }
+            if Instant::now() > by {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn multi_packet_message_to_a_client_started_later_and_a_surb_reply() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let spec = LocalNetSpec {
+        providers: 2,
+        layers: 3,
+        mixes_per_layer: 1,
+        ..LocalNetSpec::default()
+    };
+    let net = LocalNet::create(&root.join("net"), &spec).expect("lay out");
+    let mut nodes = Supervisor::new();
+    for n in &net.nodes {
+        let cmd = match n.role {
+            Role::Provider => "provider",
+            Role::Mix => "mix",
+        };
+        let config = n.config.as_ref().expect("config");
+        nodes
+            .spawn(
+                &n.name(),
+                Path::new(BIN),
+                &[cmd, "--config", s(config)],
+                &n.key_dir.with_extension("log"),
+            )
+            .expect("start node");
+    }
+    // Every node serves metrics once it runs.
+    let by = Instant::now() + Duration::from_secs(20);
+    for n in &net.nodes {
+        while loopix_engine::localnet::scrape(n.metrics).is_none() {
+            if let Some((name, st, tail)) = nodes.check_exited() {
+                panic!("{name} exited {st}: {tail}");
+            }
+            assert!(Instant::now() < by, "{} did not start", n.name());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    // Register A at the first provider and B at the second, as an operator
+    // would, and set both clients up from what registration printed.
+    let providers: Vec<_> = net
+        .nodes
+        .iter()
+        .filter(|n| n.role == Role::Provider)
+        .collect();
+    let mut dirs = Vec::new();
+    for (who, p) in ["a", "b"].iter().zip(&providers) {
+        let reg = root.join(format!("{who}-registration.toml"));
+        let config = p.config.as_ref().expect("config");
+        let (code, _, err) = loopix(&[
+            "provider",
+            "register",
+            "--config",
+            s(config),
+            "--name",
+            who,
+            "--out",
+            s(&reg),
+        ]);
+        assert_eq!(code, 0, "register {who}: {err}");
+        let dir = root.join(who);
+        let (code, _, err) = loopix(&[
+            "client",
+            "init",
+            "--dir",
+            s(&dir),
+            "--registration",
+            s(&reg),
+            "--topology",
+            s(&net.topology_path),
+            "--lambda-p",
+            "20",
+            "--lambda-l",
+            "2",
+            "--lambda-d",
+            "2",
+            "--mu-ms",
+            "5",
+            "--pull-ms",
+            "100",
+        ]);
+        assert_eq!(code, 0, "init {who}: {err}");
+        dirs.push(dir);
+    }
+    // The providers pick registrations up within about a second.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // Three packets' worth of text, each line numbered so that a missing,
+    // reordered or repeated fragment shows.
+    let text: String = (0..60)
+        .map(|i| format!("line {i:02} of the message from a to b;"))
+        .collect();
+    assert!(text.len() > 2 * 1000, "needs several packets");
+    let a_log = root.join("a.log");
+    let b_address = dirs[1].join("address.toml");
+    let mut a = Online::start(
+        &[
+            "client",
+            "send",
+            "--dir",
+            s(&dirs[0]),
+            "--to",
+            s(&b_address),
+            "--wait-reply",
+            "60",
+            &text,
+        ],
+        &a_log,
+    );
+    let sent = a.line("sent ", Duration::from_secs(30), &a_log);
+    assert!(sent.contains(&format!("{} bytes", text.len())), "{sent}");
+    let fragments: u32 = sent
+        .split_whitespace()
+        .rev()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("fragment count");
+    assert!(fragments >= 3, "{sent}");
+
+    // B comes online only now: its provider kept the packets.
+    let b_log = root.join("b.log");
+    let mut b = Online::start(
+        &[
+            "client",
+            "recv",
+            "--dir",
+            s(&dirs[1]),
+            "--count",
+            "1",
+            "--timeout",
+            "60",
+            "--reply",
+            "pong from b",
+        ],
+        &b_log,
+    );
+    let got = b.line("message ", Duration::from_secs(60), &b_log);
+    assert_eq!(got, format!("message {} bytes: {text}", text.len()));
+    assert_eq!(b.exit_code(Duration::from_secs(60)), Some(0));
+
+    let reply = a.line("reply ", Duration::from_secs(60), &a_log);
+    assert_eq!(reply, "reply 11 bytes: pong from b");
+    assert_eq!(a.exit_code(Duration::from_secs(10)), Some(0));
+
+    if let Some((name, st, tail)) = nodes.check_exited() {
+        panic!("{name} exited {st} during the test: {tail}");
+    }
+    for (name, st) in nodes.stop_all(Duration::from_secs(10)) {
+        assert!(st.is_some_and(|s| s.success()), "{name}: {st:?}");
+    }
+}
