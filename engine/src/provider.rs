@@ -151,6 +151,11 @@ struct Runner {
     frame: Vec<u8>,
     problems: Vec<String>,
     broken: bool,
+    /// The registry directory's modification time at the last scan: the
+    /// periodic rescan reads the files only when it changed (a register or
+    /// an unregister creates or removes a file), so that thousands of
+    /// clients do not cost thousands of reads a second on this thread.
+    registry_mtime: Option<std::time::SystemTime>,
 }
 
 impl InboxThread {
@@ -169,6 +174,7 @@ impl InboxThread {
             frame,
             problems,
             broken: false,
+            registry_mtime: None,
         };
         r.publish();
         r.run();
@@ -185,12 +191,24 @@ impl Runner {
         let mut last_expire = Instant::now();
         loop {
             let stopping = self.t.stop.load(Ordering::Relaxed);
-            if !stopping
-                && (self.t.rescan.swap(false, Ordering::Relaxed)
-                    || last_rescan.elapsed() >= RESCAN_EVERY)
-            {
-                self.rescan();
-                last_rescan = Instant::now();
+            if !stopping {
+                let forced = self.t.rescan.swap(false, Ordering::Relaxed);
+                if forced || last_rescan.elapsed() >= RESCAN_EVERY {
+                    let mtime = std::fs::metadata(registry::clients_dir(&self.t.settings.data_dir))
+                        .and_then(|m| m.modified())
+                        .ok();
+                    if forced || mtime.is_none() || mtime != self.registry_mtime {
+                        self.rescan();
+                        // Directory times are coarse (a few ms): a change
+                        // in the same tick as this scan would keep the
+                        // same time. Trust a time only once it is old.
+                        let settled = mtime
+                            .and_then(|t| t.elapsed().ok())
+                            .is_some_and(|age| age > 2 * RESCAN_EVERY);
+                        self.registry_mtime = if settled { mtime } else { None };
+                    }
+                    last_rescan = Instant::now();
+                }
             }
             if last_expire.elapsed() >= EXPIRE_EVERY {
                 self.expire();
