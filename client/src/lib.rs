@@ -366,14 +366,17 @@ impl Client {
     /// Change the stream rates from `now_us` on: every stream's next event
     /// is drawn afresh from `now_us` (memoryless, so this is the same
     /// process as a client started then with the new rates) and the next
-    /// pull is one new period away. Queue, SURBs and loops in flight are
-    /// kept. The load generator's sweep raises rates this way between steps.
+    /// pull is at a uniformly random point of the new period, so that
+    /// clients whose rates change together do not pull in lockstep. Queue,
+    /// SURBs and loops in flight are kept. The load generator's sweep
+    /// raises rates this way between steps.
     pub fn set_rates(&mut self, rates: Rates, now_us: u64, rng: &mut impl CryptoRngCore) {
         self.rates = rates;
         self.next_p = next_after(rng, now_us, rates.lambda_p);
         self.next_l = next_after(rng, now_us, rates.lambda_l);
         self.next_d = next_after(rng, now_us, rates.lambda_d);
-        self.next_pull = (rates.pull_period_us > 0).then_some(now_us + rates.pull_period_us);
+        self.next_pull =
+            (rates.pull_period_us > 0).then(|| now_us + 1 + rng.next_u64() % rates.pull_period_us);
     }
 
     /// The prepared form of this client's own public key (shared, not
