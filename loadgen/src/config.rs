@@ -374,4 +374,25 @@ mod tests {
             .expect_err("topology")
             .contains("topology"));
     }
+
+    #[test]
+    fn checked_in_scenarios_parse_and_are_in_range() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).expect("scenarios dir") {
+            let path = entry.expect("entry").path();
+            let a = vec![
+                "--scenario".to_string(),
+                path.display().to_string(),
+                "--registrations".into(),
+                "r".into(),
+                "--topology".into(),
+                "t".into(),
+            ];
+            let f = parse_args(&a).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            Scenario::resolve(f).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            n += 1;
+        }
+        assert!(n >= 3, "{n} scenarios");
+    }
 }

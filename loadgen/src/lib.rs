@@ -65,7 +65,8 @@ pub fn execute_on(s: &Scenario, target: target::Target) -> Result<run::Report, S
         seed: s.seed,
         threads: s.threads,
     })?;
-    let steps = run::run_steps(s, &mut emu, &metrics, |r| {
+    let mut stopped = None;
+    let steps = run::run_steps(s, &mut emu, &metrics, &mut stopped, |r| {
         if s.progress {
             eprintln!(
                 "step {}: offered {:.1} pps, delivered {:.1} pps, loss {:.4}, p99 {:.1} ms",
@@ -73,7 +74,7 @@ pub fn execute_on(s: &Scenario, target: target::Target) -> Result<run::Report, S
             );
         }
     })?;
-    let report = run::report(s, steps, layers);
+    let report = run::report(s, steps, layers, stopped);
     output::write_all(Path::new(&s.out), &report, &run::latency_model(s, layers))?;
     Ok(report)
 }

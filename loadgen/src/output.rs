@@ -53,6 +53,9 @@ pub fn table(report: &Report) -> String {
             let _ = writeln!(t, "knee: no step was within the bounds");
         }
     }
+    if let Some(why) = &report.stopped {
+        let _ = writeln!(t, "sweep ended early: {why}");
+    }
     match report.paper_ratio {
         Some(r) => {
             let _ = writeln!(

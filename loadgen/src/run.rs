@@ -123,6 +123,8 @@ pub struct Report {
     /// Highest node throughput seen over 300 packets/s, if node metrics
     /// were read.
     pub paper_ratio: Option<f64>,
+    /// Why a sweep ended before a bound was passed, if it did.
+    pub stopped: Option<String>,
 }
 
 fn ms(us: u64) -> f64 {
@@ -231,12 +233,14 @@ pub fn step_result(
 }
 
 /// Run the scenario's steps on `emu` (one for `run`, up to `max_steps` for
-/// `sweep`), calling `on_step` after each. Errors are the emulator's (a
-/// step over the memory cap, a socket failure).
+/// `sweep`), calling `on_step` after each. Errors are the emulator's (the
+/// first step over the memory cap, a socket failure); a later sweep step
+/// that cannot be prepared ends the sweep and its reason goes to `stopped`.
 pub fn run_steps(
     s: &Scenario,
     emu: &mut Emulator,
     metrics: &[(String, SocketAddr)],
+    stopped: &mut Option<String>,
     mut on_step: impl FnMut(&StepResult),
 ) -> Result<Vec<StepResult>, String> {
     let steps = match s.mode {
@@ -267,7 +271,17 @@ pub fn run_steps(
             real_share: s.real_share,
             memory_cap_bytes: s.memory_cap_mb << 20,
         };
-        let schedule = emu.prepare(vstart, &spec)?;
+        let schedule = match emu.prepare(vstart, &spec) {
+            Ok(x) => x,
+            // A later sweep step over the memory cap ends the sweep; the
+            // steps so far are reported. The first step's refusal is an
+            // error: nothing has been sent yet.
+            Err(e) if step > 0 => {
+                *stopped = Some(e);
+                break;
+            }
+            Err(e) => return Err(e),
+        };
         vstart = schedule.drain_end_us;
         let before = node_counters(metrics);
         let m = emu
@@ -307,7 +321,7 @@ pub fn run_steps(
 }
 
 /// Assemble the report.
-pub fn report(s: &Scenario, steps: Vec<StepResult>, layers: u8) -> Report {
+pub fn report(s: &Scenario, steps: Vec<StepResult>, layers: u8, stopped: Option<String>) -> Report {
     let knee = steps
         .iter()
         .take_while(|r| r.within_bounds)
@@ -324,6 +338,7 @@ pub fn report(s: &Scenario, steps: Vec<StepResult>, layers: u8) -> Report {
         steps,
         model_hops: u32::from(layers) + 1,
         paper_ratio,
+        stopped,
     }
 }
 

@@ -61,6 +61,26 @@ impl Net {
         }
     }
 
+    /// A topology file of this network (epoch length 1 h, keys for the
+    /// current epoch), the provider at `provider` and the mix at a dead
+    /// address (the fake provider routes to it in-process).
+    pub fn topology_toml(&self, provider: SocketAddr) -> String {
+        let epoch = loopix_engine::keyfile::epoch_at(loopix_engine::keyfile::unix_now_s(), 3600);
+        let mut t = String::from("epoch_s = 3600\nlayers = 1\n");
+        for (id, role, layer, addr) in [
+            (self.provider, "provider", 0, provider.to_string()),
+            (NodeId([2; 16]), "mix", 1, "127.0.0.1:9".to_string()),
+        ] {
+            let key = hex::encode(self.secrets[&id].public_key().as_bytes());
+            t.push_str(&format!(
+                "\n[[nodes]]\nid = \"{id}\"\nrole = \"{role}\"\nlayer = {layer}\n\
+                 address = \"{addr}\"\nlink_key = \"{key}\"\n\
+                 mix_keys = {{ \"{epoch}\" = \"{key}\" }}\n"
+            ));
+        }
+        t
+    }
+
     /// Route a packet from the provider at once: the mailbox and packet it
     /// is delivered with, or `None` for a drop.
     fn route(&self, mut packet: Vec<u8>) -> Option<(MailboxId, Vec<u8>)> {
