@@ -918,8 +918,8 @@ fn wait_until(due: u64) {
             return;
         }
         let left = due - now;
-        if left > 400 {
-            std::thread::sleep(Duration::from_micros(left - 300));
+        if left > 200 {
+            std::thread::sleep(Duration::from_micros(left - 150));
         } else {
             // Not `yield_now`: on a busy machine it gives away whole time
             // slices, and departures bunch up.

@@ -271,6 +271,16 @@ pub fn run_steps(
             real_share: s.real_share,
             memory_cap_bytes: s.memory_cap_mb << 20,
         };
+        if s.progress {
+            eprintln!(
+                "step {step}: preparing {active} clients x {:.3} packets/s x {} s \
+                 (about {} MB)",
+                spec.rates.lambda_p + spec.rates.lambda_l + spec.rates.lambda_d,
+                s.duration_s,
+                spec.estimated_bytes(&loopix_crypto::Geometry::DEFAULT) >> 20
+            );
+        }
+        let prepare_started = std::time::Instant::now();
         let schedule = match emu.prepare(vstart, &spec) {
             Ok(x) => x,
             // A later sweep step over the memory cap ends the sweep; the
@@ -283,6 +293,15 @@ pub fn run_steps(
             Err(e) => return Err(e),
         };
         vstart = schedule.drain_end_us;
+        if s.progress {
+            eprintln!(
+                "step {step}: prepared {} packets and {} pulls ({} MB) in {:.1} s; sending",
+                schedule.packets(),
+                schedule.pulls(),
+                schedule.bytes() >> 20,
+                prepare_started.elapsed().as_secs_f64()
+            );
+        }
         let before = node_counters(metrics);
         let m = emu
             .replay(
