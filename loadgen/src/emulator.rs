@@ -636,7 +636,7 @@ impl Emulator {
             base,
             start: schedule.start_us,
         };
-        let progress = Progress::new(opts, schedule);
+        let progress = Progress::new(opts);
         let out = std::thread::scope(|s| -> io::Result<Measured> {
             let receivers: Vec<_> = (0..self.sockets.len())
                 .map(|p| {
@@ -1065,7 +1065,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(opts: &ReplayOptions, _schedule: &Schedule) -> Progress {
+    fn new(opts: &ReplayOptions) -> Progress {
         Progress {
             on: opts.progress,
             tty: io::stderr().is_terminal(),
