@@ -33,6 +33,7 @@ fn short_sweep_writes_one_row_per_step_and_delivered_never_exceeds_offered() {
     let (provider, regs) = common::provider(Arc::clone(&net), CLIENTS);
     let dir = tempfile::tempdir().expect("tempdir");
     let s = scenario(dir.path(), "");
+    let keep = std::env::var_os("LOADGEN_KEEP_OUT");
     let report = loopix_loadgen::execute_on(&s, common::target(&net, regs)).expect("sweep runs");
     print!("{}", loopix_loadgen::output::table(&report));
     for r in &report.steps {
@@ -89,6 +90,18 @@ fn short_sweep_writes_one_row_per_step_and_delivered_never_exceeds_offered() {
     for svg in ["throughput.svg", "latency.svg", "latency_cdf.svg"] {
         let t = std::fs::read_to_string(dir.path().join(svg)).expect(svg);
         assert!(t.starts_with("<svg") && t.contains("polyline"), "{svg}");
+    }
+    if let Some(to) = keep {
+        // LOADGEN_KEEP_OUT=DIR keeps the report files to look at.
+        for f in [
+            "report.json",
+            "report.csv",
+            "throughput.svg",
+            "latency.svg",
+            "latency_cdf.svg",
+        ] {
+            let _ = std::fs::copy(dir.path().join(f), std::path::Path::new(&to).join(f));
+        }
     }
     assert_eq!(
         provider
