@@ -363,6 +363,39 @@ impl Client {
         Ok(())
     }
 
+    /// Change the stream rates from `now_us` on: every stream's next event
+    /// is drawn afresh from `now_us` (memoryless, so this is the same
+    /// process as a client started then with the new rates) and the next
+    /// pull is at a uniformly random point of the new period, so that
+    /// clients whose rates change together do not pull in lockstep. Queue,
+    /// SURBs and loops in flight are kept. The load generator's sweep
+    /// raises rates this way between steps.
+    pub fn set_rates(&mut self, rates: Rates, now_us: u64, rng: &mut impl CryptoRngCore) {
+        self.rates = rates;
+        self.next_p = next_after(rng, now_us, rates.lambda_p);
+        self.next_l = next_after(rng, now_us, rates.lambda_l);
+        self.next_d = next_after(rng, now_us, rates.lambda_d);
+        self.next_pull =
+            (rates.pull_period_us > 0).then(|| now_us + 1 + rng.next_u64() % rates.pull_period_us);
+    }
+
+    /// The prepared form of this client's own public key (shared, not
+    /// copied): another client given it by [`Client::add_contact`] need not
+    /// prepare it again (about 30 KB and 1 ms each).
+    pub fn own_route_key(&self) -> Arc<RouteKey> {
+        Arc::clone(&self.my_route)
+    }
+
+    /// Remember `prepared` as the prepared form of `key`, so that sending to
+    /// it does not prepare it again. The caller vouches that `prepared` was
+    /// made from `key` (e.g. by [`Client::own_route_key`] of its holder).
+    pub fn add_contact(&mut self, key: PublicKey, prepared: Arc<RouteKey>) {
+        if self.contacts.len() >= CONTACT_CACHE {
+            self.contacts.clear();
+        }
+        self.contacts.insert(key, prepared);
+    }
+
     /// This client's address, to give to others.
     pub fn address(&self) -> Address {
         self.me

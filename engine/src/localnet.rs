@@ -130,6 +130,31 @@ pub struct LocalNet {
     pub nodes: Vec<LocalNode>,
 }
 
+/// Register a client named `name` in the registry under `data_dir` of the
+/// provider with hex id `id` at `address`, and return the client's
+/// registration (what `loopix provider register` prints).
+pub fn register_at(
+    data_dir: &Path,
+    id: &str,
+    address: SocketAddr,
+    operator: IdentityPublic,
+    name: &str,
+) -> Result<loopix_client::Registration, String> {
+    let id: [u8; 16] = hex::decode(id)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| format!("provider id {id:?} is not 16 hex bytes"))?;
+    let entry = crate::registry::register(data_dir, name)?;
+    Ok(loopix_client::Registration {
+        provider_id: NodeId(id),
+        provider_address: address,
+        slot: entry.slot,
+        mailbox: entry.mailbox,
+        access_key: entry.access_key,
+        operator_key: operator,
+    })
+}
+
 /// A free UDP port on 127.0.0.1 (bound, read, released: a small race).
 pub fn free_udp_addr() -> std::io::Result<SocketAddr> {
     UdpSocket::bind("127.0.0.1:0")?.local_addr()
@@ -259,19 +284,13 @@ impl LocalNet {
             .data_dir
             .as_ref()
             .ok_or_else(|| format!("node {index} is not a provider"))?;
-        let id: [u8; 16] = hex::decode(&node.descriptor.id)
-            .ok()
-            .and_then(|v| v.try_into().ok())
-            .ok_or_else(|| format!("node {index}: bad id in its descriptor"))?;
-        let entry = crate::registry::register(data_dir, name)?;
-        Ok(loopix_client::Registration {
-            provider_id: NodeId(id),
-            provider_address: node.address,
-            slot: entry.slot,
-            mailbox: entry.mailbox,
-            access_key: entry.access_key,
-            operator_key: self.operator,
-        })
+        register_at(
+            data_dir,
+            &node.descriptor.id,
+            node.address,
+            self.operator,
+            name,
+        )
     }
 
     /// Indices of the mixes of `layer`.

@@ -144,15 +144,8 @@ struct ProviderStart {
     problems: Vec<String>,
 }
 
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Mix => "mix",
-        Role::Provider => "provider",
-    }
-}
-
 fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
-    let name = role_name(role);
+    let name = role.name();
     let topology = Topology::load(&config.node.topology, &config.node.operator_key)
         .map_err(|e| e.to_string())?;
     let now_s = unix_now_s();
@@ -171,8 +164,8 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
     if me.role != role {
         return Err(format!(
             "topology lists node {own_id} as a {}, not a {name}; run it with `loopix {}`{}",
-            role_name(me.role),
-            role_name(me.role),
+            me.role.name(),
+            me.role.name(),
             if me.role == Role::Provider {
                 " (with a [provider] section)"
             } else {

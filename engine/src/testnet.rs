@@ -109,8 +109,11 @@ impl TestnetOptions {
         if self.providers == 0 || self.providers > 16 {
             return bad("providers", "must be 1 to 16");
         }
-        if self.clients < 2 || self.clients > 1000 {
-            return bad("clients", "must be 2 to 1000 (use loopix-loadgen for more)");
+        if self.clients == 1 || self.clients > 1000 {
+            return bad(
+                "clients",
+                "must be 0 (the network alone, for loopix-loadgen --testnet) or 2 to 1000",
+            );
         }
         for (name, v) in [
             ("lambda-p", self.lambda_p),
@@ -455,20 +458,129 @@ fn scrape_node(addr: SocketAddr) -> Option<(u64, u64, BTreeMap<String, u64>)> {
     Some((received, forwarded, drops))
 }
 
-/// Wait until the providers report `clients` registered clients in all.
+/// The file `loopix testnet` writes in its directory, so that other tools
+/// (the load generator) can find a running testnet's nodes.
+pub const MANIFEST: &str = "testnet.toml";
+
+/// A testnet's nodes, as written to [`MANIFEST`].
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The signed topology document.
+    pub topology: PathBuf,
+    /// The operator key that signed it (hex).
+    pub operator_key: String,
+    /// Every node.
+    pub nodes: Vec<ManifestNode>,
+}
+
+/// One node of a [`Manifest`].
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestNode {
+    /// Name (`provider-0`, `mix-l1-2`).
+    pub name: String,
+    /// Node id (hex).
+    pub id: String,
+    /// `provider` or `mix`.
+    pub role: String,
+    /// UDP address.
+    pub address: SocketAddr,
+    /// Metrics address.
+    pub metrics: SocketAddr,
+    /// A provider's data directory (its client registry).
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Manifest {
+    fn of(net: &LocalNet) -> Manifest {
+        Manifest {
+            topology: net.topology_path.clone(),
+            operator_key: net.operator.to_hex(),
+            nodes: net
+                .nodes
+                .iter()
+                .map(|n| ManifestNode {
+                    name: n.name(),
+                    id: n.descriptor.id.clone(),
+                    role: n.role.name().into(),
+                    address: n.address,
+                    metrics: n.metrics,
+                    data_dir: n.data_dir.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Read the manifest of the testnet kept in `dir`.
+    pub fn read(dir: &std::path::Path) -> Result<Manifest, String> {
+        let path = dir.join(MANIFEST);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            format!(
+                "{}: cannot read ({e}); is a `loopix testnet --keep {}` running?",
+                path.display(),
+                dir.display()
+            )
+        })?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Register `clients` new clients, round-robin over the providers, and
+    /// wait (at most 10 s) until the running providers have taken them.
+    pub fn register_clients(
+        &self,
+        clients: usize,
+        prefix: &str,
+    ) -> Result<Vec<Registration>, String> {
+        let operator = loopix_crypto::identity::IdentityPublic::from_hex(&self.operator_key)
+            .map_err(|e| format!("{MANIFEST}: operator_key: {e}"))?;
+        let providers: Vec<&ManifestNode> =
+            self.nodes.iter().filter(|n| n.data_dir.is_some()).collect();
+        if providers.is_empty() {
+            return Err(format!("{MANIFEST}: no provider"));
+        }
+        let mut before = 0.0;
+        for p in &providers {
+            before += localnet::scrape_sum(p.metrics, "loopix_registered_clients", &[])
+                .ok_or_else(|| format!("provider {} at {} does not answer", p.name, p.metrics))?;
+        }
+        let mut regs = Vec::with_capacity(clients);
+        for c in 0..clients {
+            let p = providers[c % providers.len()];
+            let data_dir = p.data_dir.as_ref().expect("filtered on data_dir");
+            regs.push(localnet::register_at(
+                data_dir,
+                &p.id,
+                p.address,
+                operator,
+                &format!("{prefix}-{c}"),
+            )?);
+        }
+        let metrics: Vec<SocketAddr> = providers.iter().map(|p| p.metrics).collect();
+        let timeout = Duration::from_secs(10 + clients as u64 / 500);
+        wait_registered(
+            &metrics,
+            before as usize + clients,
+            timeout,
+            &AtomicBool::new(false),
+        )?;
+        Ok(regs)
+    }
+}
+
+/// Wait until the providers (metrics at `providers`) report `clients`
+/// registered clients in all, at most `timeout`.
 fn wait_registered(
-    net: &LocalNet,
-    providers: &[usize],
+    providers: &[SocketAddr],
     clients: usize,
+    timeout: Duration,
     stop: &AtomicBool,
 ) -> Result<(), String> {
-    let by = Instant::now() + Duration::from_secs(10);
+    let by = Instant::now() + timeout;
     loop {
         let n: f64 = providers
             .iter()
-            .filter_map(|&p| {
-                localnet::scrape_sum(net.nodes[p].metrics, "loopix_registered_clients", &[])
-            })
+            .filter_map(|&p| localnet::scrape_sum(p, "loopix_registered_clients", &[]))
             .sum();
         if n as usize >= clients {
             // Shards take the new client table between batches.
@@ -519,6 +631,9 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
         ..LocalNetSpec::default()
     };
     let net = LocalNet::create(&dir, &spec)?;
+    let manifest = toml::to_string(&Manifest::of(&net)).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join(MANIFEST), manifest)
+        .map_err(|e| format!("{}: {e}", dir.join(MANIFEST).display()))?;
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
     let mut sup = Supervisor::new();
     for n in &net.nodes {
@@ -590,7 +705,14 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
         secrets.push(secret);
     }
     // The providers pick up new registrations within about a second.
-    wait_registered(&net, &providers, opts.clients, &stop)?;
+    let provider_metrics: Vec<SocketAddr> =
+        providers.iter().map(|&p| net.nodes[p].metrics).collect();
+    wait_registered(
+        &provider_metrics,
+        opts.clients,
+        Duration::from_secs(10),
+        &stop,
+    )?;
     // Clients start their Poisson clocks now, not before the wait: a core
     // created earlier would owe a burst of overdue packets.
     let mut drivers = Vec::new();
@@ -701,10 +823,7 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
         let (received, forwarded, drops) = scrape_node(n.metrics).unwrap_or_default();
         nodes.push(NodeReport {
             name: n.name(),
-            role: match n.role {
-                Role::Provider => "provider".into(),
-                Role::Mix => "mix".into(),
-            },
+            role: n.role.name().into(),
             layer: n.layer,
             received,
             forwarded,
@@ -847,7 +966,9 @@ pub const USAGE: &str = "  loopix testnet [--layers N] [--mixes-per-layer N] [--
                  [--message-rate R] [--message-bytes N] [--duration-s S]
                  [--io auto|uring|portable] [--keep DIR] [--json FILE] [--quiet]
       start a whole network on loopback (default 2 providers, 3 layers of 2
-      mixes, 24 clients, 30 s), exchange real messages, print a summary";
+      mixes, 24 clients, 30 s), exchange real messages, print a summary;
+      with --clients 0 --keep DIR it serves the network alone for
+      loopix-loadgen --testnet DIR until the duration ends or Ctrl-C";
 
 /// Parse `loopix testnet` options (after the word `testnet`).
 pub fn parse_args(args: &[String]) -> Result<TestnetOptions, String> {

@@ -53,6 +53,16 @@ impl Role {
     }
 }
 
+impl Role {
+    /// `"provider"` or `"mix"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Provider => "provider",
+            Role::Mix => "mix",
+        }
+    }
+}
+
 /// One node as written in the document.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
