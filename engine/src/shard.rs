@@ -16,11 +16,22 @@
 //! `Deliver` and authentic pulls go to the provider's inbox thread over a
 //! bounded channel; `Drop` cover is discarded and counted.
 //!
+//! Topology reload (`Control::Links`): a pool slot waiting on the wheel
+//! holds its next hop as an index into the links table it was scheduled
+//! under. When a new table arrives, the shard remaps every slot's index
+//! once, by node id, from the old table to the new one (an `O(pool)` walk
+//! off the packet path), and re-keys the link replay windows the same way;
+//! a slot whose next hop is no longer an outbound neighbour is marked
+//! `NO_PEER` and dropped as `next_hop_removed` when it falls due. The send
+//! path stays a plain index into the current table: no hashing, no
+//! allocation.
+//!
 //! Invariants: nothing on the mix path allocates or crosses cores (a
 //! provider copies each delivered packet once, to hand it to its inbox
 //! thread); every drop is counted by reason; a replay tag is inserted only
 //! after its MAC verified; the pool bounds the wheel, so memory does not
-//! grow with load.
+//! grow with load; every index in the pool and in the windows refers to the
+//! shard's current links table.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -47,6 +58,8 @@ use crate::wheel::{InsertError, TimingWheel};
 const COUNTER_SHARD_SHIFT: u32 = 56;
 /// Longest idle wait, so control messages and the stop flag are seen.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
+/// A pool slot's next hop when a reload removed it from the topology.
+const NO_PEER: u32 = u32::MAX;
 
 /// A neighbour as the shards see it (shared, read-only).
 pub struct Peer {
@@ -73,6 +86,28 @@ pub struct Links {
     pub next_hop: HashMap<NodeId, u32>,
 }
 
+impl Links {
+    /// For each index of `old`'s peers, the index of the same node (by id)
+    /// among this table's peers, if it is still a neighbour: how a reload
+    /// carries indices from one table to the next.
+    pub fn remap_from(&self, old: &Links) -> Vec<Option<u32>> {
+        let by_id: HashMap<NodeId, u32> = self
+            .peers
+            .iter()
+            .enumerate()
+            .filter_map(|(j, p)| p.as_ref().map(|p| (p.id, j as u32)))
+            .collect();
+        old.peers
+            .iter()
+            .map(|p| p.as_ref().and_then(|p| by_id.get(&p.id).copied()))
+            .collect()
+    }
+
+    fn peer(&self, index: u32) -> Option<&Peer> {
+        self.peers.get(index as usize).and_then(|p| p.as_ref())
+    }
+}
+
 /// The Sphinx key of one accepted epoch.
 pub struct EpochKey {
     /// Key epoch number.
@@ -89,6 +124,9 @@ pub enum Control {
     Keys(Vec<EpochKey>, Vec<(u64, BloomFilter)>),
     /// (Provider) the registered clients from now on.
     Clients(Arc<ClientTable>),
+    /// The neighbours from now on (a topology reload); packets already on
+    /// the wheel are carried over by node id.
+    Links(Arc<Links>),
 }
 
 /// What a provider's shards hand its inbox thread.
@@ -294,6 +332,7 @@ impl Shard {
                 match msg {
                     Control::Keys(keys, filters) => self.state.set_keys(keys, filters),
                     Control::Clients(table) => self.state.set_clients(table),
+                    Control::Links(links) => self.state.set_links(links),
                 }
             }
             if now.saturating_sub(last_stats) >= 1_000_000 {
@@ -366,14 +405,10 @@ impl Shard {
         st.counter = st.counter.wrapping_add(1);
         let own = st.links.own_index;
         let frame = st.pool.slot(idx);
-        let Some(peer) = st
-            .links
-            .peers
-            .get(peer_index as usize)
-            .and_then(|p| p.as_ref())
-        else {
-            debug_assert!(false, "scheduled to a non-peer");
-            st.metrics.count_drop(DropReason::UnknownNextHop);
+        let Some(peer) = st.links.peer(peer_index) else {
+            // NO_PEER: a reload removed the next hop while the packet waited.
+            debug_assert!(peer_index == NO_PEER, "scheduled to a non-peer");
+            st.metrics.count_drop(DropReason::NextHopRemoved);
             st.pool.free.push(idx);
             return;
         };
@@ -454,6 +489,33 @@ impl State {
         }
     }
 
+    /// A reload: carry every pool slot's next hop and every link window
+    /// over to the new table by node id, then use it. Runs between batches;
+    /// allocates only the remap table and the re-keyed window map.
+    fn set_links(&mut self, links: Arc<Links>) {
+        let remap = links.remap_from(&self.links);
+        let carry = |old: u32, want: fn(&Peer) -> bool| -> Option<u32> {
+            remap
+                .get(old as usize)
+                .copied()
+                .flatten()
+                .filter(|&j| links.peer(j).is_some_and(want))
+        };
+        // Free slots are rewritten too (their value is overwritten before
+        // use), which spares telling free slots from waiting ones.
+        for next in self.pool.next_peer.iter_mut() {
+            *next = carry(*next, |p| p.outbound).unwrap_or(NO_PEER);
+        }
+        let windows = std::mem::take(&mut self.windows);
+        self.windows = windows
+            .into_iter()
+            .filter_map(|((sender, shard), w)| {
+                carry(sender, |p| p.inbound).map(|s| ((s, shard), w))
+            })
+            .collect();
+        self.links = links;
+    }
+
     fn publish_stats(&self) {
         self.metrics
             .filter_bytes
@@ -492,13 +554,7 @@ impl State {
         }
         // Borrow the shared table (no refcount traffic: an Arc clone per
         // datagram would write a cache line every shard shares).
-        let Some(peer) = self
-            .links
-            .peers
-            .get(header.sender as usize)
-            .and_then(|p| p.as_ref())
-            .filter(|p| p.inbound)
-        else {
+        let Some(peer) = self.links.peer(header.sender).filter(|p| p.inbound) else {
             return self.drop(DropReason::Unauthenticated);
         };
         let window_key = (header.sender, (header.counter >> COUNTER_SHARD_SHIFT) as u8);
