@@ -26,6 +26,15 @@
 //! path stays a plain index into the current table: no hashing, no
 //! allocation.
 //!
+//! A reload may move indices, and neighbours reload at slightly different
+//! times, so for `RELOAD_GRACE_US` the shard keeps the previous table: a
+//! frame that fails as `unauthenticated` under the current table is tried
+//! once more as the same sender index under the previous table (mapped by
+//! node id to a current inbound neighbour), and for the first half of the
+//! grace this node seals frames to neighbours that knew it with its previous
+//! index. Both sides therefore agree on each frame whichever reloads first,
+//! provided every node is signalled within half the grace.
+//!
 //! Invariants: nothing on the mix path allocates or crosses cores (a
 //! provider copies each delivered packet once, to hand it to its inbox
 //! thread); every drop is counted by reason; a replay tag is inserted only
@@ -60,6 +69,10 @@ const COUNTER_SHARD_SHIFT: u32 = 56;
 const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// A pool slot's next hop when a reload removed it from the topology.
 const NO_PEER: u32 = u32::MAX;
+/// How long after a reload frames under the previous table's sender
+/// indices are accepted; this node seals with its previous index for the
+/// first half.
+const RELOAD_GRACE_US: u64 = 10_000_000;
 
 /// A neighbour as the shards see it (shared, read-only).
 pub struct Peer {
@@ -213,6 +226,20 @@ impl Pool {
     }
 }
 
+/// The table before the last reload, kept for `RELOAD_GRACE_US`.
+struct Previous {
+    /// Previous sender index -> current index of the same node.
+    remap: Vec<Option<u32>>,
+    /// This node's index in the previous table.
+    own_index: u32,
+    /// By current index: the peer was in the previous table too.
+    knew_us: Vec<bool>,
+    /// Accept previous-table sender indices until then (shard clock).
+    accept_until_us: u64,
+    /// Seal with `own_index` to peers that knew us until then.
+    seal_until_us: u64,
+}
+
 /// Everything but the backend, so the receive callback can borrow it while
 /// the backend is borrowed too.
 struct State {
@@ -227,6 +254,7 @@ struct State {
     start: Instant,
     counter: u64,
     provider: Option<ProviderState>,
+    previous: Option<Previous>,
 }
 
 /// A shard ready to run.
@@ -298,6 +326,7 @@ impl Shard {
             start,
             counter,
             provider: None,
+            previous: None,
         };
         let batch = state.settings.batch;
         Ok(Shard {
@@ -403,7 +432,15 @@ impl Shard {
         let peer_index = st.pool.next_peer[idx as usize];
         let counter = st.counter;
         st.counter = st.counter.wrapping_add(1);
-        let own = st.links.own_index;
+        let own = match &st.previous {
+            Some(p)
+                if deadline < p.seal_until_us
+                    && p.knew_us.get(peer_index as usize) == Some(&true) =>
+            {
+                p.own_index
+            }
+            _ => st.links.own_index,
+        };
         let frame = st.pool.slot(idx);
         let Some(peer) = st.links.peer(peer_index) else {
             // NO_PEER: a reload removed the next hop while the packet waited.
@@ -447,6 +484,39 @@ impl Shard {
         st.metrics.pool_in_use.store(0, Ordering::Relaxed);
         st.publish_stats();
     }
+}
+
+/// The link checks of a packet frame from the peer at `index` of `links`,
+/// then its window moves.
+fn open_link(
+    windows: &mut HashMap<(u32, u8), ReplayWindow>,
+    links: &Links,
+    index: u32,
+    header: &FrameHeader,
+    data: &[u8],
+) -> Result<(), DropReason> {
+    // Borrow the shared table (no refcount traffic: an Arc clone per
+    // datagram would write a cache line every shard shares).
+    let Some(peer) = links.peer(index).filter(|p| p.inbound) else {
+        return Err(DropReason::Unauthenticated);
+    };
+    let window_key = (index, (header.counter >> COUNTER_SHARD_SHIFT) as u8);
+    if let Some(w) = windows.get(&window_key) {
+        if w.check(header.counter).is_err() {
+            return Err(DropReason::LinkReplay);
+        }
+    }
+    if let Err(e) = peer.link.open(data) {
+        return Err(match e {
+            LinkError::Replay(_) | LinkError::TooOld(_) => DropReason::LinkReplay,
+            _ => DropReason::Unauthenticated,
+        });
+    }
+    windows
+        .entry(window_key)
+        .or_default()
+        .commit(header.counter);
+    Ok(())
 }
 
 impl State {
@@ -513,7 +583,48 @@ impl State {
                 carry(sender, |p| p.inbound).map(|s| ((s, shard), w))
             })
             .collect();
+        let mut knew_us = vec![false; links.peers.len()];
+        for j in remap.iter().flatten() {
+            knew_us[*j as usize] = true;
+        }
+        let now = micros_since(self.start);
+        self.previous = Some(Previous {
+            own_index: self.links.own_index,
+            remap,
+            knew_us,
+            accept_until_us: now + RELOAD_GRACE_US,
+            seal_until_us: now + RELOAD_GRACE_US / 2,
+        });
         self.links = links;
+    }
+
+    /// Link layer of a packet frame: the sender is an inbound neighbour,
+    /// the counter is inside its window, the tag verifies; then the window
+    /// moves. Within the grace after a reload, a sender index that fails
+    /// under the current table (as another node's, whose window or tag
+    /// refuses it, or as no neighbour's) is tried once more as an index of
+    /// the previous table.
+    fn authenticate(
+        &mut self,
+        data: &[u8],
+        header: &FrameHeader,
+        now_us: u64,
+    ) -> Result<(), DropReason> {
+        let first = open_link(&mut self.windows, &self.links, header.sender, header, data);
+        if first.is_ok() || self.previous.is_none() {
+            return first;
+        }
+        let again = self
+            .previous
+            .as_ref()
+            .filter(|p| now_us < p.accept_until_us)
+            .and_then(|p| p.remap.get(header.sender as usize).copied().flatten())
+            .filter(|&j| j != header.sender);
+        match again.map(|j| open_link(&mut self.windows, &self.links, j, header, data)) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(DropReason::LinkReplay)) => Err(DropReason::LinkReplay),
+            _ => first,
+        }
     }
 
     fn publish_stats(&self) {
@@ -552,27 +663,9 @@ impl State {
         if header.kind != KIND_PACKET {
             return self.handle_client(d, header, arrival_us);
         }
-        // Borrow the shared table (no refcount traffic: an Arc clone per
-        // datagram would write a cache line every shard shares).
-        let Some(peer) = self.links.peer(header.sender).filter(|p| p.inbound) else {
-            return self.drop(DropReason::Unauthenticated);
-        };
-        let window_key = (header.sender, (header.counter >> COUNTER_SHARD_SHIFT) as u8);
-        if let Some(w) = self.windows.get(&window_key) {
-            if w.check(header.counter).is_err() {
-                return self.drop(DropReason::LinkReplay);
-            }
+        if let Err(reason) = self.authenticate(d.data, &header, arrival_us) {
+            return self.drop(reason);
         }
-        if let Err(e) = peer.link.open(d.data) {
-            return self.drop(match e {
-                LinkError::Replay(_) | LinkError::TooOld(_) => DropReason::LinkReplay,
-                _ => DropReason::Unauthenticated,
-            });
-        }
-        self.windows
-            .entry(window_key)
-            .or_default()
-            .commit(header.counter);
 
         let Some(idx) = self.pool.free.pop() else {
             return self.drop(DropReason::PoolFull);

@@ -413,3 +413,57 @@ fn bad_documents_are_refused_and_traffic_flows() {
         assert!(m.child.try_wait().expect("wait").is_none(), "node exited");
     }
 }
+
+/// Nodes reload at different times while a new layer-1 mix moves the
+/// indices of layers 2 and 3: first layer 3 (it accepts layer 2's frames
+/// under the previous indices), then, when the mix is removed again, layer
+/// 2 first (it keeps sealing with its previous index until layer 3 follows).
+/// Packets cross from layer 2 to layer 3 all the while; none is lost and
+/// none is refused as unauthenticated.
+#[test]
+fn staggered_reloads_lose_nothing() {
+    let mut net = start_net(1);
+    let gap = Duration::from_millis(1500);
+    let mut sent = 0;
+    let spread = |net: &mut Net, seed: u64| {
+        // Layer 2 sends these on over about 3 s.
+        for k in 0..12u32 {
+            net.send_chain([50_000, 300_000 + k * 250_000, 50_000], seed + u64::from(k));
+        }
+        12
+    };
+
+    sent += spread(&mut net, 100);
+    let extra = net.new_mix("mix-l1-new");
+    net.publish(2, &[(extra, Role::Mix, 1)]);
+    net.mixes[2].sighup();
+    net.mixes[2].await_reloads("ok", 1.0);
+    std::thread::sleep(gap);
+    net.mixes[1].sighup();
+    net.mixes[0].sighup();
+    for m in &net.mixes {
+        m.await_reloads("ok", 1.0);
+    }
+    assert!(net.mixes[1].log_text().contains("this node's index 2 -> 3"));
+    net.drivers
+        .push(Driver::new(&net.net, 0).expect("driver for serial 2"));
+    assert_eq!(net.receive(sent, Duration::from_secs(8)), sent);
+
+    sent += spread(&mut net, 200);
+    net.publish(3, &[]);
+    net.mixes[1].sighup();
+    net.mixes[1].await_reloads("ok", 2.0);
+    std::thread::sleep(gap);
+    net.mixes[2].sighup();
+    net.mixes[0].sighup();
+    for m in &net.mixes {
+        m.await_reloads("ok", 2.0);
+    }
+    net.drivers
+        .push(Driver::new(&net.net, 0).expect("driver for serial 3"));
+    assert_eq!(net.receive(12, Duration::from_secs(8)), 12);
+    for reason in ["unauthenticated", "link_replay", "next_hop_removed"] {
+        assert_eq!(net.total_dropped(reason), 0.0, "{reason}");
+    }
+    assert_eq!(sent, 24);
+}
