@@ -838,3 +838,56 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: u8, inbound: bool, outbound: bool) -> Option<Peer> {
+        Some(Peer {
+            id: NodeId([id; 16]),
+            address: SocketAddr::from(([127, 0, 0, 1], 9000 + u16::from(id))),
+            link: LinkKey::from_bytes(&[id; 16]),
+            inbound,
+            outbound,
+        })
+    }
+
+    fn links(own: u32, peers: Vec<Option<Peer>>) -> Links {
+        let next_hop = peers
+            .iter()
+            .enumerate()
+            .filter_map(|(j, p)| p.as_ref().filter(|p| p.outbound).map(|p| (p.id, j as u32)))
+            .collect();
+        Links {
+            own_index: own,
+            peers,
+            next_hop,
+        }
+    }
+
+    #[test]
+    fn remap_follows_node_ids() {
+        // Old: [self, a, b, c]; new: [self, x (new), a, c] with b removed.
+        let old = links(
+            0,
+            vec![
+                None,
+                peer(1, true, false),
+                peer(2, false, true),
+                peer(3, false, true),
+            ],
+        );
+        let new = links(
+            0,
+            vec![
+                None,
+                peer(9, true, false),
+                peer(1, true, false),
+                peer(3, false, true),
+            ],
+        );
+        assert_eq!(new.remap_from(&old), vec![None, Some(2), None, Some(3)]);
+        assert_eq!(old.remap_from(&old), vec![None, Some(1), Some(2), Some(3)]);
+    }
+}
