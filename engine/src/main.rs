@@ -27,10 +27,11 @@ const USAGE_NODE: &str = "usage:
       overwriting a key; prints the signed public descriptor (also in
       DIR/node.toml); --address is needed once, later runs keep it
   loopix mix --config FILE
-      run a mix node (see systemd/mix.example.toml)
+      run a mix node (see systemd/mix.example.toml); SIGHUP reloads
+      node.topology (a document that does not check is refused)
   loopix provider --config FILE
-      run a provider (see systemd/provider.example.toml); SIGHUP rescans
-      its client registry at once
+      run a provider (see systemd/provider.example.toml); SIGHUP reloads
+      node.topology and rescans its client registry at once
   loopix provider register --config FILE [--name NAME] [--out FILE]
       register a client; print its registration (or write it to FILE, 0600)
   loopix provider unregister --config FILE --slot N

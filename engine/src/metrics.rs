@@ -22,7 +22,10 @@
 //!   and dummy), `loopix_pull_real_frames_total`,
 //!   `loopix_pull_send_failed_total`, and the gauges
 //!   `loopix_inbox_messages`, `loopix_inbox_bytes`,
-//!   `loopix_registered_clients`.
+//!   `loopix_registered_clients`;
+//! - topology (written by the control thread, `TopologyMetrics`):
+//!   `loopix_topology_serial` (the serial of the document in use) and
+//!   `loopix_topology_reloads_total{result=ok|refused}` (SIGHUP reloads).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -76,11 +79,14 @@ pub enum DropReason {
     InboxQueueFull,
     /// (Mix) a client frame kind: only providers take those.
     NotAProvider,
+    /// A topology reload removed the next hop of a packet waiting on the
+    /// wheel (or it is no longer a next-layer neighbour).
+    NextHopRemoved,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 20] = [
         DropReason::BadLength,
         DropReason::BadFrame,
         DropReason::Unauthenticated,
@@ -100,6 +106,7 @@ impl DropReason {
         DropReason::PullWrongMailbox,
         DropReason::InboxQueueFull,
         DropReason::NotAProvider,
+        DropReason::NextHopRemoved,
     ];
 
     /// The label value.
@@ -124,6 +131,7 @@ impl DropReason {
             DropReason::PullWrongMailbox => "pull_wrong_mailbox",
             DropReason::InboxQueueFull => "inbox_queue_full",
             DropReason::NotAProvider => "not_a_provider",
+            DropReason::NextHopRemoved => "next_hop_removed",
         }
     }
 
@@ -320,7 +328,43 @@ pub struct ProviderMetrics {
     pub registered_clients: AtomicU64,
 }
 
+/// The node's topology document and its reloads, written by the control
+/// thread alone.
+#[derive(Default)]
+pub struct TopologyMetrics {
+    /// Serial of the document in use.
+    pub serial: AtomicU64,
+    /// Reloads that installed a new document.
+    pub reloads_ok: AtomicU64,
+    /// Reloads refused (the node kept the document it had).
+    pub reloads_refused: AtomicU64,
+}
+
 type Labels = Vec<(String, String)>;
+
+fn register_topology(registry: &mut Registry, base: &Labels, t: &TopologyMetrics) {
+    let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
+    let serial = Family::<Labels, Gauge>::default();
+    serial
+        .get_or_create(base)
+        .set(i64::try_from(load(&t.serial)).unwrap_or(i64::MAX));
+    registry.register(
+        "loopix_topology_serial",
+        "Serial of the topology document in use",
+        serial,
+    );
+    let reloads = Family::<Labels, Counter>::default();
+    for (result, v) in [("ok", &t.reloads_ok), ("refused", &t.reloads_refused)] {
+        let mut l = base.clone();
+        l.push(("result".into(), result.into()));
+        reloads.get_or_create(&l).inc_by(load(v));
+    }
+    registry.register(
+        "loopix_topology_reloads",
+        "Topology reloads on SIGHUP, by result",
+        reloads,
+    );
+}
 
 /// Render every shard's metrics in the Prometheus text format.
 pub fn render(node_labels: &[(&str, &str)], shards: &[Arc<ShardMetrics>], io: &str) -> String {
@@ -430,6 +474,18 @@ pub fn render_with(
     shards: &[Arc<ShardMetrics>],
     io: &str,
     provider: Option<&ProviderMetrics>,
+) -> String {
+    render_node(node_labels, shards, io, provider, None)
+}
+
+/// Render every shard's metrics, a provider's and the topology's if given,
+/// in the Prometheus text format (what a running node serves).
+pub fn render_node(
+    node_labels: &[(&str, &str)],
+    shards: &[Arc<ShardMetrics>],
+    io: &str,
+    provider: Option<&ProviderMetrics>,
+    topology: Option<&TopologyMetrics>,
 ) -> String {
     let mut registry = Registry::default();
     let base: Labels = node_labels
@@ -566,6 +622,9 @@ pub fn render_with(
             cover,
         );
         register_provider(&mut registry, &base, p);
+    }
+    if let Some(t) = topology {
+        register_topology(&mut registry, &base, t);
     }
 
     let mut out = String::new();

@@ -7,20 +7,29 @@
 //! failure is a message naming the file or field. Shutdown: SIGTERM or
 //! SIGINT set one stop flag; shards stop receiving, send what falls due
 //! within `shutdown.drain_ms`, count the rest, the inbox thread commits what
-//! is queued, and the process exits 0. SIGHUP makes a provider rescan its
-//! client registry at once.
+//! is queued, and the process exits 0.
+//!
+//! SIGHUP reloads the topology (`node.topology`) and, at a provider, also
+//! rescans the client registry at once. A reloaded document must verify
+//! under `node.operator_key`, be an acceptable successor
+//! (`Topology::check_successor`) and still list this node with the same
+//! link key, role and address; otherwise the node logs why, counts
+//! `loopix_topology_reloads_total{result="refused"}` and keeps the document
+//! it has. An accepted one becomes new `Links` sent to every shard, which
+//! carry the packets already on their wheels over to it (see `shard`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use loopix_crypto::{Geometry, LinkKey, SecretKey};
+use loopix_crypto::{Geometry, LinkKey, NodeId, PublicKey, SecretKey};
 
 use crate::config::{IoChoice, MixConfig};
 use crate::io::{self, socket, IoKind};
 use crate::keyfile::{self, epoch_at, unix_now_s, NodeSecrets};
-use crate::metrics::{self, ProviderMetrics, ShardMetrics};
+use crate::metrics::{self, ProviderMetrics, ShardMetrics, TopologyMetrics};
 use crate::provider::{self, InboxThread};
 use crate::registry::ClientTable;
 use crate::replay::{BloomFilter, FilterSizing};
@@ -112,6 +121,119 @@ pub fn build_links(
     })
 }
 
+/// Who this node is, as its listing in a topology must say.
+struct Own<'a> {
+    id: NodeId,
+    role: Role,
+    listen: SocketAddr,
+    link_public: PublicKey,
+    config: &'a MixConfig,
+}
+
+impl Own<'_> {
+    /// This node's index in `topology`, if the topology lists it with its
+    /// link key, role and address; the error is phrased for the operator.
+    fn find_in(&self, topology: &Topology) -> Result<u32, String> {
+        let name = self.role.name();
+        let own_id = self.id;
+        let own = topology.index_of(&own_id).ok_or_else(|| {
+            format!(
+                "topology {}: this node ({own_id}, keys in {}) is not listed",
+                self.config.node.topology.display(),
+                self.config.node.key_dir.display()
+            )
+        })?;
+        let me = &topology.nodes[own as usize];
+        if me.role != self.role {
+            return Err(format!(
+                "topology lists node {own_id} as a {}, not a {name}; run it with `loopix {}`{}",
+                me.role.name(),
+                me.role.name(),
+                if me.role == Role::Provider {
+                    " (with a [provider] section)"
+                } else {
+                    " (without a [provider] section)"
+                }
+            ));
+        }
+        if me.address != self.listen {
+            return Err(format!(
+                "node.listen is {} but the topology lists this node at {}; make them agree",
+                self.listen, me.address
+            ));
+        }
+        if me.link_key != self.link_public {
+            return Err("topology link_key differs from link.key in node.key_dir".into());
+        }
+        Ok(own)
+    }
+}
+
+/// One line saying what a reload changed: serial, nodes added, removed and
+/// moved (address, role or layer), and this node's index if it moved.
+fn describe_change(old: &Topology, new: &Topology, old_own: u32, new_own: u32) -> String {
+    let old_ids: HashSet<NodeId> = old.nodes.iter().map(|n| n.id).collect();
+    let new_ids: HashSet<NodeId> = new.nodes.iter().map(|n| n.id).collect();
+    let added: Vec<String> = new
+        .nodes
+        .iter()
+        .filter(|n| !old_ids.contains(&n.id))
+        .map(|n| format!("{} ({} layer {})", n.id, n.role.name(), n.layer))
+        .collect();
+    let removed: Vec<String> = old
+        .nodes
+        .iter()
+        .filter(|n| !new_ids.contains(&n.id))
+        .map(|n| n.id.to_string())
+        .collect();
+    let moved = new
+        .nodes
+        .iter()
+        .filter(|n| {
+            old.index_of(&n.id)
+                .map(|i| &old.nodes[i as usize])
+                .is_some_and(|o| (o.address, o.role, o.layer) != (n.address, n.role, n.layer))
+        })
+        .count();
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", v.join(", "))
+        }
+    };
+    let index = if old_own == new_own {
+        String::new()
+    } else {
+        format!("; this node's index {old_own} -> {new_own}")
+    };
+    format!(
+        "topology reloaded: serial {} -> {}, {} node(s) added{}, {} removed{}, {moved} moved{index}",
+        old.serial,
+        new.serial,
+        added.len(),
+        list(&added),
+        removed.len(),
+        list(&removed),
+    )
+}
+
+/// Reload `node.topology` on top of `current`: verify, check the successor
+/// rule and this node's listing, and build its links. Nothing changes on
+/// `Err`.
+fn reload_topology(
+    current: &Topology,
+    own: &Own<'_>,
+    link_secret: &SecretKey,
+) -> Result<(Topology, u32, Links), String> {
+    let next = current
+        .reload(&own.config.node.topology)
+        .map_err(|e| e.to_string())?;
+    let index = own.find_in(&next)?;
+    let links = build_links(&next, index, link_secret)?;
+    Ok((next, index, links))
+}
+
 /// Run a mix node until SIGTERM or SIGINT. `Err` is a start-up failure,
 /// already phrased for the operator.
 pub fn run_mix(config: &MixConfig) -> Result<(), String> {
@@ -153,35 +275,15 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
     let secrets =
         keyfile::load_node_secrets(&config.node.key_dir, epoch).map_err(|e| e.to_string())?;
     let own_id = keyfile::node_id_of(&secrets.link.public_key());
-    let own = topology.index_of(&own_id).ok_or_else(|| {
-        format!(
-            "topology {}: this node ({own_id}, keys in {}) is not listed",
-            config.node.topology.display(),
-            config.node.key_dir.display()
-        )
-    })?;
+    let whoami = Own {
+        id: own_id,
+        role,
+        listen: config.node.listen,
+        link_public: secrets.link.public_key(),
+        config,
+    };
+    let own = whoami.find_in(&topology)?;
     let me = &topology.nodes[own as usize];
-    if me.role != role {
-        return Err(format!(
-            "topology lists node {own_id} as a {}, not a {name}; run it with `loopix {}`{}",
-            me.role.name(),
-            me.role.name(),
-            if me.role == Role::Provider {
-                " (with a [provider] section)"
-            } else {
-                " (without a [provider] section)"
-            }
-        ));
-    }
-    if me.address != config.node.listen {
-        return Err(format!(
-            "node.listen is {} but the topology lists this node at {}; make them agree",
-            config.node.listen, me.address
-        ));
-    }
-    if me.link_key != secrets.link.public_key() {
-        return Err("topology link_key differs from link.key in node.key_dir".into());
-    }
     let links = Arc::new(build_links(&topology, own, &secrets.link)?);
     let io_kind = choose_io(config.engine.io)?;
     let e = &config.engine;
@@ -218,9 +320,18 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .map_err(|e| format!("signal handler: {e}"))?;
     }
+    // SIGHUP sets both: the control loop reloads the topology, a
+    // provider's inbox thread rescans its registry.
     let rescan = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&rescan))
-        .map_err(|e| format!("signal handler: {e}"))?;
+    let reload = Arc::new(AtomicBool::new(false));
+    for flag in [&rescan, &reload] {
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(flag))
+            .map_err(|e| format!("signal handler: {e}"))?;
+    }
+    let topology_metrics = Arc::new(TopologyMetrics::default());
+    topology_metrics
+        .serial
+        .store(topology.serial, Ordering::Relaxed);
 
     let mut shards = Vec::new();
     let mut controls = Vec::new();
@@ -363,8 +474,10 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
             let node = own_id.to_string();
             let io_name = io_kind.name();
             let pm = provider_metrics.clone();
-            let render =
-                move || metrics::render_with(&[("node", &node)], &ms, io_name, pm.as_deref());
+            let tm = Arc::clone(&topology_metrics);
+            let render = move || {
+                metrics::render_node(&[("node", &node)], &ms, io_name, pm.as_deref(), Some(&tm))
+            };
             Some(
                 metrics::serve(addr, render, Arc::clone(&stop))
                     .map_err(|err| format!("metrics.listen {addr}: {err}"))?,
@@ -382,11 +495,42 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
     )
     .map_err(|e| format!("replay filter: {e}"))?;
 
-    // Control loop: key epochs until told to stop.
+    // Control loop: key epochs and topology reloads until told to stop.
     let mut current = accepted;
     let mut secrets = secrets;
+    let mut topology = topology;
+    let mut own = own;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
+        if reload.swap(false, Ordering::Relaxed) {
+            match reload_topology(&topology, &whoami, &secrets.link) {
+                Ok((next, index, links)) => {
+                    eprintln!(
+                        "loopix {name}: {}",
+                        describe_change(&topology, &next, own, index)
+                    );
+                    let links = Arc::new(links);
+                    for tx in &controls {
+                        let _ = tx.send(Control::Links(Arc::clone(&links)));
+                    }
+                    topology = next;
+                    own = index;
+                    topology_metrics
+                        .serial
+                        .store(topology.serial, Ordering::Relaxed);
+                    topology_metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(why) => {
+                    eprintln!(
+                        "loopix {name}: topology reload refused, keeping serial {}: {why}",
+                        topology.serial
+                    );
+                    topology_metrics
+                        .reloads_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
         let want = accepted_epochs(unix_now_s(), topology.epoch_s, config.epochs.grace_s);
         if want != current {
             if want.iter().any(|e| !secrets.mix.contains_key(e)) {

@@ -16,11 +16,31 @@
 //! `Deliver` and authentic pulls go to the provider's inbox thread over a
 //! bounded channel; `Drop` cover is discarded and counted.
 //!
+//! Topology reload (`Control::Links`): a pool slot waiting on the wheel
+//! holds its next hop as an index into the links table it was scheduled
+//! under. When a new table arrives, the shard remaps every slot's index
+//! once, by node id, from the old table to the new one (an `O(pool)` walk
+//! off the packet path), and re-keys the link replay windows the same way;
+//! a slot whose next hop is no longer an outbound neighbour is marked
+//! `NO_PEER` and dropped as `next_hop_removed` when it falls due. The send
+//! path stays a plain index into the current table: no hashing, no
+//! allocation.
+//!
+//! A reload may move indices, and neighbours reload at slightly different
+//! times, so for `RELOAD_GRACE_US` the shard keeps the previous table: a
+//! frame that fails as `unauthenticated` under the current table is tried
+//! once more as the same sender index under the previous table (mapped by
+//! node id to a current inbound neighbour), and for the first half of the
+//! grace this node seals frames to neighbours that knew it with its previous
+//! index. Both sides therefore agree on each frame whichever reloads first,
+//! provided every node is signalled within half the grace.
+//!
 //! Invariants: nothing on the mix path allocates or crosses cores (a
 //! provider copies each delivered packet once, to hand it to its inbox
 //! thread); every drop is counted by reason; a replay tag is inserted only
 //! after its MAC verified; the pool bounds the wheel, so memory does not
-//! grow with load.
+//! grow with load; every index in the pool and in the windows refers to the
+//! shard's current links table.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -47,6 +67,12 @@ use crate::wheel::{InsertError, TimingWheel};
 const COUNTER_SHARD_SHIFT: u32 = 56;
 /// Longest idle wait, so control messages and the stop flag are seen.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
+/// A pool slot's next hop when a reload removed it from the topology.
+const NO_PEER: u32 = u32::MAX;
+/// How long after a reload frames under the previous table's sender
+/// indices are accepted; this node seals with its previous index for the
+/// first half.
+const RELOAD_GRACE_US: u64 = 10_000_000;
 
 /// A neighbour as the shards see it (shared, read-only).
 pub struct Peer {
@@ -73,6 +99,28 @@ pub struct Links {
     pub next_hop: HashMap<NodeId, u32>,
 }
 
+impl Links {
+    /// For each index of `old`'s peers, the index of the same node (by id)
+    /// among this table's peers, if it is still a neighbour: how a reload
+    /// carries indices from one table to the next.
+    pub fn remap_from(&self, old: &Links) -> Vec<Option<u32>> {
+        let by_id: HashMap<NodeId, u32> = self
+            .peers
+            .iter()
+            .enumerate()
+            .filter_map(|(j, p)| p.as_ref().map(|p| (p.id, j as u32)))
+            .collect();
+        old.peers
+            .iter()
+            .map(|p| p.as_ref().and_then(|p| by_id.get(&p.id).copied()))
+            .collect()
+    }
+
+    fn peer(&self, index: u32) -> Option<&Peer> {
+        self.peers.get(index as usize).and_then(|p| p.as_ref())
+    }
+}
+
 /// The Sphinx key of one accepted epoch.
 pub struct EpochKey {
     /// Key epoch number.
@@ -89,6 +137,9 @@ pub enum Control {
     Keys(Vec<EpochKey>, Vec<(u64, BloomFilter)>),
     /// (Provider) the registered clients from now on.
     Clients(Arc<ClientTable>),
+    /// The neighbours from now on (a topology reload); packets already on
+    /// the wheel are carried over by node id.
+    Links(Arc<Links>),
 }
 
 /// What a provider's shards hand its inbox thread.
@@ -175,6 +226,20 @@ impl Pool {
     }
 }
 
+/// The table before the last reload, kept for `RELOAD_GRACE_US`.
+struct Previous {
+    /// Previous sender index -> current index of the same node.
+    remap: Vec<Option<u32>>,
+    /// This node's index in the previous table.
+    own_index: u32,
+    /// By current index: the peer was in the previous table too.
+    knew_us: Vec<bool>,
+    /// Accept previous-table sender indices until then (shard clock).
+    accept_until_us: u64,
+    /// Seal with `own_index` to peers that knew us until then.
+    seal_until_us: u64,
+}
+
 /// Everything but the backend, so the receive callback can borrow it while
 /// the backend is borrowed too.
 struct State {
@@ -189,6 +254,7 @@ struct State {
     start: Instant,
     counter: u64,
     provider: Option<ProviderState>,
+    previous: Option<Previous>,
 }
 
 /// A shard ready to run.
@@ -260,6 +326,7 @@ impl Shard {
             start,
             counter,
             provider: None,
+            previous: None,
         };
         let batch = state.settings.batch;
         Ok(Shard {
@@ -294,6 +361,7 @@ impl Shard {
                 match msg {
                     Control::Keys(keys, filters) => self.state.set_keys(keys, filters),
                     Control::Clients(table) => self.state.set_clients(table),
+                    Control::Links(links) => self.state.set_links(links),
                 }
             }
             if now.saturating_sub(last_stats) >= 1_000_000 {
@@ -364,16 +432,20 @@ impl Shard {
         let peer_index = st.pool.next_peer[idx as usize];
         let counter = st.counter;
         st.counter = st.counter.wrapping_add(1);
-        let own = st.links.own_index;
+        let own = match &st.previous {
+            Some(p)
+                if deadline < p.seal_until_us
+                    && p.knew_us.get(peer_index as usize) == Some(&true) =>
+            {
+                p.own_index
+            }
+            _ => st.links.own_index,
+        };
         let frame = st.pool.slot(idx);
-        let Some(peer) = st
-            .links
-            .peers
-            .get(peer_index as usize)
-            .and_then(|p| p.as_ref())
-        else {
-            debug_assert!(false, "scheduled to a non-peer");
-            st.metrics.count_drop(DropReason::UnknownNextHop);
+        let Some(peer) = st.links.peer(peer_index) else {
+            // NO_PEER: a reload removed the next hop while the packet waited.
+            debug_assert!(peer_index == NO_PEER, "scheduled to a non-peer");
+            st.metrics.count_drop(DropReason::NextHopRemoved);
             st.pool.free.push(idx);
             return;
         };
@@ -412,6 +484,39 @@ impl Shard {
         st.metrics.pool_in_use.store(0, Ordering::Relaxed);
         st.publish_stats();
     }
+}
+
+/// The link checks of a packet frame from the peer at `index` of `links`,
+/// then its window moves.
+fn open_link(
+    windows: &mut HashMap<(u32, u8), ReplayWindow>,
+    links: &Links,
+    index: u32,
+    header: &FrameHeader,
+    data: &[u8],
+) -> Result<(), DropReason> {
+    // Borrow the shared table (no refcount traffic: an Arc clone per
+    // datagram would write a cache line every shard shares).
+    let Some(peer) = links.peer(index).filter(|p| p.inbound) else {
+        return Err(DropReason::Unauthenticated);
+    };
+    let window_key = (index, (header.counter >> COUNTER_SHARD_SHIFT) as u8);
+    if let Some(w) = windows.get(&window_key) {
+        if w.check(header.counter).is_err() {
+            return Err(DropReason::LinkReplay);
+        }
+    }
+    if let Err(e) = peer.link.open(data) {
+        return Err(match e {
+            LinkError::Replay(_) | LinkError::TooOld(_) => DropReason::LinkReplay,
+            _ => DropReason::Unauthenticated,
+        });
+    }
+    windows
+        .entry(window_key)
+        .or_default()
+        .commit(header.counter);
+    Ok(())
 }
 
 impl State {
@@ -454,6 +559,74 @@ impl State {
         }
     }
 
+    /// A reload: carry every pool slot's next hop and every link window
+    /// over to the new table by node id, then use it. Runs between batches;
+    /// allocates only the remap table and the re-keyed window map.
+    fn set_links(&mut self, links: Arc<Links>) {
+        let remap = links.remap_from(&self.links);
+        let carry = |old: u32, want: fn(&Peer) -> bool| -> Option<u32> {
+            remap
+                .get(old as usize)
+                .copied()
+                .flatten()
+                .filter(|&j| links.peer(j).is_some_and(want))
+        };
+        // Free slots are rewritten too (their value is overwritten before
+        // use), which spares telling free slots from waiting ones.
+        for next in self.pool.next_peer.iter_mut() {
+            *next = carry(*next, |p| p.outbound).unwrap_or(NO_PEER);
+        }
+        let windows = std::mem::take(&mut self.windows);
+        self.windows = windows
+            .into_iter()
+            .filter_map(|((sender, shard), w)| {
+                carry(sender, |p| p.inbound).map(|s| ((s, shard), w))
+            })
+            .collect();
+        let mut knew_us = vec![false; links.peers.len()];
+        for j in remap.iter().flatten() {
+            knew_us[*j as usize] = true;
+        }
+        let now = micros_since(self.start);
+        self.previous = Some(Previous {
+            own_index: self.links.own_index,
+            remap,
+            knew_us,
+            accept_until_us: now + RELOAD_GRACE_US,
+            seal_until_us: now + RELOAD_GRACE_US / 2,
+        });
+        self.links = links;
+    }
+
+    /// Link layer of a packet frame: the sender is an inbound neighbour,
+    /// the counter is inside its window, the tag verifies; then the window
+    /// moves. Within the grace after a reload, a sender index that fails
+    /// under the current table (as another node's, whose window or tag
+    /// refuses it, or as no neighbour's) is tried once more as an index of
+    /// the previous table.
+    fn authenticate(
+        &mut self,
+        data: &[u8],
+        header: &FrameHeader,
+        now_us: u64,
+    ) -> Result<(), DropReason> {
+        let first = open_link(&mut self.windows, &self.links, header.sender, header, data);
+        if first.is_ok() || self.previous.is_none() {
+            return first;
+        }
+        let again = self
+            .previous
+            .as_ref()
+            .filter(|p| now_us < p.accept_until_us)
+            .and_then(|p| p.remap.get(header.sender as usize).copied().flatten())
+            .filter(|&j| j != header.sender);
+        match again.map(|j| open_link(&mut self.windows, &self.links, j, header, data)) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(DropReason::LinkReplay)) => Err(DropReason::LinkReplay),
+            _ => first,
+        }
+    }
+
     fn publish_stats(&self) {
         self.metrics
             .filter_bytes
@@ -490,33 +663,9 @@ impl State {
         if header.kind != KIND_PACKET {
             return self.handle_client(d, header, arrival_us);
         }
-        // Borrow the shared table (no refcount traffic: an Arc clone per
-        // datagram would write a cache line every shard shares).
-        let Some(peer) = self
-            .links
-            .peers
-            .get(header.sender as usize)
-            .and_then(|p| p.as_ref())
-            .filter(|p| p.inbound)
-        else {
-            return self.drop(DropReason::Unauthenticated);
-        };
-        let window_key = (header.sender, (header.counter >> COUNTER_SHARD_SHIFT) as u8);
-        if let Some(w) = self.windows.get(&window_key) {
-            if w.check(header.counter).is_err() {
-                return self.drop(DropReason::LinkReplay);
-            }
+        if let Err(reason) = self.authenticate(d.data, &header, arrival_us) {
+            return self.drop(reason);
         }
-        if let Err(e) = peer.link.open(d.data) {
-            return self.drop(match e {
-                LinkError::Replay(_) | LinkError::TooOld(_) => DropReason::LinkReplay,
-                _ => DropReason::Unauthenticated,
-            });
-        }
-        self.windows
-            .entry(window_key)
-            .or_default()
-            .commit(header.counter);
 
         let Some(idx) = self.pool.free.pop() else {
             return self.drop(DropReason::PoolFull);
@@ -687,5 +836,58 @@ impl State {
             }
             _ => Err(DropReason::BadCommand),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: u8, inbound: bool, outbound: bool) -> Option<Peer> {
+        Some(Peer {
+            id: NodeId([id; 16]),
+            address: SocketAddr::from(([127, 0, 0, 1], 9000 + u16::from(id))),
+            link: LinkKey::from_bytes(&[id; 16]),
+            inbound,
+            outbound,
+        })
+    }
+
+    fn links(own: u32, peers: Vec<Option<Peer>>) -> Links {
+        let next_hop = peers
+            .iter()
+            .enumerate()
+            .filter_map(|(j, p)| p.as_ref().filter(|p| p.outbound).map(|p| (p.id, j as u32)))
+            .collect();
+        Links {
+            own_index: own,
+            peers,
+            next_hop,
+        }
+    }
+
+    #[test]
+    fn remap_follows_node_ids() {
+        // Old: [self, a, b, c]; new: [self, x (new), a, c] with b removed.
+        let old = links(
+            0,
+            vec![
+                None,
+                peer(1, true, false),
+                peer(2, false, true),
+                peer(3, false, true),
+            ],
+        );
+        let new = links(
+            0,
+            vec![
+                None,
+                peer(9, true, false),
+                peer(1, true, false),
+                peer(3, false, true),
+            ],
+        );
+        assert_eq!(new.remap_from(&old), vec![None, Some(2), None, Some(3)]);
+        assert_eq!(old.remap_from(&old), vec![None, Some(1), Some(2), Some(3)]);
     }
 }
