@@ -70,6 +70,12 @@ pub struct TestnetOptions {
     pub json: Option<PathBuf>,
     /// Print a progress line every second.
     pub progress: bool,
+    /// The program (and its leading arguments) that runs a node, given
+    /// `mix|provider --config FILE` after them; `None`: this executable.
+    /// Lets another binary that embeds the node (the load generator's
+    /// tests) start a testnet.
+    #[serde(skip)]
+    pub node_program: Option<(PathBuf, Vec<String>)>,
 }
 
 impl Default for TestnetOptions {
@@ -92,6 +98,7 @@ impl Default for TestnetOptions {
             keep: None,
             json: None,
             progress: true,
+            node_program: None,
         }
     }
 }
@@ -634,7 +641,13 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
     let manifest = toml::to_string(&Manifest::of(&net)).map_err(|e| e.to_string())?;
     std::fs::write(dir.join(MANIFEST), manifest)
         .map_err(|e| format!("{}: {e}", dir.join(MANIFEST).display()))?;
-    let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+    let (exe, prefix) = match &opts.node_program {
+        Some((program, args)) => (program.clone(), args.clone()),
+        None => (
+            std::env::current_exe().map_err(|e| format!("own executable: {e}"))?,
+            Vec::new(),
+        ),
+    };
     let mut sup = Supervisor::new();
     for n in &net.nodes {
         let config = n.config.as_ref().ok_or("a node without a config")?;
@@ -642,12 +655,10 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
             Role::Provider => "provider",
             Role::Mix => "mix",
         };
-        sup.spawn(
-            &n.name(),
-            &exe,
-            &[cmd, "--config", &config.display().to_string()],
-            &n.key_dir.with_extension("log"),
-        )?;
+        let config = config.display().to_string();
+        let mut args: Vec<&str> = prefix.iter().map(String::as_str).collect();
+        args.extend([cmd, "--config", &config]);
+        sup.spawn(&n.name(), &exe, &args, &n.key_dir.with_extension("log"))?;
     }
     let died = |sup: &mut Supervisor| -> Result<(), String> {
         match sup.check_exited() {
