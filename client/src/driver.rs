@@ -64,6 +64,32 @@ fn instant_of(us: u64) -> Instant {
     origin() + Duration::from_micros(us)
 }
 
+/// What a failed `recv_from` means to a loop that keeps receiving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecvError {
+    /// Timed out, would block, or interrupted by a signal: nothing yet.
+    NoData,
+    /// An ICMP error from an earlier send (refused, reset, unreachable):
+    /// count it and receive again.
+    Transient,
+    /// Anything else: retrying cannot fix it.
+    Fatal,
+}
+
+/// Classify a receive error (shared by every receive loop over UDP).
+pub fn recv_error(e: &io::Error) -> RecvError {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => {
+            RecvError::NoData
+        }
+        io::ErrorKind::ConnectionRefused
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::HostUnreachable
+        | io::ErrorKind::NetworkUnreachable => RecvError::Transient,
+        _ => RecvError::Fatal,
+    }
+}
+
 /// What the event callback wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
@@ -363,31 +389,16 @@ impl Driver {
                     // `until` still holds: what the callback queues leaves
                     // on the core's own stream events, not earlier.
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Ok(Flow::Continue)
-                }
-                // A signal: let the caller look at its flags.
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Flow::Continue),
-                // ICMP errors from earlier sends and the like: nothing to
-                // receive now; try again on the next round.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionRefused
-                            | io::ErrorKind::ConnectionReset
-                            | io::ErrorKind::HostUnreachable
-                            | io::ErrorKind::NetworkUnreachable
-                    ) =>
-                {
-                    self.stats.recv_errors += 1;
-                    return Ok(Flow::Continue);
-                }
-                Err(e) => return Err(e),
+                Err(e) => match recv_error(&e) {
+                    // Nothing yet, or a signal: let the caller look at its
+                    // flags.
+                    RecvError::NoData => return Ok(Flow::Continue),
+                    RecvError::Transient => {
+                        self.stats.recv_errors += 1;
+                        return Ok(Flow::Continue);
+                    }
+                    RecvError::Fatal => return Err(e),
+                },
             }
         }
     }

@@ -696,7 +696,14 @@ impl Inbox {
     /// or expired) are ignored; ids of another mailbox's messages are
     /// ignored and counted (`InboxStats::foreign_acks`).
     pub fn ack(&mut self, mailbox: MailboxId, ids: &[MessageId]) -> Result<usize, InboxError> {
-        if ids.is_empty() {
+        self.ack_batch(&[(mailbox, ids)])
+    }
+
+    /// [`Inbox::ack`] for several mailboxes in one durable transaction (the
+    /// acknowledgements of every pull a provider answers in one round: one
+    /// commit instead of one per pull).
+    pub fn ack_batch(&mut self, batch: &[(MailboxId, &[MessageId])]) -> Result<usize, InboxError> {
+        if batch.iter().all(|(_, ids)| ids.is_empty()) {
             return Ok(0);
         }
         let (removed, foreign, totals) = self.write("ack", |txn| {
@@ -707,23 +714,26 @@ impl Inbox {
             let mut meta = txn.open_table(META)?;
             let mut totals = read_totals(&meta)?;
             let mut removed = 0u64;
-            let mut removed_bytes = 0u64;
             let mut foreign = 0u64;
-            for &MessageId(id) in ids {
-                match remove_message(&mut messages, &mut owners, &mut expiry, mailbox.0, id)? {
-                    Some(len_bytes) => {
-                        removed += 1;
-                        removed_bytes += len_bytes;
-                    }
-                    None => {
-                        if owners.get(id)?.is_some() {
-                            foreign += 1;
+            let mut by_mailbox: HashMap<MailboxKey, (u64, u64)> = HashMap::new();
+            for (mailbox, ids) in batch {
+                for &MessageId(id) in *ids {
+                    match remove_message(&mut messages, &mut owners, &mut expiry, mailbox.0, id)? {
+                        Some(len_bytes) => {
+                            removed += 1;
+                            let e = by_mailbox.entry(mailbox.0).or_insert((0, 0));
+                            e.0 += 1;
+                            e.1 += len_bytes;
+                        }
+                        None => {
+                            if owners.get(id)?.is_some() {
+                                foreign += 1;
+                            }
                         }
                     }
                 }
             }
             if removed > 0 {
-                let by_mailbox = HashMap::from([(mailbox.0, (removed, removed_bytes))]);
                 debit(&mut mailboxes, &mut totals, &by_mailbox)?;
                 write_totals(&mut meta, totals)?;
             }
@@ -1017,6 +1027,27 @@ mod tests {
         assert_eq!(inbox.expire(6).expect("expire"), n as u64);
         assert_eq!(inbox.usage(A).expect("usage"), (0, 0));
         assert_eq!(inbox.stats().held_messages, 0);
+    }
+
+    #[test]
+    fn ack_batch_removes_for_several_mailboxes_in_one_commit() {
+        let (_dir, mut inbox) = open_fresh();
+        inbox.register(A).expect("register");
+        inbox.register(B).expect("register");
+        let out = inbox
+            .store_batch(1, &[(A, b"a1"), (A, b"a2"), (B, b"b1")])
+            .expect("store");
+        let ids = stored(&out);
+        // A acks its first, B acks its own and A's second (foreign: kept).
+        let removed = inbox
+            .ack_batch(&[(A, &[ids[0]]), (B, &[ids[2], ids[1]])])
+            .expect("ack");
+        assert_eq!(removed, 2);
+        assert_eq!(inbox.stats().foreign_acks, 1);
+        assert_eq!(inbox.pending(A, 10).expect("read").len(), 1);
+        assert!(inbox.pending(B, 10).expect("read").is_empty());
+        assert_eq!(inbox.usage(A).expect("usage"), (1, 2));
+        assert_eq!(inbox.usage(B).expect("usage"), (0, 0));
     }
 
     #[test]

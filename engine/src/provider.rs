@@ -236,6 +236,10 @@ impl Runner {
                 }
             }
             self.commit(&mut stores);
+            // Every acknowledgement of this round in one commit, then the
+            // answers (which must not offer what was just acknowledged).
+            pulls.retain(|(slot, _, request)| self.valid_pull(*slot, request));
+            self.ack_all(&pulls);
             for (slot, from, request) in pulls.drain(..) {
                 self.answer(slot, from, &request);
             }
@@ -279,9 +283,36 @@ impl Runner {
         stores.clear();
     }
 
+    /// Still a registered client asking for its own mailbox (it may have
+    /// been unregistered since the shard checked it).
+    fn valid_pull(&self, slot: u32, request: &PullRequest) -> bool {
+        self.t
+            .table
+            .by_slot
+            .get(&slot)
+            .is_some_and(|c| c.mailbox == request.mailbox)
+    }
+
+    /// Apply the acknowledgements of `pulls` in one durable transaction.
+    fn ack_all(&mut self, pulls: &[Pull]) {
+        if self.broken {
+            return;
+        }
+        let ids: Vec<(MailboxId, Vec<MessageId>)> = pulls
+            .iter()
+            .map(|(_, _, r)| (r.mailbox, r.acks.iter().map(|&id| MessageId(id)).collect()))
+            .collect();
+        let batch: Vec<(MailboxId, &[MessageId])> =
+            ids.iter().map(|(m, v)| (*m, v.as_slice())).collect();
+        if let Err(e) = self.t.inbox.ack_batch(&batch) {
+            self.fail("applying acknowledgements", &e);
+        }
+    }
+
+    /// Answer one pull (its acknowledgements already applied): exactly k
+    /// frames, real messages first.
     fn answer(&mut self, slot: u32, from: SocketAddr, request: &PullRequest) {
         let Some(client) = self.t.table.by_slot.get(&slot) else {
-            // Unregistered since the shard checked it.
             return;
         };
         if client.mailbox != request.mailbox || self.broken {
@@ -289,11 +320,6 @@ impl Runner {
         }
         let mailbox = request.mailbox;
         let k = self.t.settings.pull_frames;
-        let acks: Vec<MessageId> = request.acks.iter().map(|&id| MessageId(id)).collect();
-        if let Err(e) = self.t.inbox.ack(mailbox, &acks) {
-            self.fail("applying acknowledgements", &e);
-            return;
-        }
         let pending = match self.t.inbox.pending(mailbox, usize::from(k)) {
             Ok(p) => p,
             Err(e) => {

@@ -47,7 +47,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use loopix_client::driver::now_us;
+use loopix_client::driver::{now_us, recv_error, RecvError};
 use loopix_client::{
     Address, Client, ClientLimits, ClientTopology, Event, PacketKind, Rates, Registration,
 };
@@ -766,29 +766,14 @@ impl Emulator {
         while !stop.load(Ordering::Relaxed) {
             let (n, from) = match socket.recv_from(&mut buf) {
                 Ok(x) => x,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    continue
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionRefused
-                            | io::ErrorKind::ConnectionReset
-                            | io::ErrorKind::HostUnreachable
-                            | io::ErrorKind::NetworkUnreachable
-                    ) =>
-                {
-                    c.recv_errors += 1;
-                    continue;
-                }
-                Err(e) => return Err(e),
+                Err(e) => match recv_error(&e) {
+                    RecvError::NoData => continue,
+                    RecvError::Transient => {
+                        c.recv_errors += 1;
+                        continue;
+                    }
+                    RecvError::Fatal => return Err(e),
+                },
             };
             c.frames_received += 1;
             if from != self.providers[p] {
