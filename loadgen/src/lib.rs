@@ -11,8 +11,8 @@
 //! - [`config`]: the TOML scenario and the flags, checked with errors that
 //!   name the field and its range;
 //! - [`target`]: the network part (topology, registrations, metrics
-//!   endpoints), thin on purpose; [`target::from_testnet`] is the hook for
-//!   `loopix testnet`;
+//!   endpoints), thin on purpose; [`target::from_testnet`] registers the
+//!   clients at a running `loopix testnet --clients 0 --keep DIR`;
 //! - [`run`]: fixed-load runs and sweeps to the knee, one [`run::StepResult`]
 //!   per step;
 //! - [`output`]: terminal table, `report.json`, `report.csv`, SVG plots.
