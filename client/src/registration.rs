@@ -133,14 +133,40 @@ impl crate::Address {
         })
     }
 
-    /// The file's text.
+    /// The file's text, ending with a comment that gives the address as an
+    /// id (see [`crate::Address::to_id`]).
     pub fn to_toml(&self) -> String {
-        toml::to_string(&AddressFile {
+        let body = toml::to_string(&AddressFile {
             provider: self.provider.to_string(),
             mailbox: self.mailbox.to_string(),
             key: hex::encode(self.key.as_bytes()),
         })
-        .expect("an address always serializes")
+        .expect("an address always serializes");
+        format!("{body}# as an id: {}\n", self.to_id())
+    }
+
+    /// The address on one line: `PROVIDER.MAILBOX.KEY` in hex (32, 32 and
+    /// 64 digits), for `loopix client send --to` without a file.
+    pub fn to_id(&self) -> String {
+        format!(
+            "{}.{}.{}",
+            self.provider,
+            self.mailbox,
+            hex::encode(self.key.as_bytes())
+        )
+    }
+
+    /// Parse the one-line form of [`crate::Address::to_id`].
+    pub fn parse_id(text: &str) -> Result<crate::Address, String> {
+        let parts: Vec<&str> = text.trim().split('.').collect();
+        let [provider, mailbox, key] = parts[..] else {
+            return Err("an address id is PROVIDER.MAILBOX.KEY (three hex parts)".into());
+        };
+        Ok(crate::Address {
+            provider: NodeId(hex_array("provider", provider)?),
+            mailbox: MailboxId(hex_array("mailbox", mailbox)?),
+            key: PublicKey::from_bytes(hex_array("key", key)?),
+        })
     }
 }
 
@@ -171,6 +197,12 @@ mod tests {
             key: PublicKey::from_bytes([9; 32]),
         };
         assert_eq!(crate::Address::parse(&a.to_toml()).expect("parses"), a);
+        assert_eq!(crate::Address::parse_id(&a.to_id()).expect("parses"), a);
+        assert!(a.to_toml().contains(&a.to_id()));
+        let e = crate::Address::parse_id("ab.cd").expect_err("two parts");
+        assert!(e.contains("PROVIDER.MAILBOX.KEY"), "{e}");
+        let e = crate::Address::parse_id(&a.to_id().replace('.', ".zz")).expect_err("bad hex");
+        assert!(e.contains("mailbox"), "{e}");
         let e = crate::Address::parse("provider = \"zz\"\nmailbox = \"\"\nkey = \"\"")
             .expect_err("bad hex");
         assert!(e.contains("provider"), "{e}");

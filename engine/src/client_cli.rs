@@ -51,7 +51,7 @@ pub const USAGE: &str = "  loopix client init --dir DIR --registration FILE --to
       [--lambda-p PER_S] [--lambda-l PER_S] [--lambda-d PER_S] [--mu-ms MS] [--pull-ms MS]
       create a client in DIR (keys mode 0600) from what `provider register`
       printed; prints the address (also in DIR/address.toml)
-  loopix client send --dir DIR --to ADDRESS_FILE [--surb] [--wait-reply SECONDS] [TEXT]
+  loopix client send --dir DIR --to ADDRESS_FILE_OR_ID [--surb] [--wait-reply SECONDS] [TEXT]
       send TEXT (or stdin); stays online until every fragment has left, with
       --wait-reply (implies --surb) until the reply arrives (exit 1 if not)
   loopix client recv --dir DIR [--count N] [--timeout SECONDS] [--out DIR] [--reply TEXT]
@@ -629,8 +629,8 @@ fn show(what: &str, data: &[u8]) -> String {
 }
 
 fn send(dir: &Path, a: &Args) -> Outcome {
-    let to_path = match a.required("to") {
-        Ok(p) => PathBuf::from(p),
+    let to = match a.required("to") {
+        Ok(t) => t.to_owned(),
         Err(e) => return Outcome::Usage(e),
     };
     let wait = match a.seconds("wait-reply") {
@@ -648,20 +648,33 @@ fn send(dir: &Path, a: &Args) -> Outcome {
             buf
         }
     };
-    send_online(dir, &to_path, &data, with_surb, wait).into()
+    send_online(dir, &to, &data, with_surb, wait).into()
+}
+
+/// `--to`: an address file, or an address id (`PROVIDER.MAILBOX.KEY`).
+fn recipient(to: &str) -> Result<Address, String> {
+    let path = Path::new(to);
+    if path.exists() {
+        let text = fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        return Address::parse(&text).map_err(|e| format!("{}: {}", path.display(), e.trim_end()));
+    }
+    Address::parse_id(to).map_err(|e| {
+        format!(
+            "--to {to:?}: not an address file, and not an address id ({e}); \
+             `loopix client address` prints both"
+        )
+    })
 }
 
 fn send_online(
     dir: &Path,
-    to_path: &Path,
+    to: &str,
     data: &[u8],
     with_surb: bool,
     wait: Option<Duration>,
 ) -> Result<(), String> {
-    let to_text = fs::read_to_string(to_path)
-        .map_err(|e| format!("{}: cannot read: {e}", to_path.display()))?;
-    let to =
-        Address::parse(&to_text).map_err(|e| format!("{}: {}", to_path.display(), e.trim_end()))?;
+    let to = recipient(to)?;
     let mut online = Online::open(dir)?;
     online
         .driver

@@ -1,10 +1,10 @@
 //! Issue 4's end-to-end test over real processes on loopback: two
 //! providers and three layers of mixes run as `loopix provider` and
-//! `loopix mix`; client A (`loopix client send --surb --wait-reply`) sends a
-//! message of several packets to client B through its provider, the three
-//! layers and B's provider; B is started only after every fragment has
-//! left A, receives the message whole (`loopix client recv --reply`), and
-//! answers through A's SURB; A prints the reply.
+//! `loopix mix`; client A (`loopix client send --wait-reply`, naming B by
+//! its address id) sends a message of several packets to client B through
+//! its provider, the three layers and B's provider; B is started only
+//! after every fragment has left A, receives the message whole (`loopix
+//! client recv --reply`), and answers through A's SURB; A prints the reply.
 //!
 //! Everything is started through the `loopix` binary the way an operator
 //! and users would; every wait is bounded and every process is killed if
@@ -204,7 +204,15 @@ fn multi_packet_message_to_a_client_started_later_and_a_surb_reply() {
         .collect();
     assert!(text.len() > 2 * 1000, "needs several packets");
     let a_log = root.join("a.log");
-    let b_address = dirs[1].join("address.toml");
+    // A names B by its one-line address id, as `loopix client address`
+    // prints it (the address file works the same way).
+    let (code, out, err) = loopix(&["client", "address", "--dir", s(&dirs[1])]);
+    assert_eq!(code, 0, "{err}");
+    let b_id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("# as an id: "))
+        .expect("address id line")
+        .to_owned();
     let mut a = Online::start(
         &[
             "client",
@@ -212,7 +220,7 @@ fn multi_packet_message_to_a_client_started_later_and_a_surb_reply() {
             "--dir",
             s(&dirs[0]),
             "--to",
-            s(&b_address),
+            &b_id,
             "--wait-reply",
             "60",
             &text,
