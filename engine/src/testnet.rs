@@ -942,6 +942,13 @@ pub fn render(s: &Summary) -> String {
                 "  Kolmogorov-Smirnov against the model: D = {d:.4}, p = {p:.3}"
             );
         }
+        if let Some(m) = r.measured {
+            let _ = writeln!(
+                out,
+                "  measured median {:+.1} ms against the model's",
+                (m.p50 - r.model.p50) * 1e3
+            );
+        }
     }
     let _ = writeln!(
         out,
