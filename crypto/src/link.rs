@@ -314,7 +314,7 @@ impl ReplayWindow {
         match self.highest {
             // Older than the window: `check` refuses it, and marking its slot
             // would mark an unrelated counter inside the window as seen.
-            Some(h) if h - counter >= REPLAY_WINDOW && counter < h => return,
+            Some(h) if counter < h && h - counter >= REPLAY_WINDOW => return,
             Some(h) if counter <= h => {}
             Some(h) => {
                 // Forget the counters the window slides past.
@@ -422,6 +422,34 @@ mod tests {
         w.commit(2001 + 1023);
         assert!(w.check(2001).is_err());
         assert!(w.check(2002).is_ok());
+    }
+
+    /// Regression (issue "tests that pass only in release"): `commit`
+    /// computed `highest - counter` before checking `counter < highest`, so
+    /// any counter above the highest seen overflowed. Release builds wrapped
+    /// and happened to take the right branch; debug builds panicked on the
+    /// first frame that advanced a window. The `open_frame` fuzz input
+    /// `bug_commit_above_highest_overflow.bin` hits the same line.
+    #[test]
+    fn bug_commit_above_highest_overflow() {
+        let mut w = ReplayWindow::new();
+        w.commit(0);
+        for counter in [
+            1,
+            2,
+            REPLAY_WINDOW,
+            REPLAY_WINDOW * 3,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            assert!(w.check(counter).is_ok(), "{counter} is new");
+            w.commit(counter);
+            assert_eq!(w.check(counter), Err(LinkError::Replay(counter)));
+        }
+        // Far below the highest: refused by check, and commit leaves it so.
+        w.commit(5);
+        assert_eq!(w.check(5), Err(LinkError::TooOld(5)));
+        assert_eq!(w.check(u64::MAX), Err(LinkError::Replay(u64::MAX)));
     }
 
     /// Regression (found by property testing): committing a counter older

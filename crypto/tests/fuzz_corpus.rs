@@ -6,7 +6,12 @@
 //! The seeds are generated here, deterministically:
 //! `LOOPIX_WRITE_CORPUS=1 cargo test -p loopix-crypto --release --test
 //! fuzz_corpus -- --ignored write_corpus` rewrites them (after a change of
-//! the packet or frame format).
+//! the packet or frame format). Files named `bug_*` are inputs the fuzzer
+//! found, named after their bug (rustls's habit); they are kept as they are.
+//! `open_frame/bug_commit_above_highest_overflow.bin` is the input that
+//! found `ReplayWindow::commit` subtracting before it compared (the same
+//! bytes as `valid_empty_frame.bin`: its tag bytes, read as window steps,
+//! move the counter above the highest seen).
 //!
 //! Owns: this file and the seed files under `crypto/fuzz/corpus/`.
 
@@ -361,7 +366,14 @@ fn write_corpus() {
         let dir = corpus_dir(target);
         fs::create_dir_all(&dir).expect("create the corpus directory");
         for entry in fs::read_dir(&dir).expect("read the corpus directory") {
-            fs::remove_file(entry.expect("directory entry").path()).expect("remove an old seed");
+            let path = entry.expect("directory entry").path();
+            // Inputs the fuzzer found (`bug_*`, named after their bug) stay.
+            let found = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("bug_"));
+            if !found {
+                fs::remove_file(path).expect("remove an old seed");
+            }
         }
         for (name, bytes) in files {
             fs::write(dir.join(name), bytes).expect("write a seed");
