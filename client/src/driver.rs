@@ -11,40 +11,35 @@
 //! - on each [`Event::Pull`] sends a pull request carrying the ids of the
 //!   messages received since the last pull (at most
 //!   [`access::max_acks`]; the rest wait for the next pull);
-//! - receives the provider's delivery frames, checks the source address,
-//!   the length, the kind, the counter (a [`ReplayWindow`]), the tag and
-//!   the request id, and feeds each message it has not handled yet to
-//!   [`Client::handle_packet`]; a re-delivered message (the provider sends
-//!   it in every answer until acknowledged) is acknowledged again but not
-//!   processed twice;
+//! - receives the provider's delivery frames, checks the source address
+//!   and hands each to its [`AccessSession`] (length, kind, counter window,
+//!   tag, request id, re-delivery: `session.rs`, shared with the load
+//!   generator), and feeds each message not handled yet to
+//!   [`Client::handle_packet`];
 //! - hands every other event to the caller's callback.
 //!
 //! Invariants: bytes from the network never panic the driver; each drop is
 //! counted under its reason in [`DriverStats`]. Frame counters (packets and
-//! pulls share one sequence) are strictly increasing and start at the wall
-//! clock in microseconds, so a restarted client's counters are above what
-//! its provider last saw. Every table is bounded ([`HANDLED_IDS`],
-//! [`RECENT_REQUESTS`]).
+//! pulls share one sequence) start at the wall clock in microseconds, so a
+//! restarted client's counters are above what its provider last saw. Every
+//! table is bounded ([`SessionLimits::CLIENT`]).
 
-use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use loopix_crypto::access::{self, AccessError, PullRequest};
-use loopix_crypto::link::{FrameHeader, KIND_DELIVERY};
-use loopix_crypto::{Geometry, LinkError, LinkKey, MailboxId, ReplayWindow};
+use loopix_crypto::access;
+use loopix_crypto::Geometry;
 use rand_core::OsRng;
 
+use crate::session::{AccessSession, Received, SessionLimits};
 use crate::{Client, Event, Registration};
 
 /// Message ids remembered as handled (to ignore re-deliveries).
-pub const HANDLED_IDS: usize = 65_536;
-/// Pull requests whose answers are still accepted. Answers to other
-/// requests are dropped: a restarted client has a fresh replay window, and
-/// the request id keeps old answers, replayed by someone, out.
-pub const RECENT_REQUESTS: usize = 64;
+pub const HANDLED_IDS: usize = SessionLimits::CLIENT.handled_ids;
+/// Pull requests whose answers are still accepted.
+pub const RECENT_REQUESTS: usize = SessionLimits::CLIENT.recent_requests;
 /// A packet sent more than this after its scheduled time counts as late.
 pub const LATE_US: u64 = 1_000;
 
@@ -154,20 +149,9 @@ pub struct DriverStats {
 /// One [`Client`] online: the core, its access-link state and the socket.
 pub struct Driver {
     client: Client,
-    geometry: Geometry,
     socket: UdpSocket,
     provider: SocketAddr,
-    key: LinkKey,
-    slot: u32,
-    mailbox: MailboxId,
-    counter: u64,
-    window: ReplayWindow,
-    /// Ids to acknowledge in the next pulls, oldest first, no repeats.
-    acks: VecDeque<u64>,
-    ack_set: HashSet<u64>,
-    handled: HashSet<u64>,
-    handled_order: VecDeque<u64>,
-    requests: VecDeque<u64>,
+    session: AccessSession,
     rng: OsRng,
     send_buf: Vec<u8>,
     recv_buf: Vec<u8>,
@@ -200,19 +184,16 @@ impl Driver {
         socket.set_nonblocking(false)?;
         Ok(Driver {
             client,
-            geometry,
             socket,
             provider: registration.provider_address,
-            key: LinkKey::from_bytes(&registration.access_key),
-            slot: registration.slot,
-            mailbox: registration.mailbox,
-            counter: wall_clock_us(),
-            window: ReplayWindow::new(),
-            acks: VecDeque::new(),
-            ack_set: HashSet::new(),
-            handled: HashSet::new(),
-            handled_order: VecDeque::new(),
-            requests: VecDeque::new(),
+            session: AccessSession::new(
+                geometry,
+                &registration.access_key,
+                registration.slot,
+                registration.mailbox,
+                wall_clock_us(),
+                SessionLimits::CLIENT,
+            ),
             rng: OsRng,
             send_buf: vec![0u8; geometry.frame_len()],
             // One byte more than a delivery frame, to see longer datagrams.
@@ -233,12 +214,25 @@ impl Driver {
 
     /// Counters.
     pub fn stats(&self) -> DriverStats {
-        self.stats
+        let s = self.session.stats();
+        DriverStats {
+            acks_sent: s.acks_sent,
+            deliveries_real: s.deliveries_real,
+            deliveries_dummy: s.deliveries_dummy,
+            duplicates: s.duplicates,
+            drop_wrong_length: s.drop_wrong_length,
+            drop_wrong_kind: s.drop_wrong_kind,
+            drop_replayed: s.drop_replayed,
+            drop_bad_tag: s.drop_bad_tag,
+            drop_malformed: s.drop_malformed,
+            drop_unknown_request: s.drop_unknown_request,
+            ..self.stats
+        }
     }
 
     /// Acknowledgements waiting for the next pull.
     pub fn acks_pending(&self) -> usize {
-        self.acks.len()
+        self.session.acks_pending()
     }
 
     /// The socket's local address.
@@ -275,12 +269,6 @@ impl Driver {
         }
     }
 
-    fn next_counter(&mut self) -> u64 {
-        let c = self.counter;
-        self.counter += 1;
-        c
-    }
-
     fn send_frame(&mut self) {
         match self.socket.send_to(&self.send_buf, self.provider) {
             Ok(_) => {}
@@ -298,14 +286,7 @@ impl Driver {
                 self.stats.packets_late += 1;
             }
             self.stats.late_us_max = self.stats.late_us_max.max(late);
-            let counter = self.next_counter();
-            match access::seal_client_packet(
-                &self.key,
-                self.slot,
-                counter,
-                &tx.packet,
-                &mut self.send_buf,
-            ) {
+            match self.session.seal_packet(&tx.packet, &mut self.send_buf) {
                 Ok(()) => {
                     self.send_frame();
                     self.stats.packets_sent += 1;
@@ -318,33 +299,10 @@ impl Driver {
     }
 
     fn send_pull(&mut self) {
-        let n = self.acks.len().min(access::max_acks(&self.geometry));
-        let acks: Vec<u64> = self.acks.drain(..n).collect();
-        for id in &acks {
-            self.ack_set.remove(id);
-        }
-        let counter = self.next_counter();
-        // The counter is unique, so it serves as the request id too.
-        let request = PullRequest {
-            request_id: counter,
-            mailbox: self.mailbox,
-            acks,
-        };
-        match request.seal(
-            &self.geometry,
-            &self.key,
-            self.slot,
-            counter,
-            &mut self.send_buf,
-        ) {
-            Ok(()) => {
+        match self.session.seal_pull(&mut self.send_buf) {
+            Ok(_) => {
                 self.send_frame();
                 self.stats.pulls_sent += 1;
-                self.stats.acks_sent += request.acks.len() as u64;
-                if self.requests.len() >= RECENT_REQUESTS {
-                    self.requests.pop_front();
-                }
-                self.requests.push_back(counter);
             }
             Err(_) => self.stats.send_errors += 1,
         }
@@ -403,90 +361,15 @@ impl Driver {
         }
     }
 
-    fn remember_handled(&mut self, id: u64) {
-        if self.handled_order.len() >= HANDLED_IDS {
-            if let Some(old) = self.handled_order.pop_front() {
-                self.handled.remove(&old);
-            }
-        }
-        self.handled.insert(id);
-        self.handled_order.push_back(id);
-    }
-
-    fn queue_ack(&mut self, id: u64) {
-        if !self.ack_set.insert(id) {
-            return;
-        }
-        if self.acks.len() >= HANDLED_IDS {
-            // Bounded: a message whose ack is forgotten is delivered again
-            // and acknowledged then.
-            if let Some(old) = self.acks.pop_front() {
-                self.ack_set.remove(&old);
-            }
-        }
-        self.acks.push_back(id);
-    }
-
     /// Check and handle one datagram of `n` bytes in `recv_buf`.
     fn handle_datagram(&mut self, n: usize, from: SocketAddr) {
         if from != self.provider {
             self.stats.drop_wrong_source += 1;
             return;
         }
-        if n != access::delivery_frame_len(&self.geometry) {
-            self.stats.drop_wrong_length += 1;
-            return;
+        if let Received::Message { packet, .. } = self.session.handle_frame(&mut self.recv_buf[..n])
+        {
+            self.client.handle_packet(now_us(), packet);
         }
-        let frame = &mut self.recv_buf[..n];
-        let header = match FrameHeader::peek(frame) {
-            Ok(h) => h,
-            Err(_) => {
-                self.stats.drop_wrong_kind += 1;
-                return;
-            }
-        };
-        if header.kind != KIND_DELIVERY || header.sender != access::provider_sender(self.slot) {
-            self.stats.drop_wrong_kind += 1;
-            return;
-        }
-        // Cheap check first; commit only once the frame authenticated.
-        if self.window.check(header.counter).is_err() {
-            self.stats.drop_replayed += 1;
-            return;
-        }
-        let delivery = match access::open_delivery(&self.geometry, &self.key, self.slot, frame) {
-            Ok((_, d)) => d,
-            Err(AccessError::Link(LinkError::BadTag)) => {
-                self.stats.drop_bad_tag += 1;
-                return;
-            }
-            Err(AccessError::WrongKind(_)) | Err(AccessError::Link(LinkError::UnknownKind(_))) => {
-                self.stats.drop_wrong_kind += 1;
-                return;
-            }
-            Err(_) => {
-                self.stats.drop_malformed += 1;
-                return;
-            }
-        };
-        self.window.commit(header.counter);
-        if !self.requests.contains(&delivery.request_id) {
-            self.stats.drop_unknown_request += 1;
-            return;
-        }
-        let Some((id, packet)) = delivery.message else {
-            self.stats.deliveries_dummy += 1;
-            return;
-        };
-        self.stats.deliveries_real += 1;
-        if self.handled.contains(&id) {
-            // Our ack was lost or is on its way: acknowledge again.
-            self.stats.duplicates += 1;
-            self.queue_ack(id);
-            return;
-        }
-        self.client.handle_packet(now_us(), packet);
-        self.remember_handled(id);
-        self.queue_ack(id);
     }
 }

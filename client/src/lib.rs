@@ -30,6 +30,7 @@ pub mod driver;
 mod fragment;
 pub mod model;
 pub mod registration;
+pub mod session;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -43,6 +44,7 @@ use rand_core::CryptoRngCore;
 
 pub use fragment::{Fragment, FRAGMENT_HEADER_LEN};
 pub use registration::{AddressFile, Registration, RegistrationFile};
+pub use session::{AccessSession, Received, Refusal, SessionLimits, SessionStats};
 
 /// A node as the client sees it: id and prepared Sphinx key.
 #[derive(Clone)]

@@ -21,9 +21,10 @@
 //!   client's own strictly increasing counter. Pulls are sent at their
 //!   scheduled times too, with the acknowledgements known then.
 //!   Deliveries are received live by one thread per socket, demultiplexed by
-//!   provider address and [`access::addressed_slot`], checked like
-//!   `loopix_client::driver` checks them (source, length, kind, replay
-//!   window, tag, request id, re-delivery) and fed to
+//!   provider address and [`access::addressed_slot`], checked by each
+//!   client's [`AccessSession`] (the state machine a real client's driver
+//!   runs: length, kind, replay window, tag, request id, re-delivery) and
+//!   fed to
 //!   [`Client::handle_packet`]; returned loops and real messages are timed.
 //!
 //! Real messages: a share `s` of the `lambda_p` slots carries a real
@@ -49,22 +50,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 use loopix_client::driver::{now_us, recv_error, RecvError};
 use loopix_client::{
-    Address, Client, ClientLimits, ClientTopology, Event, PacketKind, Rates, Registration,
+    AccessSession, Address, Client, ClientLimits, ClientTopology, Event, PacketKind, Rates,
+    Received, Refusal, Registration, SessionLimits,
 };
-use loopix_crypto::access::{self, AccessError, PullRequest};
+use loopix_crypto::access;
 use loopix_crypto::link::{FrameHeader, KIND_DELIVERY};
-use loopix_crypto::{Geometry, LinkError, LinkKey, MailboxId, ReplayWindow, SecretKey};
+use loopix_crypto::{Geometry, SecretKey};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
 /// Prefix of a real message's body: tells our messages from anything else.
 pub const MESSAGE_MAGIC: [u8; 4] = *b"LGm1";
-/// Message ids remembered per client as handled (re-deliveries ignored).
-pub const HANDLED_IDS: usize = 64;
-/// Pull requests per client whose answers are still accepted.
-pub const RECENT_REQUESTS: usize = 16;
-/// Acknowledgements one client keeps waiting for its next pulls.
-pub const MAX_PENDING_ACKS: usize = 1024;
+/// Bounds of one emulated client's access-link session (handled ids,
+/// recent requests, pending acknowledgements).
+pub const SESSION_LIMITS: SessionLimits = SessionLimits::EMULATED;
 /// Receive buffer asked for on each socket, bytes.
 pub const RECV_BUFFER: usize = 8 << 20;
 /// Highest trackable latency or lateness, microseconds (one hour).
@@ -105,17 +104,11 @@ pub struct EmulatorSpec {
 /// One emulated client: the core and its access-link state.
 struct Emu {
     client: Client,
-    key: LinkKey,
-    slot: u32,
-    mailbox: MailboxId,
+    /// The access link, the same state machine as a real client's.
+    session: AccessSession,
     /// Index of its provider in [`Emulator::providers`].
     provider: usize,
     partner: Option<Address>,
-    counter: u64,
-    window: ReplayWindow,
-    acks: VecDeque<u64>,
-    handled: VecDeque<u64>,
-    requests: VecDeque<u64>,
     /// Sequence numbers of the real messages in the core's FIFO buffer,
     /// in the same order.
     queued_real: VecDeque<u64>,
@@ -449,16 +442,16 @@ impl Emulator {
                             .map_err(|e| format!("registration {i}: {e}"))?;
                             out.push(Emu {
                                 client,
-                                key: LinkKey::from_bytes(&r.access_key),
-                                slot: r.slot,
-                                mailbox: r.mailbox,
+                                session: AccessSession::new(
+                                    spec.geometry,
+                                    &r.access_key,
+                                    r.slot,
+                                    r.mailbox,
+                                    wall_clock_us(),
+                                    SESSION_LIMITS,
+                                ),
                                 provider: provider_of[i],
                                 partner: None,
-                                counter: wall_clock_us(),
-                                window: ReplayWindow::new(),
-                                acks: VecDeque::new(),
-                                handled: VecDeque::new(),
-                                requests: VecDeque::new(),
                                 queued_real: VecDeque::new(),
                                 next_message: None,
                                 messages_made: 0,
@@ -681,7 +674,6 @@ impl Emulator {
             send_seconds: 0.0,
         };
         let mut frame = vec![0u8; self.geometry.frame_len()];
-        let max_acks = access::max_acks(&self.geometry);
         let t0 = now_us();
         let mut next_progress = t0 + 1_000_000;
         for (i, e) in schedule.entries.iter().enumerate() {
@@ -697,26 +689,12 @@ impl Emulator {
             let mut emu = self.emus[e.client as usize]
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            let counter = emu.counter;
-            emu.counter += 1;
             let sealed = if e.kind == KIND_PULL {
-                let n = emu.acks.len().min(max_acks);
-                let request = PullRequest {
-                    request_id: counter,
-                    mailbox: emu.mailbox,
-                    acks: emu.acks.drain(..n).collect(),
-                };
-                if emu.requests.len() >= RECENT_REQUESTS {
-                    emu.requests.pop_front();
-                }
-                emu.requests.push_back(counter);
-                request
-                    .seal(&self.geometry, &emu.key, emu.slot, counter, &mut frame)
-                    .is_ok()
+                emu.session.seal_pull(&mut frame).is_ok()
             } else {
                 let off = e.index as usize * schedule.packet_len;
                 let packet = &schedule.parts[usize::from(e.part)][off..off + schedule.packet_len];
-                access::seal_client_packet(&emu.key, emu.slot, counter, packet, &mut frame).is_ok()
+                emu.session.seal_packet(packet, &mut frame).is_ok()
             };
             let p = emu.provider;
             drop(emu);
@@ -804,47 +782,32 @@ impl Emulator {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             let emu = &mut *emu;
-            if emu.window.check(header.counter).is_err() {
-                c.drop_replayed += 1;
-                continue;
-            }
-            let delivery = match access::open_delivery(&self.geometry, &emu.key, slot, frame) {
-                Ok((_, d)) => d,
-                Err(AccessError::Link(LinkError::BadTag)) => {
-                    c.drop_bad_tag += 1;
+            let packet = match emu.session.handle_frame(frame) {
+                Received::Message { packet, .. } => {
+                    c.deliveries_real += 1;
+                    packet
+                }
+                Received::Dummy => {
+                    c.deliveries_dummy += 1;
                     continue;
                 }
-                Err(AccessError::WrongKind(_))
-                | Err(AccessError::Link(LinkError::UnknownKind(_))) => {
-                    c.drop_wrong_kind += 1;
+                Received::Duplicate => {
+                    c.deliveries_real += 1;
+                    c.duplicates += 1;
                     continue;
                 }
-                Err(_) => {
-                    c.drop_malformed += 1;
+                Received::Refused(why) => {
+                    match why {
+                        Refusal::WrongLength => c.drop_wrong_length += 1,
+                        Refusal::WrongKind => c.drop_wrong_kind += 1,
+                        Refusal::Replayed => c.drop_replayed += 1,
+                        Refusal::BadTag => c.drop_bad_tag += 1,
+                        Refusal::Malformed => c.drop_malformed += 1,
+                        Refusal::UnknownRequest => c.drop_unknown_request += 1,
+                    }
                     continue;
                 }
             };
-            emu.window.commit(header.counter);
-            if !emu.requests.contains(&delivery.request_id) {
-                c.drop_unknown_request += 1;
-                continue;
-            }
-            let Some((id, packet)) = delivery.message else {
-                c.deliveries_dummy += 1;
-                continue;
-            };
-            c.deliveries_real += 1;
-            if emu.acks.len() < MAX_PENDING_ACKS && !emu.acks.contains(&id) {
-                emu.acks.push_back(id);
-            }
-            if emu.handled.contains(&id) {
-                c.duplicates += 1;
-                continue;
-            }
-            if emu.handled.len() >= HANDLED_IDS {
-                emu.handled.pop_front();
-            }
-            emu.handled.push_back(id);
             let vnow = clock.virtual_now();
             let bad_before = emu.client.stats().bad_packets;
             emu.client.handle_packet(vnow, packet);
