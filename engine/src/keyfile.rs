@@ -150,12 +150,18 @@ impl NodeDescriptor {
             path.to_owned()
         };
         let text = fs::read_to_string(&path).map_err(io_err(&path))?;
-        toml::from_str(&text).map_err(|e| KeyError::Format {
+        Self::parse(&path, &text)
+    }
+
+    /// Parse a descriptor's text (`path` names it in errors); check it with
+    /// [`NodeDescriptor::verify`].
+    pub fn parse(path: &Path, text: &str) -> Result<NodeDescriptor, KeyError> {
+        toml::from_str(text).map_err(|e| KeyError::Format {
             problem: format!(
                 "{}; if this descriptor predates signed topologies, run `loopix keygen --dir DIR --address HOST:PORT` again",
                 e.to_string().trim_end()
             ),
-            path,
+            path: path.to_owned(),
         })
     }
 
@@ -272,7 +278,9 @@ pub fn verify_claims(who: &str, c: &NodeClaims, signature: &str) -> Result<(), S
     Ok(())
 }
 
-fn parse_hex32(path: &Path, text: &str) -> Result<[u8; 32], KeyError> {
+/// Parse a 32-byte key written as hex (a key file's text); `path` names it
+/// in errors.
+pub fn parse_hex32(path: &Path, text: &str) -> Result<[u8; 32], KeyError> {
     let bad = |problem: String| KeyError::Format {
         path: path.to_owned(),
         problem,

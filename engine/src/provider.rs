@@ -40,7 +40,7 @@ use crate::config::{MixConfig, ProviderSection};
 use crate::inbox::{Inbox, InboxConfig, InboxError, MessageId};
 use crate::keyfile::{self, unix_now_s};
 use crate::metrics::ProviderMetrics;
-use crate::registry::{self, ClientEntry, ClientTable};
+use crate::registry::{self, ClientEntry, ClientLink, ClientTable};
 use crate::shard::{Control, InboxWork};
 
 /// The inbox file under a provider's data directory.
@@ -148,7 +148,8 @@ pub struct InboxThread {
 struct Runner {
     t: InboxThread,
     counter: u64,
-    frame: Vec<u8>,
+    /// One pull answer's frames, back to back.
+    frames: Vec<u8>,
     problems: Vec<String>,
     broken: bool,
     /// The registry directory's modification time at the last scan: the
@@ -165,13 +166,15 @@ impl InboxThread {
         let wall_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
-        let frame = vec![0u8; delivery_frame_len(&self.geometry)];
+        let frames = Vec::with_capacity(
+            delivery_frame_len(&self.geometry) * usize::from(self.settings.pull_frames),
+        );
         let mut t = self;
         let problems = std::mem::take(&mut t.problems);
         let mut r = Runner {
             t,
             counter: wall_us,
-            frame,
+            frames,
             problems,
             broken: false,
             registry_mtime: None,
@@ -328,46 +331,26 @@ impl Runner {
             }
         };
         let g = self.t.geometry;
+        let counter = self.counter;
+        let sealed = seal_answer(
+            &g,
+            client,
+            slot,
+            counter,
+            request.request_id,
+            k,
+            &pending,
+            &mut self.frames,
+        );
+        self.counter += u64::from(k);
         let m = &self.t.metrics;
-        for i in 0..k {
-            let message = pending
-                .get(usize::from(i))
-                .map(|(id, bytes)| (id.0, bytes.as_slice()));
-            let counter = self.counter;
-            self.counter += 1;
-            let mut sealed = seal_delivery(
-                &g,
-                &client.link,
-                slot,
-                counter,
-                request.request_id,
-                i,
-                k,
-                message,
-                &mut self.frame,
-            );
-            if sealed.is_err() && message.is_some() {
-                // A stored packet of the wrong length (not written by this
-                // build): send a dummy in its place, keeping k frames.
-                sealed = seal_delivery(
-                    &g,
-                    &client.link,
-                    slot,
-                    counter,
-                    request.request_id,
-                    i,
-                    k,
-                    None,
-                    &mut self.frame,
-                );
-            } else if sealed.is_ok() && message.is_some() {
-                m.pull_real_frames.fetch_add(1, Ordering::Relaxed);
-            }
-            if sealed.is_err() {
-                m.pull_send_failed.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            match send_frame(&self.t.socket, &self.frame, from) {
+        m.pull_real_frames
+            .fetch_add(u64::from(sealed.real), Ordering::Relaxed);
+        m.pull_send_failed
+            .fetch_add(u64::from(sealed.failed), Ordering::Relaxed);
+        let frame_len = delivery_frame_len(&g);
+        for frame in self.frames.chunks_exact(frame_len) {
+            match send_frame(&self.t.socket, frame, from) {
                 Ok(()) => {
                     m.pull_frames.fetch_add(1, Ordering::Relaxed);
                 }
@@ -431,6 +414,83 @@ impl Runner {
         set(&m.inbox_bytes, s.held_bytes);
         set(&m.registered_clients, self.t.clients.len() as u64);
     }
+}
+
+/// What [`seal_answer`] sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sealed {
+    /// Frames sealed (all of one length), real and dummy.
+    pub frames: u16,
+    /// Of them, frames carrying a stored message.
+    pub real: u16,
+    /// Frames that could not be sealed (left out).
+    pub failed: u16,
+}
+
+/// Seal the answer to pull `request_id` for `client` at `slot`: exactly `k`
+/// delivery frames, back to back in `out` (cleared first), the messages of
+/// `pending` first (at most `k`), then dummies, with counters
+/// `first_counter`, `first_counter + 1`, ... A stored packet of the wrong
+/// length (not written by this build) becomes a dummy, so the answer keeps
+/// its `k` frames.
+#[allow(clippy::too_many_arguments)] // reason: the fields of one answer, all needed
+pub fn seal_answer(
+    g: &Geometry,
+    client: &ClientLink,
+    slot: u32,
+    first_counter: u64,
+    request_id: u64,
+    k: u16,
+    pending: &[(MessageId, Vec<u8>)],
+    out: &mut Vec<u8>,
+) -> Sealed {
+    let frame_len = delivery_frame_len(g);
+    out.clear();
+    let mut done = Sealed::default();
+    for i in 0..k {
+        let message = pending
+            .get(usize::from(i))
+            .map(|(id, bytes)| (id.0, bytes.as_slice()));
+        let counter = first_counter.wrapping_add(u64::from(i));
+        let start = out.len();
+        out.resize(start + frame_len, 0);
+        let frame = &mut out[start..];
+        let mut sealed = seal_delivery(
+            g,
+            &client.link,
+            slot,
+            counter,
+            request_id,
+            i,
+            k,
+            message,
+            frame,
+        );
+        if sealed.is_err() && message.is_some() {
+            sealed = seal_delivery(
+                g,
+                &client.link,
+                slot,
+                counter,
+                request_id,
+                i,
+                k,
+                None,
+                frame,
+            );
+        } else if sealed.is_ok() && message.is_some() {
+            done.real += 1;
+        }
+        if sealed.is_err() {
+            out.truncate(start);
+            done.failed += 1;
+            continue;
+        }
+        done.frames += 1;
+    }
+    debug_assert_eq!(out.len(), usize::from(done.frames) * frame_len);
+    debug_assert_eq!(done.frames + done.failed, k);
+    done
 }
 
 type Pull = (u32, SocketAddr, PullRequest);

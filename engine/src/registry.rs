@@ -69,7 +69,9 @@ fn hex16(field: &str, path: &Path, text: &str) -> Result<[u8; 16], String> {
         .map_err(|_| format!("{}: `{field}` must be 32 hex digits", path.display()))
 }
 
-fn parse_entry(path: &Path, text: &str) -> Result<ClientEntry, String> {
+/// Parse one registry file's text; `path` names it in errors and its stem
+/// must be the slot.
+pub fn parse_entry(path: &Path, text: &str) -> Result<ClientEntry, String> {
     let f: ClientFile =
         toml::from_str(text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
     let expected = path

@@ -35,6 +35,12 @@
 //! index. Both sides therefore agree on each frame whichever reloads first,
 //! provided every node is signalled within half the grace.
 //!
+//! Time: `State` reads no clock; it takes `now` from its caller. The
+//! [`Shard`] owns a [`Clock`], real (monotonic, from the shard's start) or
+//! simulated (a counter the simulator moves), and [`Shard::turn`] runs one
+//! turn of the loop on the caller's `now` without waiting, which is how
+//! fuzz targets and the simulation drive real shards over `io::sim`.
+//!
 //! Invariants: nothing on the mix path allocates or crosses cores (a
 //! provider copies each delivered packet once, to hand it to its inbox
 //! thread); every drop is counted by reason; a replay tag is inserted only
@@ -44,7 +50,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -251,14 +257,35 @@ struct State {
     pool: Pool,
     wheel: TimingWheel,
     metrics: Arc<ShardMetrics>,
-    start: Instant,
     counter: u64,
+    /// Packets put on the wheel so far (the caller times each one).
+    scheduled: u64,
     provider: Option<ProviderState>,
     previous: Option<Previous>,
 }
 
+/// Where a shard's time comes from.
+#[derive(Clone, Debug)]
+pub enum Clock {
+    /// Microseconds on the monotonic clock since the shard was built.
+    Real(Instant),
+    /// Microseconds as set by a simulator.
+    Sim(Arc<AtomicU64>),
+}
+
+impl Clock {
+    /// Now, in microseconds on this clock.
+    pub fn now_us(&self) -> u64 {
+        match self {
+            Clock::Real(start) => micros_since(*start),
+            Clock::Sim(now) => now.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// A shard ready to run.
 pub struct Shard {
+    clock: Clock,
     backend: Box<dyn Backend + Send>,
     control: Receiver<Control>,
     stop: Arc<AtomicBool>,
@@ -294,7 +321,6 @@ impl Shard {
                 .open_epoch(k.epoch)
                 .map_err(|e| format!("replay filter for epoch {}: {e}", k.epoch))?;
         }
-        let start = Instant::now();
         // Counters start at the wall clock in microseconds so that a
         // restarted node's counters are above what peers last saw from it.
         let wall_us = std::time::SystemTime::now()
@@ -323,13 +349,14 @@ impl Shard {
             keys,
             filters,
             metrics,
-            start,
             counter,
+            scheduled: 0,
             provider: None,
             previous: None,
         };
         let batch = state.settings.batch;
         Ok(Shard {
+            clock: Clock::Real(Instant::now()),
             backend,
             control,
             stop,
@@ -350,20 +377,78 @@ impl Shard {
         self
     }
 
+    /// Run on `clock` (a simulator's) from now on, with link counters
+    /// starting at `first_counter` (deterministic frames for a seeded run).
+    pub fn with_clock(mut self, clock: Clock, first_counter: u64) -> Shard {
+        self.clock = clock;
+        self.state.counter = (u64::from(self.state.settings.index) << COUNTER_SHARD_SHIFT)
+            | (first_counter & ((1u64 << COUNTER_SHARD_SHIFT) - 1));
+        self
+    }
+
+    /// The shard's counters.
+    pub fn metrics(&self) -> &Arc<ShardMetrics> {
+        &self.state.metrics
+    }
+
+    /// When the earliest waiting packet falls due, on the shard's clock.
+    pub fn next_wakeup_us(&self) -> Option<u64> {
+        self.state.wheel.next_wakeup_us()
+    }
+
+    /// Packets waiting on the wheel.
+    pub fn waiting(&self) -> usize {
+        self.state.pool.in_use()
+    }
+
+    fn apply_control(&mut self) {
+        while let Ok(msg) = self.control.try_recv() {
+            match msg {
+                Control::Keys(keys, filters) => self.state.set_keys(keys, filters),
+                Control::Clients(table) => self.state.set_clients(table),
+                Control::Links(links) => self.state.set_links(links, self.clock.now_us()),
+            }
+        }
+    }
+
+    /// Receive at most one batch, waiting at most `timeout`, and handle
+    /// each datagram with the batch's arrival time.
+    fn receive(&mut self, timeout: Duration) -> std::io::Result<usize> {
+        let state = &mut self.state;
+        let clock = &self.clock;
+        let mut arrival = None;
+        self.backend.recv(Some(timeout), &mut |d: Datagram<'_>| {
+            // One arrival time per batch: the moment the kernel handed it over.
+            let at = *arrival.get_or_insert_with(|| clock.now_us());
+            let before = state.scheduled;
+            state.handle(d, at);
+            if state.scheduled != before {
+                let now = clock.now_us();
+                state.metrics.overhead.record(now.saturating_sub(at));
+            }
+        })
+    }
+
+    /// One turn of the loop without waiting, for a caller that owns time
+    /// (a simulator or a fuzz target, with [`Clock::Sim`] set to `now_us`):
+    /// control messages, every packet due by `now_us`, then one batch of
+    /// waiting datagrams. Returns the datagrams handled.
+    pub fn turn(&mut self, now_us: u64) -> usize {
+        self.apply_control();
+        self.send_due(now_us);
+        // The simulated backend cannot fail; a real one that does is
+        // reported by `run`, which a caller of `turn` does not use.
+        self.receive(Duration::ZERO).unwrap_or_default()
+    }
+
     /// Run until the stop flag is set and the drain is done.
     pub fn run(mut self) {
         let mut stop_at: Option<u64> = None;
         let mut last_stats = 0u64;
         loop {
-            let now = micros_since(self.state.start);
+            let now = self.clock.now_us();
             self.send_due(now);
-            while let Ok(msg) = self.control.try_recv() {
-                match msg {
-                    Control::Keys(keys, filters) => self.state.set_keys(keys, filters),
-                    Control::Clients(table) => self.state.set_clients(table),
-                    Control::Links(links) => self.state.set_links(links),
-                }
-            }
+            self.apply_control();
             if now.saturating_sub(last_stats) >= 1_000_000 {
                 self.state.publish_stats();
                 last_stats = now;
@@ -384,14 +469,7 @@ impl Shard {
                 Some(w) => Duration::from_micros(w.saturating_sub(now)).min(IDLE_WAIT),
                 None => IDLE_WAIT,
             };
-            let state = &mut self.state;
-            let mut arrival = None;
-            let result = self.backend.recv(Some(timeout), &mut |d: Datagram<'_>| {
-                // One arrival time per batch: the moment the kernel handed it over.
-                let at = *arrival.get_or_insert_with(|| micros_since(state.start));
-                state.handle(d, at);
-            });
-            if let Err(e) = result {
+            if let Err(e) = self.receive(timeout) {
                 eprintln!("shard {}: receive failed: {e}", self.state.settings.index);
                 std::thread::sleep(IDLE_WAIT);
             }
@@ -464,14 +542,14 @@ impl Shard {
                 st.metrics.count_drop(DropReason::SendFailed);
             }
         }
-        let now = micros_since(st.start);
+        let now = self.clock.now_us();
         st.metrics.lateness.record(now.saturating_sub(deadline));
         st.pool.free.push(idx);
     }
 
     /// Stop: send what is due now, count the rest as dropped.
     fn finish_drain(&mut self) {
-        let now = micros_since(self.state.start);
+        let now = self.clock.now_us();
         self.send_due(now);
         let st = &mut self.state;
         let mut left = 0u64;
@@ -562,7 +640,7 @@ impl State {
     /// A reload: carry every pool slot's next hop and every link window
     /// over to the new table by node id, then use it. Runs between batches;
     /// allocates only the remap table and the re-keyed window map.
-    fn set_links(&mut self, links: Arc<Links>) {
+    fn set_links(&mut self, links: Arc<Links>, now: u64) {
         let remap = links.remap_from(&self.links);
         let carry = |old: u32, want: fn(&Peer) -> bool| -> Option<u32> {
             remap
@@ -587,7 +665,6 @@ impl State {
         for j in remap.iter().flatten() {
             knew_us[*j as usize] = true;
         }
-        let now = micros_since(self.start);
         self.previous = Some(Previous {
             own_index: self.links.own_index,
             remap,
@@ -802,8 +879,7 @@ impl State {
                     Err(InsertError::TooFar) => return Err(DropReason::DelayOverCap),
                     Err(_) => return Err(DropReason::PoolFull),
                 }
-                let now = micros_since(self.start);
-                self.metrics.overhead.record(now.saturating_sub(arrival_us));
+                self.scheduled += 1;
                 Ok(())
             }
             RoutingCommand::Deliver { mailbox } if !from_client => {

@@ -183,8 +183,14 @@ impl TopologyFile {
             origin: origin.clone(),
             problem: format!("cannot read: {e}"),
         })?;
-        toml::from_str(&text).map_err(|e| TopologyError {
-            origin,
+        Self::parse(&origin, &text)
+    }
+
+    /// Parse a document's text without checking it (`origin` names it in
+    /// errors).
+    pub fn parse(origin: &str, text: &str) -> Result<TopologyFile, TopologyError> {
+        toml::from_str(text).map_err(|e| TopologyError {
+            origin: origin.to_owned(),
             problem: e.to_string().trim_end().to_owned(),
         })
     }

@@ -1,5 +1,7 @@
 //! Everything that makes system calls on the packet path: sockets, the
-//! reuseport steering program, and the two datagram backends.
+//! reuseport steering program, and the two datagram backends; beside them
+//! the simulated backend (`sim`), which makes none and moves datagrams
+//! through memory for tests on simulated time.
 //!
 //! This module is the one owner of `unsafe` in the engine (STYLE.md item 2).
 //! A backend moves whole datagrams between one UDP socket and the shard:
@@ -13,6 +15,7 @@
 //! not delivered in part.
 
 pub mod portable;
+pub mod sim;
 pub mod socket;
 pub mod uring;
 
@@ -39,6 +42,9 @@ pub enum IoKind {
     Uring,
     /// `recvmmsg`/`sendmmsg` with `ppoll`.
     Portable,
+    /// In-memory queues on simulated time (tests, fuzzing); never chosen by
+    /// a node's config.
+    Sim,
 }
 
 impl IoKind {
@@ -47,6 +53,7 @@ impl IoKind {
         match self {
             IoKind::Uring => "uring",
             IoKind::Portable => "portable",
+            IoKind::Sim => "sim",
         }
     }
 }
@@ -89,6 +96,12 @@ pub fn open(
     Ok(match kind {
         IoKind::Portable => Box::new(portable::Portable::new(socket, batch, buf_len)?),
         IoKind::Uring => Box::new(uring::Uring::new(socket, batch, buf_len)?),
+        IoKind::Sim => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the simulated backend has no socket: build it from a SimNet",
+            ))
+        }
     })
 }
 
