@@ -33,7 +33,7 @@ use loopix_crypto::access;
 use loopix_crypto::Geometry;
 use rand_core::OsRng;
 
-use crate::session::{AccessSession, Received, SessionLimits};
+use crate::session::{AccessSession, Received, SessionLimits, SessionStats};
 use crate::{Client, Event, Registration};
 
 /// Message ids remembered as handled (to ignore re-deliveries).
@@ -115,33 +115,14 @@ pub struct DriverStats {
     pub late_us_max: u64,
     /// Pull requests sent.
     pub pulls_sent: u64,
-    /// Acknowledgements sent in pulls.
-    pub acks_sent: u64,
     /// Datagrams that failed to leave (`send_to` errors).
     pub send_errors: u64,
     /// Datagrams received, good or bad.
     pub frames_received: u64,
-    /// Delivery frames carrying a message.
-    pub deliveries_real: u64,
-    /// Delivery frames that were dummies.
-    pub deliveries_dummy: u64,
-    /// Messages delivered again after they were handled (acknowledged
-    /// again, not processed).
-    pub duplicates: u64,
     /// Dropped: not from the provider's address.
     pub drop_wrong_source: u64,
-    /// Dropped: not the length of a delivery frame.
-    pub drop_wrong_length: u64,
-    /// Dropped: unknown kind, or not a delivery frame from the provider.
-    pub drop_wrong_kind: u64,
-    /// Dropped: counter replayed or behind the window.
-    pub drop_replayed: u64,
-    /// Dropped: the tag did not verify (wrong key, tampered).
-    pub drop_bad_tag: u64,
-    /// Dropped: authentic but a malformed body.
-    pub drop_malformed: u64,
-    /// Dropped: an answer to a pull this driver did not send recently.
-    pub drop_unknown_request: u64,
+    /// What the access session sealed, received and refused.
+    pub link: SessionStats,
     /// Receive errors other than timeouts.
     pub recv_errors: u64,
 }
@@ -214,18 +195,8 @@ impl Driver {
 
     /// Counters.
     pub fn stats(&self) -> DriverStats {
-        let s = self.session.stats();
         DriverStats {
-            acks_sent: s.acks_sent,
-            deliveries_real: s.deliveries_real,
-            deliveries_dummy: s.deliveries_dummy,
-            duplicates: s.duplicates,
-            drop_wrong_length: s.drop_wrong_length,
-            drop_wrong_kind: s.drop_wrong_kind,
-            drop_replayed: s.drop_replayed,
-            drop_bad_tag: s.drop_bad_tag,
-            drop_malformed: s.drop_malformed,
-            drop_unknown_request: s.drop_unknown_request,
+            link: self.session.stats(),
             ..self.stats
         }
     }

@@ -433,7 +433,10 @@ fn delivers_whole_acks_and_ignores_redelivery_and_bad_frames() {
         "acked: {:?} of {stored:?}",
         st.acks
     );
-    assert!(s.duplicates >= 3, "re-deliveries seen and ignored: {s:?}");
+    assert!(
+        s.link.duplicates >= 3,
+        "re-deliveries seen and ignored: {s:?}"
+    );
     assert_eq!(st.bad_client_frames, 0, "every client frame authentic");
     assert!(st.client_packets > 5 && st.pulls > 3, "{s:?}");
     assert!(
@@ -442,13 +445,13 @@ fn delivers_whole_acks_and_ignores_redelivery_and_bad_frames() {
     );
     assert_eq!(
         (
-            s.drop_bad_tag,
-            s.drop_wrong_kind,
-            s.drop_replayed,
-            s.drop_wrong_length,
+            s.link.drop_bad_tag,
+            s.link.drop_wrong_kind,
+            s.link.drop_replayed,
+            s.link.drop_wrong_length,
             s.drop_wrong_source,
-            s.drop_malformed,
-            s.drop_unknown_request
+            s.link.drop_malformed,
+            s.link.drop_unknown_request
         ),
         (1, 1, 1, 1, 1, 0, 0),
         "{s:?}"
