@@ -33,6 +33,9 @@ struct NetInner {
     inbox_max: HashMap<SocketAddr, usize>,
     /// Datagrams sent to an unbound address or a full inbox.
     lost: u64,
+    /// What an observer of every wire recorded, and how much it may hold.
+    captured: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
+    capture_max: usize,
 }
 
 impl SimNet {
@@ -66,10 +69,24 @@ impl SimNet {
         }
     }
 
+    /// Record every datagram put on the network from now on (as a global
+    /// passive adversary would), keeping at most `max`.
+    pub fn capture(&self, max: usize) {
+        self.lock().capture_max = max;
+    }
+
+    /// Take what was recorded: (from, to, bytes), in order.
+    pub fn captured(&self) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
+        std::mem::take(&mut self.lock().captured)
+    }
+
     /// Put a datagram from `from` into `to`'s inbox now. Returns `false`
     /// (and counts it lost) if nothing is bound at `to` or its inbox is full.
     pub fn inject(&self, from: SocketAddr, to: SocketAddr, data: &[u8]) -> bool {
         let mut n = self.lock();
+        if n.captured.len() < n.capture_max {
+            n.captured.push((from, to, data.to_vec()));
+        }
         let max = n.inbox_max.get(&to).copied().unwrap_or(0);
         match n.inboxes.get_mut(&to) {
             Some(q) if q.len() < max => {
