@@ -190,7 +190,7 @@ pub struct Delivery<'a> {
 /// Seal one delivery frame for the client at `slot` into `frame` (exactly
 /// [`delivery_frame_len`] bytes): `message` is the id and stored packet
 /// (exactly `packet_len` bytes), `None` for a dummy.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // reason: one field of the frame each, all needed
 pub fn seal_delivery(
     g: &Geometry,
     key: &LinkKey,

@@ -343,7 +343,7 @@ fn parse_body(data: &[u8]) -> Option<u64> {
 
 /// One client's thread: online until `stop`, writing messages to random
 /// other clients at `message_rate` until `send_until`.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // reason: the run's parts, each needed once
 fn client_thread(
     mut drv: Driver,
     me: usize,

@@ -20,13 +20,14 @@
 //! given to the inbox, consumed or dropped under a reason), and every frame
 //! it sent went to an outbound neighbour, sealed under that neighbour's key.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crossbeam_channel::{bounded, Receiver};
+use crossbeam_channel::{bounded, Receiver, Sender};
 use loopix_crypto::access::{self, PullRequest};
 use loopix_crypto::link::{FRAME_HEADER_LEN, FRAME_OVERHEAD, KIND_PULL, TAG_LEN};
-use loopix_crypto::{Geometry, MailboxId};
+use loopix_crypto::{Geometry, LinkKey, MailboxId};
 use loopix_engine::io::sim::SimNet;
 use loopix_engine::metrics::{DropReason, ShardMetrics};
 use loopix_engine::shard::{
@@ -107,78 +108,102 @@ pub fn node_datagram(data: &[u8]) {
     run(data);
 }
 
-/// [`node_datagram`], returning what the run did.
-pub fn run(data: &[u8]) -> NodeOutcome {
-    let g = Geometry::DEFAULT;
-    let frame_len = g.frame_len();
-    let net = SimNet::new();
-    for i in 1..SENDER_INDICES {
-        net.bind(fixed::peer_addr(i), 4096);
-    }
-    let backend = net.backend(fixed::node_addr(), 4096, 16);
-    let now = Arc::new(AtomicU64::new(0));
-    let (control, control_rx) = bounded(4);
-    let (inbox_tx, inbox_rx) = bounded(64);
-    let metrics = Arc::new(ShardMetrics::default());
-    let mut shard = Shard::new(
-        settings(),
-        Box::new(backend),
-        Arc::new(fixed::links(None)),
-        vec![EpochKey {
-            epoch: fixed::EPOCH,
-            secret: fixed::node_secret(),
-        }],
-        control_rx,
-        Arc::new(AtomicBool::new(false)),
-        Arc::clone(&metrics),
-    )
-    .unwrap()
-    .with_provider(ProviderHooks {
-        clients: Arc::new(fixed::client_table()),
-        inbox: inbox_tx,
-    })
-    .with_clock(Clock::Sim(Arc::clone(&now)), 1);
+/// The fuzzed node and everything around it.
+struct Harness {
+    net: SimNet,
+    now: Arc<AtomicU64>,
+    t: u64,
+    shard: Shard,
+    control: Sender<Control>,
+    inbox: Receiver<InboxWork>,
+    metrics: Arc<ShardMetrics>,
+    seen: InboxSeen,
+    injected: u64,
+    last: Option<Vec<u8>>,
+    frame: Vec<u8>,
+}
 
-    let mut input = Input::new(data);
-    let mut seen = InboxSeen::default();
-    let mut last: Option<Vec<u8>> = None;
-    let mut injected = 0u64;
-    let mut t = 0u64;
-    let mut frame = vec![0u8; frame_len];
-    for _ in 0..MAX_OPS {
-        let Some(op) = input.next_byte() else { break };
-        let mut datagram: Option<(std::net::SocketAddr, Vec<u8>)> = None;
+impl Harness {
+    fn new() -> Harness {
+        let net = SimNet::new();
+        for i in 1..SENDER_INDICES {
+            net.bind(fixed::peer_addr(i), 4096);
+        }
+        let backend = net.backend(fixed::node_addr(), 4096, 16);
+        let now = Arc::new(AtomicU64::new(0));
+        let (control, control_rx) = bounded(4);
+        let (inbox_tx, inbox) = bounded(64);
+        let metrics = Arc::new(ShardMetrics::default());
+        let shard = Shard::new(
+            settings(),
+            Box::new(backend),
+            Arc::new(fixed::links(None)),
+            vec![EpochKey {
+                epoch: fixed::EPOCH,
+                secret: fixed::node_secret(),
+            }],
+            control_rx,
+            Arc::new(AtomicBool::new(false)),
+            Arc::clone(&metrics),
+        )
+        .unwrap()
+        .with_provider(ProviderHooks {
+            clients: Arc::new(fixed::client_table()),
+            inbox: inbox_tx,
+        })
+        .with_clock(Clock::Sim(Arc::clone(&now)), 1);
+        Harness {
+            net,
+            now,
+            t: 0,
+            shard,
+            control,
+            inbox,
+            metrics,
+            seen: InboxSeen::default(),
+            injected: 0,
+            last: None,
+            frame: vec![0u8; Geometry::DEFAULT.frame_len()],
+        }
+    }
+
+    /// Read one operation's arguments; the datagram it makes, if any.
+    fn datagram(&mut self, op: u8, input: &mut Input<'_>) -> Option<(SocketAddr, Vec<u8>)> {
+        let g = Geometry::DEFAULT;
+        let frame_len = g.frame_len();
+        let client_addr = fixed::addr(fixed::CLIENT_PORT);
+        let frame = &mut self.frame;
         match op % 8 {
             0 => {
                 let len = usize::from(input.u16()) % (frame_len + 16);
                 let from = fixed::peer_addr(u32::from(input.byte()) % SENDER_INDICES);
-                datagram = Some((from, input.take(len).to_vec()));
+                Some((from, input.take(len).to_vec()))
             }
             1 => {
                 let sender = u32::from(input.byte()) % SENDER_INDICES;
                 let counter = input.u64();
                 let packet = input.padded(g.packet_len());
                 fixed::peer_key(sender)
-                    .seal(sender, counter, &packet, &mut frame)
+                    .seal(sender, counter, &packet, frame)
                     .unwrap();
-                datagram = Some((fixed::peer_addr(sender), frame.clone()));
+                Some((fixed::peer_addr(sender), frame.clone()))
             }
             2 => {
                 let slot = u32::from(input.byte()) % CLIENT_SLOTS;
                 let counter = input.u64();
                 let packet = input.padded(g.packet_len());
-                let key = loopix_crypto::LinkKey::from_bytes(&fixed::access_key(slot));
-                access::seal_client_packet(&key, slot, counter, &packet, &mut frame).unwrap();
-                datagram = Some((fixed::addr(fixed::CLIENT_PORT), frame.clone()));
+                let key = LinkKey::from_bytes(&fixed::access_key(slot));
+                access::seal_client_packet(&key, slot, counter, &packet, frame).unwrap();
+                Some((client_addr, frame.clone()))
             }
             3 => {
                 let slot = u32::from(input.byte()) % CLIENT_SLOTS;
                 let counter = input.u64();
                 let body = input.padded(frame_len - FRAME_OVERHEAD);
                 frame[FRAME_HEADER_LEN..frame_len - TAG_LEN].copy_from_slice(&body);
-                let key = loopix_crypto::LinkKey::from_bytes(&fixed::access_key(slot));
-                key.seal_kind(KIND_PULL, slot, counter, &mut frame).unwrap();
-                datagram = Some((fixed::addr(fixed::CLIENT_PORT), frame.clone()));
+                let key = LinkKey::from_bytes(&fixed::access_key(slot));
+                key.seal_kind(KIND_PULL, slot, counter, frame).unwrap();
+                Some((client_addr, frame.clone()))
             }
             4 => {
                 let slot = u32::from(input.byte()) % CLIENT_SLOTS;
@@ -194,89 +219,110 @@ pub fn run(data: &[u8]) -> NodeOutcome {
                     },
                     acks,
                 };
-                let key = loopix_crypto::LinkKey::from_bytes(&fixed::access_key(slot));
-                request.seal(&g, &key, slot, counter, &mut frame).unwrap();
-                datagram = Some((fixed::addr(fixed::CLIENT_PORT), frame.clone()));
+                let key = LinkKey::from_bytes(&fixed::access_key(slot));
+                request.seal(&g, &key, slot, counter, frame).unwrap();
+                Some((client_addr, frame.clone()))
             }
-            5 => t += u64::from(input.u16()) * 64,
+            5 => {
+                self.t += u64::from(input.u16()) * 64;
+                None
+            }
             6 => {
                 let without = match input.byte() % 4 {
                     0 => None,
                     k => Some(u32::from(k)),
                 };
                 // A full control channel only delays the reload.
-                let _ = control.try_send(Control::Links(Arc::new(fixed::links(without))));
+                let _ = self
+                    .control
+                    .try_send(Control::Links(Arc::new(fixed::links(without))));
+                None
             }
-            _ => {
-                if let Some(d) = &last {
-                    datagram = Some((fixed::addr(fixed::CLIENT_PORT + 1), d.clone()));
-                }
-            }
-        }
-        if let Some((from, bytes)) = datagram {
-            if net.inject(from, fixed::node_addr(), &bytes) {
-                injected += 1;
-            }
-            last = Some(bytes);
-        }
-        now.store(t, Ordering::Relaxed);
-        while shard.turn(t) > 0 {}
-        check_inbox(&inbox_rx, &mut seen);
-    }
-
-    // Everything scheduled falls due within the cap (plus the wheel's
-    // granularity): nothing may stay behind.
-    t += DELAY_CAP_US + 1_000_000;
-    now.store(t, Ordering::Relaxed);
-    while shard.turn(t) > 0 {}
-    shard.turn(t);
-    check_inbox(&inbox_rx, &mut seen);
-    assert_eq!(
-        shard.waiting(),
-        0,
-        "packets left on the wheel after every deadline"
-    );
-
-    let m = &metrics;
-    let received = m.received.load(Ordering::Relaxed);
-    assert_eq!(
-        received, injected,
-        "every injected datagram is received once"
-    );
-    let drops: u64 = DropReason::ALL.iter().map(|r| m.drops(*r)).sum();
-    let forwarded = m.forwarded.load(Ordering::Relaxed);
-    let consumed = m.loops_received.load(Ordering::Relaxed)
-        + m.to_inbox.load(Ordering::Relaxed)
-        + m.cover_discarded.load(Ordering::Relaxed);
-    assert_eq!(
-        forwarded + consumed + seen.pulls + drops,
-        received,
-        "a datagram is forwarded, consumed, a pull, or dropped under a reason"
-    );
-    assert_eq!(m.to_inbox.load(Ordering::Relaxed), seen.stores);
-
-    // Frames sent: only to outbound neighbours, sealed under their keys
-    // with this node's index.
-    let mut out = 0u64;
-    for i in 1..SENDER_INDICES {
-        for (_, bytes) in net.take(fixed::peer_addr(i)) {
-            assert_eq!(bytes.len(), frame_len);
-            assert!(i == 1 || i == 3, "sent to index {i}, which is not outbound");
-            let (header, _) = fixed::peer_key(i).open(&bytes).unwrap();
-            assert_eq!(header.sender, 0);
-            out += 1;
+            _ => self
+                .last
+                .clone()
+                .map(|d| (fixed::addr(fixed::CLIENT_PORT + 1), d)),
         }
     }
-    assert_eq!(
-        out, forwarded,
-        "forwarded frames are the frames on the wire"
-    );
-    NodeOutcome {
-        forwarded,
-        stored: seen.stores,
-        pulls: seen.pulls,
-        consumed: m.loops_received.load(Ordering::Relaxed)
-            + m.cover_discarded.load(Ordering::Relaxed),
-        dropped: drops,
+
+    /// The node takes its turns at the current time.
+    fn settle(&mut self) {
+        self.now.store(self.t, Ordering::Relaxed);
+        while self.shard.turn(self.t) > 0 {}
+        check_inbox(&self.inbox, &mut self.seen);
     }
+
+    /// Time moves past every deadline; then the accounting must balance.
+    fn finish(mut self) -> NodeOutcome {
+        // Everything scheduled falls due within the cap (plus the wheel's
+        // granularity): nothing may stay behind.
+        self.t += DELAY_CAP_US + 1_000_000;
+        self.settle();
+        self.shard.turn(self.t);
+        check_inbox(&self.inbox, &mut self.seen);
+        assert_eq!(
+            self.shard.waiting(),
+            0,
+            "packets left on the wheel after every deadline"
+        );
+
+        let m = &self.metrics;
+        let received = m.received.load(Ordering::Relaxed);
+        assert_eq!(
+            received, self.injected,
+            "every injected datagram is received once"
+        );
+        let drops: u64 = DropReason::ALL.iter().map(|r| m.drops(*r)).sum();
+        let forwarded = m.forwarded.load(Ordering::Relaxed);
+        let consumed =
+            m.loops_received.load(Ordering::Relaxed) + m.cover_discarded.load(Ordering::Relaxed);
+        let stored = m.to_inbox.load(Ordering::Relaxed);
+        assert_eq!(
+            forwarded + consumed + stored + self.seen.pulls + drops,
+            received,
+            "a datagram is forwarded, consumed, stored, a pull, or dropped under a reason"
+        );
+        assert_eq!(stored, self.seen.stores);
+
+        // Frames sent: only to outbound neighbours, sealed under their keys
+        // with this node's index.
+        let mut out = 0u64;
+        for i in 1..SENDER_INDICES {
+            for (_, bytes) in self.net.take(fixed::peer_addr(i)) {
+                assert_eq!(bytes.len(), Geometry::DEFAULT.frame_len());
+                assert!(i == 1 || i == 3, "sent to index {i}, which is not outbound");
+                let (header, _) = fixed::peer_key(i).open(&bytes).unwrap();
+                assert_eq!(header.sender, 0);
+                out += 1;
+            }
+        }
+        assert_eq!(
+            out, forwarded,
+            "forwarded frames are the frames on the wire"
+        );
+        NodeOutcome {
+            forwarded,
+            stored,
+            pulls: self.seen.pulls,
+            consumed,
+            dropped: drops,
+        }
+    }
+}
+
+/// [`node_datagram`], returning what the run did.
+pub fn run(data: &[u8]) -> NodeOutcome {
+    let mut h = Harness::new();
+    let mut input = Input::new(data);
+    for _ in 0..MAX_OPS {
+        let Some(op) = input.next_byte() else { break };
+        if let Some((from, bytes)) = h.datagram(op, &mut input) {
+            if h.net.inject(from, fixed::node_addr(), &bytes) {
+                h.injected += 1;
+            }
+            h.last = Some(bytes);
+        }
+        h.settle();
+    }
+    h.finish()
 }

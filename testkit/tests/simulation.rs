@@ -160,6 +160,103 @@ fn counts(sim: &SimNetwork) -> Vec<NodeCounts> {
         .collect()
 }
 
+type Captured = Vec<(SocketAddr, SocketAddr, Vec<u8>)>;
+
+fn node_index(sim: &SimNetwork) -> HashMap<SocketAddr, usize> {
+    sim.nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.addr, i))
+        .collect()
+}
+
+/// Replay every captured datagram byte for byte (to nodes from the
+/// attacker's own address, to clients from their provider's, spoofed):
+/// each is received, refused as a link replay, and nothing moves on.
+fn replay_byte_for_byte(sim: &mut SimNetwork, captured: &Captured) {
+    let seed = sim.seed();
+    let attacker = SocketAddr::from(([127, 0, 0, 1], 40_000));
+    let index = node_index(sim);
+    let before = counts(sim);
+    let mut to_node = vec![0u64; sim.nodes.len()];
+    for (from, to, bytes) in captured {
+        match index.get(to) {
+            Some(&i) => {
+                to_node[i] += 1;
+                sim.net.inject(attacker, *to, bytes);
+            }
+            None => {
+                sim.net.inject(*from, *to, bytes);
+            }
+        }
+    }
+    let t = sim.now_us();
+    sim.drain_until(t + 2_000_000);
+    let after = counts(sim);
+    for i in 0..sim.nodes.len() {
+        let (b, a) = (before[i], after[i]);
+        assert_eq!(a.received - b.received, to_node[i], "seed {seed}: node {i}");
+        assert_eq!(
+            (a.forwarded, a.to_inbox),
+            (b.forwarded, b.to_inbox),
+            "seed {seed}: node {i} forwarded or stored a replay"
+        );
+        assert_eq!(
+            a.link_replay - b.link_replay,
+            to_node[i],
+            "seed {seed}: node {i}: every replayed frame is a link replay"
+        );
+        assert_eq!(a.drops - b.drops, to_node[i], "seed {seed}: node {i}");
+    }
+}
+
+/// A corrupt neighbour re-seals each captured node-to-node packet under its
+/// link key with a fresh counter: the link layer lets it through and the
+/// Sphinx replay filter refuses it.
+fn reseal_as_corrupt_neighbour(sim: &mut SimNetwork, captured: &Captured) {
+    let seed = sim.seed();
+    let index = node_index(sim);
+    let before = counts(sim);
+    let mut resealed = vec![0u64; sim.nodes.len()];
+    for (from, to, bytes) in captured {
+        let (Some(&s), Some(&r)) = (index.get(from), index.get(to)) else {
+            continue;
+        };
+        let Ok(h) = FrameHeader::peek(bytes) else {
+            continue;
+        };
+        if h.kind != KIND_PACKET {
+            continue;
+        }
+        let receiver_public = sim.topology.nodes[r].link_key;
+        let key = LinkKey::derive(sim.link_secret(s), &receiver_public).expect("valid keys");
+        let mut frame = bytes.clone();
+        // Far above any counter the sender used: the link window passes.
+        key.seal_in_place(h.sender, h.counter | (1 << 55), &mut frame)
+            .expect("sized");
+        sim.net.inject(*from, *to, &frame);
+        resealed[r] += 1;
+    }
+    let t = sim.now_us();
+    sim.drain_until(t + 2_000_000);
+    let after = counts(sim);
+    let total: u64 = resealed.iter().sum();
+    assert!(total > 50, "seed {seed}: re-sealed only {total}");
+    for i in 0..sim.nodes.len() {
+        let (b, a) = (before[i], after[i]);
+        assert_eq!(
+            (a.forwarded, a.to_inbox),
+            (b.forwarded, b.to_inbox),
+            "seed {seed}: node {i} forwarded or stored a re-sealed replay"
+        );
+        assert_eq!(
+            a.sphinx_replay - b.sphinx_replay,
+            resealed[i],
+            "seed {seed}: node {i}: every re-sealed packet is a Sphinx replay"
+        );
+    }
+}
+
 /// A global passive adversary records every datagram, then replays all of
 /// them byte for byte from its own address; then, as a corrupt mix holding
 /// its link keys, re-seals every captured packet in fresh frames. Nothing
@@ -182,91 +279,9 @@ fn replays_are_refused_and_change_nothing() {
             "seed {seed}: captured {}",
             captured.len()
         );
-        let attacker = SocketAddr::from(([127, 0, 0, 1], 40_000));
-        let node_index: HashMap<SocketAddr, usize> = sim
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.addr, i))
-            .collect();
         let received_before: Vec<usize> = sim.clients.iter().map(|c| c.received.len()).collect();
-
-        // Byte for byte, from another address.
-        let before = counts(&sim);
-        let mut to_node = vec![0u64; sim.nodes.len()];
-        for (from, to, bytes) in &captured {
-            match node_index.get(to) {
-                Some(&i) => {
-                    to_node[i] += 1;
-                    sim.net.inject(attacker, *to, bytes);
-                }
-                // Delivery frames go back to clients from their provider's
-                // address (a spoofed source).
-                None => {
-                    sim.net.inject(*from, *to, bytes);
-                }
-            }
-        }
-        let t = sim.now_us();
-        sim.drain_until(t + 2_000_000);
-        let after = counts(&sim);
-        for i in 0..sim.nodes.len() {
-            let (b, a) = (before[i], after[i]);
-            assert_eq!(a.received - b.received, to_node[i], "seed {seed}: node {i}");
-            assert_eq!(
-                (a.forwarded, a.to_inbox),
-                (b.forwarded, b.to_inbox),
-                "seed {seed}: node {i} forwarded or stored a replay"
-            );
-            assert_eq!(
-                a.link_replay - b.link_replay,
-                to_node[i],
-                "seed {seed}: node {i}: every replayed frame is a link replay"
-            );
-            assert_eq!(a.drops - b.drops, to_node[i], "seed {seed}: node {i}");
-        }
-
-        // A corrupt neighbour re-seals each captured packet under its link
-        // key with a fresh counter: the Sphinx replay filter refuses it.
-        let before = counts(&sim);
-        let mut resealed = vec![0u64; sim.nodes.len()];
-        for (from, to, bytes) in &captured {
-            let (Some(&s), Some(&r)) = (node_index.get(from), node_index.get(to)) else {
-                continue;
-            };
-            let Ok(h) = FrameHeader::peek(bytes) else {
-                continue;
-            };
-            if h.kind != KIND_PACKET {
-                continue;
-            }
-            let receiver_public = sim.topology.nodes[r].link_key;
-            let key = LinkKey::derive(sim.link_secret(s), &receiver_public).expect("valid keys");
-            let mut frame = bytes.clone();
-            // Far above any counter the sender used: the link window passes.
-            key.seal_in_place(h.sender, h.counter | (1 << 55), &mut frame)
-                .expect("sized");
-            sim.net.inject(*from, *to, &frame);
-            resealed[r] += 1;
-        }
-        let t = sim.now_us();
-        sim.drain_until(t + 2_000_000);
-        let after = counts(&sim);
-        let total: u64 = resealed.iter().sum();
-        assert!(total > 50, "seed {seed}: re-sealed only {total}");
-        for i in 0..sim.nodes.len() {
-            let (b, a) = (before[i], after[i]);
-            assert_eq!(
-                (a.forwarded, a.to_inbox),
-                (b.forwarded, b.to_inbox),
-                "seed {seed}: node {i} forwarded or stored a re-sealed replay"
-            );
-            assert_eq!(
-                a.sphinx_replay - b.sphinx_replay,
-                resealed[i],
-                "seed {seed}: node {i}: every re-sealed packet is a Sphinx replay"
-            );
-        }
+        replay_byte_for_byte(&mut sim, &captured);
+        reseal_as_corrupt_neighbour(&mut sim, &captured);
         let received_after: Vec<usize> = sim.clients.iter().map(|c| c.received.len()).collect();
         assert_eq!(
             received_before, received_after,
