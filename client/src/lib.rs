@@ -28,7 +28,6 @@
 
 pub mod driver;
 mod fragment;
-pub mod model;
 pub mod registration;
 pub mod session;
 

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use loopix_client::model::{exp_cdf, ks_statistic, ks_two_sample};
+use loopix_tuning::model::{exp_cdf, ks_statistic, ks_two_sample};
 use loopix_client::{
     Address, Client, ClientLimits, ClientTopology, Event, NodeInfo, PacketKind, Rates,
 };

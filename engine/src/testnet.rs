@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use loopix_client::driver::{self, Driver, Flow};
-use loopix_client::model::{ks_p_value, ks_statistic, LatencyModel};
+use loopix_tuning::model::{ks_p_value, ks_statistic, LatencyModel};
 use loopix_client::{Address, Client, ClientLimits, ClientTopology, Event, Rates, Registration};
 use loopix_crypto::{Geometry, SecretKey};
 use rand_core::{OsRng, RngCore};

@@ -274,7 +274,7 @@ fn points(steps: &[StepResult], y: impl Fn(&StepResult) -> f64) -> Vec<(f64, f64
 pub fn write_all(
     dir: &Path,
     report: &Report,
-    model: &loopix_client::model::LatencyModel,
+    model: &loopix_tuning::model::LatencyModel,
 ) -> Result<(), String> {
     let w = |name: &str, text: &str| {
         let p = dir.join(name);

@@ -14,7 +14,7 @@
 
 use std::net::SocketAddr;
 
-use loopix_client::model::LatencyModel;
+use loopix_tuning::model::LatencyModel;
 use serde::Serialize;
 
 use crate::config::{Scenario, SweepBy};

@@ -21,7 +21,7 @@
 
 mod common;
 
-use loopix_client::model::{exp_cdf, ks_p_value, ks_statistic};
+use loopix_tuning::model::{exp_cdf, ks_p_value, ks_statistic};
 use loopix_client::Rates;
 use loopix_loadgen::emulator::{Emulator, EmulatorSpec, ReplayOptions, StepSpec};
 
