@@ -28,7 +28,6 @@
 
 pub mod driver;
 mod fragment;
-pub mod registration;
 pub mod session;
 
 use std::collections::{HashMap, VecDeque};
@@ -42,7 +41,7 @@ use loopix_crypto::{
 use rand_core::CryptoRngCore;
 
 pub use fragment::{Fragment, FRAGMENT_HEADER_LEN};
-pub use registration::{AddressFile, Registration, RegistrationFile};
+pub use loopix_directory::{Address, AddressFile, Registration, RegistrationFile};
 pub use session::{AccessSession, Received, Refusal, SessionLimits, SessionStats};
 
 /// A node as the client sees it: id and prepared Sphinx key.
@@ -61,17 +60,6 @@ pub struct ClientTopology {
     pub providers: Vec<NodeInfo>,
     /// Mix layers 1..=L, each non-empty.
     pub layers: Vec<Vec<NodeInfo>>,
-}
-
-/// Where messages for a client go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Address {
-    /// The client's provider.
-    pub provider: NodeId,
-    /// Its mailbox there.
-    pub mailbox: MailboxId,
-    /// Its Sphinx public key (the last layer of every packet to it).
-    pub key: PublicKey,
 }
 
 /// Rates and delays, from the paper's parameters.

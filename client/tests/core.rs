@@ -7,11 +7,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use loopix_tuning::model::{exp_cdf, ks_statistic, ks_two_sample};
 use loopix_client::{
     Address, Client, ClientLimits, ClientTopology, Event, NodeInfo, PacketKind, Rates,
 };
 use loopix_crypto::{sphinx, Geometry, MailboxId, NodeId, RouteKey, RoutingCommand, SecretKey};
+use loopix_tuning::model::{exp_cdf, ks_statistic, ks_two_sample};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 

@@ -43,8 +43,9 @@ use loopix_crypto::{Geometry, RouteKey, SecretKey};
 use rand_core::OsRng;
 use serde::{Deserialize, Serialize};
 
-use crate::keyfile::{epoch_at, read_secret, unix_now_s};
-use crate::topology::{Role, Topology};
+use crate::keyfile::{read_secret, unix_now_s};
+use loopix_directory::descriptor::epoch_at;
+use loopix_directory::topology::{Role, Topology};
 
 /// The client commands, for `loopix help`.
 pub const USAGE: &str = "  loopix client init --dir DIR --registration FILE --topology FILE
@@ -444,8 +445,8 @@ fn init_dir(
     config
         .check()
         .map_err(|e| format!("{e} (from the command-line options)"))?;
-    let topology =
-        Topology::load(&config.topology, &reg.operator_key).map_err(|e| e.to_string())?;
+    let topology = Topology::load(&config.topology, &reg.operator_key, unix_now_s())
+        .map_err(|e| e.to_string())?;
     check_provider(&topology, &reg, reg_path)?;
     let epoch = epoch_at(unix_now_s(), topology.epoch_s);
     client_topology(&topology, epoch).map_err(|e| format!("{}: {e}", topo_path.display()))?;
@@ -525,8 +526,8 @@ impl Online {
         let reg_path = dir.join("registration.toml");
         let reg = Registration::parse(&read_private(&reg_path)?)
             .map_err(|e| format!("{}: {}", reg_path.display(), e.trim_end()))?;
-        let topology =
-            Topology::load(&config.topology, &reg.operator_key).map_err(|e| e.to_string())?;
+        let topology = Topology::load(&config.topology, &reg.operator_key, unix_now_s())
+            .map_err(|e| e.to_string())?;
         check_provider(&topology, &reg, &reg_path)?;
         let epoch = epoch_at(unix_now_s(), topology.epoch_s);
         let view = client_topology(&topology, epoch)
@@ -579,7 +580,7 @@ impl Online {
             return;
         }
         self.epoch = epoch;
-        match Topology::load(&self.topology_path, &self.operator) {
+        match Topology::load(&self.topology_path, &self.operator, unix_now_s()) {
             Ok(t) => self.topology = t,
             Err(e) => eprintln!("epoch {epoch}: keeping the old topology: {e}"),
         }

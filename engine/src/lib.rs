@@ -10,7 +10,6 @@
 //! System calls and `unsafe` live in `io/` only.
 #![deny(unsafe_code)] // exceptions: io/ (sockets, io_uring), audited there
 
-pub mod canonical;
 pub mod client_cli;
 pub mod config;
 pub mod inbox;
@@ -25,5 +24,4 @@ pub mod replay;
 pub mod shard;
 pub mod supervise;
 pub mod testnet;
-pub mod topology;
 pub mod wheel;

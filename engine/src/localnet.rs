@@ -22,8 +22,9 @@ use loopix_crypto::{
 use rand_core::CryptoRngCore;
 
 use crate::config::IoChoice;
-use crate::keyfile::{self, epoch_at, unix_now_s, NodeDescriptor, NodeSecrets};
-use crate::topology::{BuildParams, Role, Topology, TopologyFile};
+use crate::keyfile::{self, unix_now_s, NodeSecrets};
+use loopix_directory::descriptor::{epoch_at, NodeDescriptor};
+use loopix_directory::topology::{BuildParams, Role, Topology, TopologyFile};
 
 /// What network to lay out.
 #[derive(Debug, Clone)]
@@ -267,7 +268,7 @@ impl LocalNet {
 
     /// The checked topology.
     pub fn topology(&self) -> Result<Topology, String> {
-        Topology::load(&self.topology_path, &self.operator).map_err(|e| e.to_string())
+        Topology::load(&self.topology_path, &self.operator, unix_now_s()).map_err(|e| e.to_string())
     }
 
     /// Register a client named `name` at the provider at `index` (directly

@@ -28,13 +28,14 @@ use loopix_crypto::{Geometry, LinkKey, NodeId, PublicKey, SecretKey};
 
 use crate::config::{IoChoice, MixConfig};
 use crate::io::{self, socket, IoKind};
-use crate::keyfile::{self, epoch_at, unix_now_s, NodeSecrets};
+use crate::keyfile::{self, unix_now_s, NodeSecrets};
 use crate::metrics::{self, ProviderMetrics, ShardMetrics, TopologyMetrics};
 use crate::provider::{self, InboxThread};
 use crate::registry::ClientTable;
 use crate::replay::{BloomFilter, FilterSizing};
 use crate::shard::{Control, EpochKey, Links, Peer, ProviderHooks, Shard, ShardSettings};
-use crate::topology::{Role, Topology};
+use loopix_directory::descriptor::{epoch_at, node_id_of};
+use loopix_directory::topology::{Role, Topology};
 
 /// The epochs whose keys a node accepts at `unix_s`: the current one, the
 /// next one (clients may build packets for it just before it starts), and
@@ -227,7 +228,7 @@ fn reload_topology(
     link_secret: &SecretKey,
 ) -> Result<(Topology, u32, Links), String> {
     let next = current
-        .reload(&own.config.node.topology)
+        .reload(&own.config.node.topology, unix_now_s())
         .map_err(|e| e.to_string())?;
     let index = own.find_in(&next)?;
     let links = build_links(&next, index, link_secret)?;
@@ -268,13 +269,17 @@ struct ProviderStart {
 
 fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
     let name = role.name();
-    let topology = Topology::load(&config.node.topology, &config.node.operator_key)
-        .map_err(|e| e.to_string())?;
+    let topology = Topology::load(
+        &config.node.topology,
+        &config.node.operator_key,
+        unix_now_s(),
+    )
+    .map_err(|e| e.to_string())?;
     let now_s = unix_now_s();
     let epoch = epoch_at(now_s, topology.epoch_s);
     let secrets =
         keyfile::load_node_secrets(&config.node.key_dir, epoch).map_err(|e| e.to_string())?;
-    let own_id = keyfile::node_id_of(&secrets.link.public_key());
+    let own_id = node_id_of(&secrets.link.public_key());
     let whoami = Own {
         id: own_id,
         role,

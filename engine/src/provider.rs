@@ -32,9 +32,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use loopix_client::Registration;
 use loopix_crypto::access::{delivery_frame_len, seal_delivery, PullRequest};
 use loopix_crypto::{Geometry, MailboxId};
+use loopix_directory::Registration;
 
 use crate::config::{MixConfig, ProviderSection};
 use crate::inbox::{Inbox, InboxConfig, InboxError, MessageId};
@@ -528,7 +528,7 @@ pub fn register(config: &MixConfig, name: &str) -> Result<Registration, String> 
     let p = section(config)?;
     let link =
         keyfile::read_secret(&config.node.key_dir.join("link.key")).map_err(|e| e.to_string())?;
-    let provider_id = keyfile::node_id_of(&link.public_key());
+    let provider_id = loopix_directory::descriptor::node_id_of(&link.public_key());
     let entry = registry::register(&p.data_dir, name)?;
     Ok(Registration {
         provider_id,

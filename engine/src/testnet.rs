@@ -22,16 +22,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use loopix_client::driver::{self, Driver, Flow};
-use loopix_tuning::model::{ks_p_value, ks_statistic, LatencyModel};
 use loopix_client::{Address, Client, ClientLimits, ClientTopology, Event, Rates, Registration};
 use loopix_crypto::{Geometry, SecretKey};
+use loopix_tuning::model::{ks_p_value, ks_statistic, LatencyModel};
 use rand_core::{OsRng, RngCore};
 use serde::Serialize;
 
 use crate::config::IoChoice;
 use crate::localnet::{self, LocalNet, LocalNetSpec};
 use crate::supervise::Supervisor;
-use crate::topology::Role;
+use loopix_directory::topology::Role;
 
 /// Everything a user can set; `Default` is the embedded default run.
 #[derive(Debug, Clone, Serialize)]
@@ -698,7 +698,7 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
         .collect();
     let client_topology: Arc<ClientTopology> = Arc::new(crate::client_cli::client_topology(
         &topology,
-        crate::keyfile::epoch_at(crate::keyfile::unix_now_s(), topology.epoch_s),
+        loopix_directory::descriptor::epoch_at(crate::keyfile::unix_now_s(), topology.epoch_s),
     )?);
     let mut registrations = Vec::new();
     let mut secrets = Vec::new();

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use loopix_crypto::IdentityPublic;
-use loopix_engine::keyfile::{self, epoch_at, unix_now_s, NodeDescriptor};
-use loopix_engine::topology::{BuildParams, Role, Topology, TopologyFile};
+use loopix_directory::descriptor::{epoch_at, NodeDescriptor};
+use loopix_directory::topology::{BuildParams, Role, Topology, TopologyFile};
+use loopix_engine::keyfile::{self, unix_now_s};
 
 /// Usage lines for the top-level usage text.
 pub const USAGE: &str = "  loopix operator-keygen --out FILE
@@ -374,7 +375,7 @@ fn verify(args: &[String]) -> Result<(), CliError> {
     let a = parse_args(args, &["operator-pub"])?;
     let path = one_file(&a, "verify")?;
     let trusted = operator_public(a.required("operator-pub", "topology verify")?)?;
-    let t = Topology::load(&path, &trusted).map_err(|e| e.to_string())?;
+    let t = Topology::load(&path, &trusted, unix_now_s()).map_err(|e| e.to_string())?;
     println!(
         "ok: {} serial {}, {} nodes, {} layers, signed by {}, valid {}",
         path.display(),

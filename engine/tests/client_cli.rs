@@ -11,8 +11,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use loopix_client::Address;
+use loopix_directory::topology::Role;
 use loopix_engine::localnet::{free_udp_addr, LocalNet, LocalNetSpec};
-use loopix_engine::topology::Role;
 
 /// Kills the child if the test fails before it exits.
 struct ChildGuard(Option<Child>);

@@ -16,9 +16,9 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use loopix_directory::topology::Role;
 use loopix_engine::localnet::{LocalNet, LocalNetSpec};
 use loopix_engine::supervise::Supervisor;
-use loopix_engine::topology::Role;
 
 const BIN: &str = env!("CARGO_BIN_EXE_loopix");
 

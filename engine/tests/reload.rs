@@ -16,9 +16,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use loopix_crypto::RoutingCommand;
-use loopix_engine::keyfile::{self, epoch_at, unix_now_s, NodeDescriptor};
+use loopix_directory::descriptor::{epoch_at, NodeDescriptor};
+use loopix_directory::topology::{BuildParams, Role, TopologyFile};
+use loopix_engine::keyfile::{self, unix_now_s};
 use loopix_engine::localnet::{free_udp_addr, scrape, scrape_sum, Driver, LocalNet, LocalNetSpec};
-use loopix_engine::topology::{BuildParams, Role, TopologyFile};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 

@@ -63,7 +63,7 @@ fn startup_failures_name_the_problem() {
     loopix_engine::keyfile::keygen(
         &stranger,
         3600,
-        loopix_engine::keyfile::epoch_at(loopix_engine::keyfile::unix_now_s(), 3600),
+        loopix_directory::descriptor::epoch_at(loopix_engine::keyfile::unix_now_s(), 3600),
         1,
     )
     .expect("keygen");

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use loopix_engine::topology::TopologyFile;
+use loopix_directory::topology::TopologyFile;
 
 fn loopix(args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_loopix"))

@@ -8,12 +8,13 @@
 
 use std::path::Path;
 
-use loopix_client::{Address, Registration};
 use loopix_crypto::identity::IdentityKey;
+use loopix_directory::descriptor::{self, NodeDescriptor};
+use loopix_directory::topology::{Topology, TopologyFile};
+use loopix_directory::{Address, Registration};
 use loopix_engine::config::MixConfig;
-use loopix_engine::keyfile::{self, NodeDescriptor};
+use loopix_engine::keyfile;
 use loopix_engine::registry;
-use loopix_engine::topology::{Topology, TopologyFile};
 
 /// The operator whose signature the fuzzed topology documents carry (the
 /// seeds are signed with it).
@@ -98,7 +99,7 @@ pub fn key_files(data: &[u8]) {
             let _ = IdentityKey::from_hex(&t);
         }
         2 => {
-            let _ = keyfile::parse_public("fuzz", &t);
+            let _ = descriptor::parse_public("fuzz", &t);
         }
         _ => {
             if let Ok(d) = NodeDescriptor::parse(Path::new("node.toml"), &t) {

@@ -7,14 +7,15 @@
 
 use std::path::Path;
 
-use loopix_client::{Address, Registration};
 use loopix_crypto::access::PullRequest;
 use loopix_crypto::sphinx::{self, Hop};
 use loopix_crypto::{
     Delay, Geometry, LinkKey, MailboxId, NodeId, PublicKey, RecipientKind, RouteKey, RoutingCommand,
 };
+use loopix_directory::descriptor::{epoch_at, NodeDescriptor};
+use loopix_directory::topology::{BuildParams, Role, TopologyFile};
+use loopix_directory::{Address, Registration};
 use loopix_engine::keyfile;
-use loopix_engine::topology::{BuildParams, Role, TopologyFile};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
@@ -289,9 +290,9 @@ fn config_file(repo: &Path) -> Seeds {
 }
 
 /// Key directories and descriptors for a small network, in `scratch`.
-fn descriptors(scratch: &Path) -> Vec<keyfile::NodeDescriptor> {
+fn descriptors(scratch: &Path) -> Vec<NodeDescriptor> {
     let epoch_s = 3600;
-    let first = keyfile::epoch_at(NOW_S, epoch_s);
+    let first = epoch_at(NOW_S, epoch_s);
     (0..4u16)
         .map(|i| {
             let dir = scratch.join(format!("node{i}"));

@@ -17,10 +17,11 @@ use std::time::Duration;
 
 use loopix_client::{ClientTopology, Registration};
 use loopix_crypto::identity::IdentityPublic;
+use loopix_directory::descriptor::epoch_at;
+use loopix_directory::topology::Topology;
 use loopix_engine::client_cli::client_topology;
-use loopix_engine::keyfile::{epoch_at, unix_now_s};
+use loopix_engine::keyfile::unix_now_s;
 use loopix_engine::testnet::Manifest;
-use loopix_engine::topology::Topology;
 
 /// What the emulator needs to know about the network.
 pub struct Target {
@@ -41,7 +42,7 @@ pub fn load_topology(
     path: &Path,
     operator: &IdentityPublic,
 ) -> Result<(Arc<ClientTopology>, Topology), String> {
-    let topology = Topology::load(path, operator).map_err(|e| e.to_string())?;
+    let topology = Topology::load(path, operator, unix_now_s()).map_err(|e| e.to_string())?;
     let epoch = epoch_at(unix_now_s(), topology.epoch_s);
     let view = client_topology(&topology, epoch).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok((Arc::new(view), topology))

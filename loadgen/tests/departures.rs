@@ -21,9 +21,9 @@
 
 mod common;
 
-use loopix_tuning::model::{exp_cdf, ks_p_value, ks_statistic};
 use loopix_client::Rates;
 use loopix_loadgen::emulator::{Emulator, EmulatorSpec, ReplayOptions, StepSpec};
+use loopix_tuning::model::{exp_cdf, ks_p_value, ks_statistic};
 
 const CLIENTS: u32 = 400;
 const DURATION_S: f64 = 4.0;

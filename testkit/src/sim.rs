@@ -33,10 +33,11 @@ use loopix_client::{
 };
 use loopix_crypto::identity::IdentityKey;
 use loopix_crypto::{Geometry, MailboxId, NodeId, SecretKey};
+use loopix_directory::descriptor::{self, epoch_at, node_id_of, NodeDescriptor};
+use loopix_directory::topology::{BuildParams, Role, Topology, TopologyFile};
 use loopix_engine::client_cli::client_topology;
 use loopix_engine::inbox::{Inbox, InboxConfig, MessageId};
 use loopix_engine::io::sim::SimNet;
-use loopix_engine::keyfile::{self, epoch_at, node_id_of};
 use loopix_engine::metrics::{DropReason, ShardMetrics};
 use loopix_engine::node::build_links;
 use loopix_engine::provider::seal_answer;
@@ -44,7 +45,6 @@ use loopix_engine::registry::{ClientEntry, ClientTable};
 use loopix_engine::shard::{
     Clock, Control, EpochKey, InboxWork, Links, ProviderHooks, Shard, ShardSettings,
 };
-use loopix_engine::topology::{BuildParams, Role, Topology, TopologyFile};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
@@ -223,7 +223,7 @@ impl SimNetwork {
             let link = SecretKey::from_bytes(seed32(&mut rng));
             let mix = SecretKey::from_bytes(seed32(&mut rng));
             let mix_keys = BTreeMap::from([(epoch, mix.public_key())]);
-            let d = keyfile::sign_descriptor(
+            let d = descriptor::sign_descriptor(
                 &identity,
                 &link.public_key(),
                 &mix_keys,
@@ -269,7 +269,7 @@ impl SimNetwork {
     /// the order given).
     fn sign(
         operator: &IdentityKey,
-        placed: &[(keyfile::NodeDescriptor, Role, u8)],
+        placed: &[(NodeDescriptor, Role, u8)],
         layers: u8,
         serial: u64,
     ) -> Topology {
@@ -648,7 +648,7 @@ impl SimNetwork {
                 .position(|k| node_id_of(&k.1.public_key()) == n.id)
                 .expect("known node");
             let (identity, link, mix) = &self.keys[i];
-            let d = keyfile::sign_descriptor(
+            let d = descriptor::sign_descriptor(
                 identity,
                 &link.public_key(),
                 &BTreeMap::from([(epoch, mix.public_key())]),

@@ -22,8 +22,8 @@ use loopix_crypto::link::{FrameHeader, KIND_CLIENT_PACKET, KIND_PULL};
 use loopix_crypto::{
     sphinx, Geometry, LinkKey, MailboxId, NodeId, RouteKey, RoutingCommand, SecretKey,
 };
-use loopix_engine::keyfile::NodeDescriptor;
-use loopix_engine::topology::{BuildParams, Role, TopologyFile};
+use loopix_directory::descriptor::NodeDescriptor;
+use loopix_directory::topology::{BuildParams, Role, TopologyFile};
 use loopix_loadgen::target::Target;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -48,7 +48,7 @@ impl Net {
             let info = NodeInfo {
                 // As in a real topology: the id is the hash of the link key
                 // (here the link key is the Sphinx key too).
-                id: loopix_engine::keyfile::node_id_of(&sk.public_key()),
+                id: loopix_directory::descriptor::node_id_of(&sk.public_key()),
                 key: Arc::new(RouteKey::new(&sk.public_key()).expect("honest key")),
             };
             secrets.insert(info.id, sk);
@@ -76,7 +76,7 @@ impl Net {
     /// dead address (the fake provider routes to it in-process).
     pub fn topology_toml(&self, provider: SocketAddr) -> String {
         let now = loopix_engine::keyfile::unix_now_s();
-        let epoch = loopix_engine::keyfile::epoch_at(now, 3600);
+        let epoch = loopix_directory::descriptor::epoch_at(now, 3600);
         let mix = self.topology.layers[0][0].id;
         let placed: Vec<(NodeDescriptor, Role, u8)> = [
             (self.provider, Role::Provider, 0u8, provider),
@@ -88,8 +88,13 @@ impl Net {
             let pk = self.secrets[&id].public_key();
             let identity = IdentityKey::from_seed([i as u8 + 1; 32]).expect("any seed");
             let keys = BTreeMap::from([(epoch, pk)]);
-            let d =
-                loopix_engine::keyfile::sign_descriptor(&identity, &pk, &keys, Some(addr), 3600);
+            let d = loopix_directory::descriptor::sign_descriptor(
+                &identity,
+                &pk,
+                &keys,
+                Some(addr),
+                3600,
+            );
             (d, role, layer)
         })
         .collect();

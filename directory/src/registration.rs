@@ -14,6 +14,17 @@ use loopix_crypto::identity::IdentityPublic;
 use loopix_crypto::{MailboxId, NodeId, PublicKey};
 use serde::{Deserialize, Serialize};
 
+/// Where messages for a client go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Address {
+    /// The client's provider.
+    pub provider: NodeId,
+    /// Its mailbox there.
+    pub mailbox: MailboxId,
+    /// Its Sphinx public key (the last layer of every packet to it).
+    pub key: PublicKey,
+}
+
 /// A client's registration at its provider, as written in the file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,11 +133,11 @@ impl Registration {
     }
 }
 
-impl crate::Address {
+impl Address {
     /// Parse and check an address file's text.
-    pub fn parse(text: &str) -> Result<crate::Address, String> {
+    pub fn parse(text: &str) -> Result<Address, String> {
         let f: AddressFile = toml::from_str(text).map_err(|e| e.to_string())?;
-        Ok(crate::Address {
+        Ok(Address {
             provider: NodeId(hex_array("provider", &f.provider)?),
             mailbox: MailboxId(hex_array("mailbox", &f.mailbox)?),
             key: PublicKey::from_bytes(hex_array("key", &f.key)?),
@@ -134,7 +145,7 @@ impl crate::Address {
     }
 
     /// The file's text, ending with a comment that gives the address as an
-    /// id (see [`crate::Address::to_id`]).
+    /// id (see [`Address::to_id`]).
     pub fn to_toml(&self) -> String {
         let body = toml::to_string(&AddressFile {
             provider: self.provider.to_string(),
@@ -156,13 +167,13 @@ impl crate::Address {
         )
     }
 
-    /// Parse the one-line form of [`crate::Address::to_id`].
-    pub fn parse_id(text: &str) -> Result<crate::Address, String> {
+    /// Parse the one-line form of [`Address::to_id`].
+    pub fn parse_id(text: &str) -> Result<Address, String> {
         let parts: Vec<&str> = text.trim().split('.').collect();
         let [provider, mailbox, key] = parts[..] else {
             return Err("an address id is PROVIDER.MAILBOX.KEY (three hex parts)".into());
         };
-        Ok(crate::Address {
+        Ok(Address {
             provider: NodeId(hex_array("provider", provider)?),
             mailbox: MailboxId(hex_array("mailbox", mailbox)?),
             key: PublicKey::from_bytes(hex_array("key", key)?),
@@ -191,20 +202,20 @@ mod tests {
         let e = Registration::parse(&bad).expect_err("short mailbox");
         assert!(e.contains("mailbox"), "{e}");
         assert!(!format!("{r:?}").contains("0303"), "debug hides the key");
-        let a = crate::Address {
+        let a = Address {
             provider: NodeId([1; 16]),
             mailbox: MailboxId([2; 16]),
             key: PublicKey::from_bytes([9; 32]),
         };
-        assert_eq!(crate::Address::parse(&a.to_toml()).expect("parses"), a);
-        assert_eq!(crate::Address::parse_id(&a.to_id()).expect("parses"), a);
+        assert_eq!(Address::parse(&a.to_toml()).expect("parses"), a);
+        assert_eq!(Address::parse_id(&a.to_id()).expect("parses"), a);
         assert!(a.to_toml().contains(&a.to_id()));
-        let e = crate::Address::parse_id("ab.cd").expect_err("two parts");
+        let e = Address::parse_id("ab.cd").expect_err("two parts");
         assert!(e.contains("PROVIDER.MAILBOX.KEY"), "{e}");
-        let e = crate::Address::parse_id(&a.to_id().replace('.', ".zz")).expect_err("bad hex");
+        let e = Address::parse_id(&a.to_id().replace('.', ".zz")).expect_err("bad hex");
         assert!(e.contains("mailbox"), "{e}");
-        let e = crate::Address::parse("provider = \"zz\"\nmailbox = \"\"\nkey = \"\"")
-            .expect_err("bad hex");
+        let e =
+            Address::parse("provider = \"zz\"\nmailbox = \"\"\nkey = \"\"").expect_err("bad hex");
         assert!(e.contains("provider"), "{e}");
     }
 }

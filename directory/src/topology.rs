@@ -29,7 +29,7 @@ use loopix_crypto::{IdentityKey, IdentityPublic, NodeId, PublicKey, Signature};
 use serde::{Deserialize, Serialize};
 
 use crate::canonical::{self, DocumentHeader, DocumentNode};
-use crate::keyfile::{parse_claims, unix_now_s, verify_claims, NodeDescriptor, SignedMixKey};
+use crate::descriptor::{parse_claims, verify_claims, NodeDescriptor, SignedMixKey};
 
 /// The document format this code writes and reads.
 pub const VERSION: u32 = 1;
@@ -322,22 +322,22 @@ impl TopologyFile {
 }
 
 impl Topology {
-    /// Read a document and check it against the trusted operator key at the
-    /// current time.
-    pub fn load(path: &Path, trusted_operator: &IdentityPublic) -> Result<Topology, TopologyError> {
+    /// Read a document and check it against the trusted operator key at
+    /// `now_s` (unix seconds; the caller reads the clock).
+    pub fn load(
+        path: &Path,
+        trusted_operator: &IdentityPublic,
+        now_s: u64,
+    ) -> Result<Topology, TopologyError> {
         let file = TopologyFile::read(path)?;
-        Self::from_file(
-            &path.display().to_string(),
-            file,
-            trusted_operator,
-            unix_now_s(),
-        )
+        Self::from_file(&path.display().to_string(), file, trusted_operator, now_s)
     }
 
     /// Load a new document at `path` and check that it may replace this one
-    /// (see [`Topology::check_successor`]): for reloading on SIGHUP.
-    pub fn reload(&self, path: &Path) -> Result<Topology, TopologyError> {
-        let next = Self::load(path, &self.operator)?;
+    /// (see [`Topology::check_successor`]) at `now_s`: for reloading on
+    /// SIGHUP.
+    pub fn reload(&self, path: &Path, now_s: u64) -> Result<Topology, TopologyError> {
+        let next = Self::load(path, &self.operator, now_s)?;
         self.check_successor(&next, &path.display().to_string())?;
         Ok(next)
     }
@@ -537,7 +537,7 @@ impl Topology {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keyfile::sign_descriptor;
+    use crate::descriptor::sign_descriptor;
     use loopix_crypto::SecretKey;
     use rand_chacha::rand_core::SeedableRng;
     use rand_chacha::ChaCha20Rng;
