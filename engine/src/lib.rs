@@ -10,18 +10,14 @@
 //! System calls and `unsafe` live in `io/` only.
 #![deny(unsafe_code)] // exceptions: io/ (sockets, io_uring), audited there
 
-pub mod client_cli;
 pub mod config;
 pub mod inbox;
 pub mod io;
 pub mod keyfile;
-pub mod localnet;
 pub mod metrics;
 pub mod node;
 pub mod provider;
 pub mod registry;
 pub mod replay;
 pub mod shard;
-pub mod supervise;
-pub mod testnet;
 pub mod wheel;

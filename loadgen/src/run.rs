@@ -135,10 +135,10 @@ fn node_counters(metrics: &[(String, SocketAddr)]) -> Vec<Option<(f64, f64)>> {
     metrics
         .iter()
         .map(|(_, a)| {
-            let text = loopix_engine::localnet::scrape(*a)?;
+            let text = loopix_testkit::localnet::scrape(*a)?;
             Some((
-                loopix_engine::localnet::sum_metric(&text, "loopix_forwarded_packets_total", &[]),
-                loopix_engine::localnet::sum_metric(&text, "loopix_dropped_total", &[]),
+                loopix_testkit::localnet::sum_metric(&text, "loopix_forwarded_packets_total", &[]),
+                loopix_testkit::localnet::sum_metric(&text, "loopix_dropped_total", &[]),
             ))
         })
         .collect()

@@ -15,13 +15,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use loopix_client::client_topology;
 use loopix_client::{ClientTopology, Registration};
 use loopix_crypto::identity::IdentityPublic;
 use loopix_directory::descriptor::epoch_at;
 use loopix_directory::topology::Topology;
-use loopix_engine::client_cli::client_topology;
 use loopix_engine::keyfile::unix_now_s;
-use loopix_engine::testnet::Manifest;
+use loopix_testkit::testnet::Manifest;
 
 /// What the emulator needs to know about the network.
 pub struct Target {

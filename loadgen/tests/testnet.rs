@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use loopix_engine::testnet::{self, Manifest, TestnetOptions};
 use loopix_loadgen::config::{parse_args, Scenario};
+use loopix_testkit::testnet::{self, Manifest, TestnetOptions};
 use serde_json::Value;
 
 /// A testnet in a thread, stopped (every node with it) on drop.
@@ -62,7 +62,7 @@ fn start_testnet(dir: PathBuf) -> Net {
         if let Ok(m) = Manifest::read(&dir) {
             if m.nodes
                 .iter()
-                .all(|n| loopix_engine::localnet::scrape(n.metrics).is_some())
+                .all(|n| loopix_testkit::localnet::scrape(n.metrics).is_some())
             {
                 return net;
             }

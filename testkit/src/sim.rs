@@ -35,7 +35,6 @@ use loopix_crypto::identity::IdentityKey;
 use loopix_crypto::{Geometry, MailboxId, NodeId, SecretKey};
 use loopix_directory::descriptor::{self, epoch_at, node_id_of, NodeDescriptor};
 use loopix_directory::topology::{BuildParams, Role, Topology, TopologyFile};
-use loopix_engine::client_cli::client_topology;
 use loopix_engine::inbox::{Inbox, InboxConfig, MessageId};
 use loopix_engine::io::sim::SimNet;
 use loopix_engine::metrics::{DropReason, ShardMetrics};
@@ -380,7 +379,8 @@ impl SimNetwork {
 
     fn start_clients(&mut self, epoch: u64) {
         let g = Geometry::DEFAULT;
-        let view = Arc::new(client_topology(&self.topology, epoch).expect("client view"));
+        let view =
+            Arc::new(loopix_client::client_topology(&self.topology, epoch).expect("client view"));
         for p in 0..self.nodes.len() {
             let Some(inbox) = &self.nodes[p].inbox else {
                 continue;

@@ -9,13 +9,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use loopix_directory::descriptor::epoch_at;
-use loopix_engine::client_cli;
 use loopix_engine::config::MixConfig;
 use loopix_engine::keyfile::{self, unix_now_s};
 use loopix_engine::node;
 use loopix_engine::provider;
-use loopix_engine::testnet;
+use loopix_testkit::testnet;
 
+mod client_cli;
 mod topology_cli;
 
 #[global_allocator]

@@ -19,7 +19,7 @@ use loopix_crypto::access::{
 };
 use loopix_crypto::{Geometry, LinkKey, MailboxId, RouteKey, SecretKey};
 use loopix_engine::config::IoChoice;
-use loopix_engine::localnet::{free_tcp_addr, scrape, scrape_sum, Driver, LocalNet, LocalNetSpec};
+use loopix_testkit::localnet::{free_tcp_addr, scrape, scrape_sum, Driver, LocalNet, LocalNetSpec};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use loopix_client::Address;
 use loopix_directory::topology::Role;
-use loopix_engine::localnet::{free_udp_addr, LocalNet, LocalNetSpec};
+use loopix_testkit::localnet::{free_udp_addr, LocalNet, LocalNetSpec};
 
 /// Kills the child if the test fails before it exits.
 struct ChildGuard(Option<Child>);

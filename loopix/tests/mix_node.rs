@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use loopix_crypto::RoutingCommand;
 use loopix_engine::config::IoChoice;
-use loopix_engine::localnet::{scrape, scrape_sum, Driver, LocalNet, LocalNetSpec};
+use loopix_testkit::localnet::{scrape, scrape_sum, Driver, LocalNet, LocalNetSpec};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 

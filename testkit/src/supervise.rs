@@ -87,7 +87,7 @@ impl Supervisor {
     pub fn stop_all(&mut self, bound: Duration) -> Vec<(String, Option<ExitStatus>)> {
         for n in &self.nodes {
             if n.exited.is_none() {
-                let _ = crate::io::send_signal(n.child.id(), libc::SIGTERM);
+                let _ = loopix_engine::io::send_signal(n.child.id(), libc::SIGTERM);
             }
         }
         let deadline = Instant::now() + bound;

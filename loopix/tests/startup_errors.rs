@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use loopix_engine::localnet::{LocalNet, LocalNetSpec};
+use loopix_testkit::localnet::{LocalNet, LocalNetSpec};
 
 fn run(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_loopix"))

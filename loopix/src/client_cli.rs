@@ -36,16 +36,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use loopix_client::driver::{self, Driver, Flow};
-use loopix_client::{
-    Address, Client, ClientLimits, ClientTopology, Event, NodeInfo, Rates, Registration,
-};
-use loopix_crypto::{Geometry, RouteKey, SecretKey};
+use loopix_client::{client_topology, Address, Client, ClientLimits, Event, Rates, Registration};
+use loopix_crypto::{Geometry, SecretKey};
 use rand_core::OsRng;
 use serde::{Deserialize, Serialize};
 
-use crate::keyfile::{read_secret, unix_now_s};
 use loopix_directory::descriptor::epoch_at;
 use loopix_directory::topology::{Role, Topology};
+use loopix_engine::keyfile::{read_secret, unix_now_s};
 
 /// The client commands, for `loopix help`.
 pub const USAGE: &str = "  loopix client init --dir DIR --registration FILE --topology FILE
@@ -166,40 +164,6 @@ impl ClientConfig {
             pull_period_us: self.pull_ms * 1000,
         }
     }
-}
-
-/// The client's view of `topology` in key epoch `epoch`: providers, and
-/// mix layers `1..=layers`, each node with its Sphinx key of that epoch.
-/// Fails, naming the node, if a node has no key for the epoch.
-pub fn client_topology(topology: &Topology, epoch: u64) -> Result<ClientTopology, String> {
-    let mut providers = Vec::new();
-    let mut layers: Vec<Vec<NodeInfo>> = vec![Vec::new(); usize::from(topology.layers)];
-    for (i, n) in topology.nodes.iter().enumerate() {
-        let who = format!("node {i} ({})", n.id);
-        let key = n.mix_keys.get(&epoch).ok_or_else(|| {
-            format!(
-                "{who} has no mix key for epoch {epoch} (the current one); \
-                 the topology needs every node's key for the current epoch"
-            )
-        })?;
-        let key = RouteKey::new(key)
-            .map_err(|e| format!("{who}: mix key for epoch {epoch} is not usable: {e}"))?;
-        let info = NodeInfo {
-            id: n.id,
-            key: Arc::new(key),
-        };
-        match n.role {
-            Role::Provider => providers.push(info),
-            Role::Mix => {
-                let layer = usize::from(n.layer)
-                    .checked_sub(1)
-                    .and_then(|l| layers.get_mut(l))
-                    .ok_or_else(|| format!("{who}: layer {} out of range", n.layer))?;
-                layer.push(info);
-            }
-        }
-    }
-    Ok(ClientTopology { providers, layers })
 }
 
 /// Parsed command-line arguments of one subcommand.
@@ -883,7 +847,7 @@ fn run_online(dir: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::localnet::{LocalNet, LocalNetSpec};
+    use loopix_testkit::localnet::{LocalNet, LocalNetSpec};
 
     #[test]
     fn client_topology_names_a_node_without_the_epoch_key() {

@@ -21,10 +21,10 @@ use loopix_crypto::{
 };
 use rand_core::CryptoRngCore;
 
-use crate::config::IoChoice;
-use crate::keyfile::{self, unix_now_s, NodeSecrets};
 use loopix_directory::descriptor::{epoch_at, NodeDescriptor};
 use loopix_directory::topology::{BuildParams, Role, Topology, TopologyFile};
+use loopix_engine::config::IoChoice;
+use loopix_engine::keyfile::{self, unix_now_s, NodeSecrets};
 
 /// What network to lay out.
 #[derive(Debug, Clone)]
@@ -145,7 +145,7 @@ pub fn register_at(
         .ok()
         .and_then(|v| v.try_into().ok())
         .ok_or_else(|| format!("provider id {id:?} is not 16 hex bytes"))?;
-    let entry = crate::registry::register(data_dir, name)?;
+    let entry = loopix_engine::registry::register(data_dir, name)?;
     Ok(loopix_client::Registration {
         provider_id: NodeId(id),
         provider_address: address,

@@ -28,10 +28,10 @@ use loopix_tuning::model::{ks_p_value, ks_statistic, LatencyModel};
 use rand_core::{OsRng, RngCore};
 use serde::Serialize;
 
-use crate::config::IoChoice;
 use crate::localnet::{self, LocalNet, LocalNetSpec};
 use crate::supervise::Supervisor;
 use loopix_directory::topology::Role;
+use loopix_engine::config::IoChoice;
 
 /// Everything a user can set; `Default` is the embedded default run.
 #[derive(Debug, Clone, Serialize)]
@@ -696,9 +696,12 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
     let providers: Vec<usize> = (0..net.nodes.len())
         .filter(|&i| net.nodes[i].role == Role::Provider)
         .collect();
-    let client_topology: Arc<ClientTopology> = Arc::new(crate::client_cli::client_topology(
+    let client_topology: Arc<ClientTopology> = Arc::new(loopix_client::client_topology(
         &topology,
-        loopix_directory::descriptor::epoch_at(crate::keyfile::unix_now_s(), topology.epoch_s),
+        loopix_directory::descriptor::epoch_at(
+            loopix_engine::keyfile::unix_now_s(),
+            topology.epoch_s,
+        ),
     )?);
     let mut registrations = Vec::new();
     let mut secrets = Vec::new();

@@ -17,8 +17,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use loopix_directory::topology::Role;
-use loopix_engine::localnet::{LocalNet, LocalNetSpec};
-use loopix_engine::supervise::Supervisor;
+use loopix_testkit::localnet::{LocalNet, LocalNetSpec};
+use loopix_testkit::supervise::Supervisor;
 
 const BIN: &str = env!("CARGO_BIN_EXE_loopix");
 
@@ -139,7 +139,7 @@ fn multi_packet_message_to_a_client_started_later_and_a_surb_reply() {
     // Every node serves metrics once it runs.
     let by = Instant::now() + Duration::from_secs(20);
     for n in &net.nodes {
-        while loopix_engine::localnet::scrape(n.metrics).is_none() {
+        while loopix_testkit::localnet::scrape(n.metrics).is_none() {
             if let Some((name, st, tail)) = nodes.check_exited() {
                 panic!("{name} exited {st}: {tail}");
             }

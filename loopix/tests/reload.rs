@@ -19,7 +19,7 @@ use loopix_crypto::RoutingCommand;
 use loopix_directory::descriptor::{epoch_at, NodeDescriptor};
 use loopix_directory::topology::{BuildParams, Role, TopologyFile};
 use loopix_engine::keyfile::{self, unix_now_s};
-use loopix_engine::localnet::{free_udp_addr, scrape, scrape_sum, Driver, LocalNet, LocalNetSpec};
+use loopix_testkit::localnet::{free_udp_addr, scrape, scrape_sum, Driver, LocalNet, LocalNetSpec};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
