@@ -333,6 +333,14 @@ impl ReplayWindow {
         }
         let (w, b) = Self::slot(counter);
         self.bits[w] |= b;
+        debug_assert!(
+            self.highest.is_some_and(|h| h >= counter),
+            "the window's top is at or above every committed counter"
+        );
+        debug_assert!(
+            self.check(counter).is_err(),
+            "a committed counter is refused"
+        );
     }
 }
 

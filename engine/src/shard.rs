@@ -228,7 +228,31 @@ impl Pool {
         &mut self.bytes[s..s + self.slot_len]
     }
     fn in_use(&self) -> usize {
+        debug_assert!(
+            self.free.len() <= self.next_peer.len(),
+            "a slot freed twice"
+        );
         self.next_peer.len() - self.free.len()
+    }
+}
+
+impl State {
+    /// Between datagrams and batches every pool slot is either free or
+    /// waiting on the wheel, never both and never neither (a provider's
+    /// stored packets are copied out, so they give their slot back).
+    fn check_accounting(&self) {
+        debug_assert_eq!(
+            self.pool.free.len() + self.wheel.len(),
+            self.settings.pool_packets as usize,
+            "pool free + on the wheel = capacity"
+        );
+        #[cfg(debug_assertions)]
+        for &idx in self.pool.free.iter().rev().take(4) {
+            debug_assert!(
+                !self.wheel.contains(idx),
+                "slot {idx} is free and on the wheel"
+            );
+        }
     }
 }
 
@@ -422,6 +446,7 @@ impl Shard {
             let at = *arrival.get_or_insert_with(|| clock.now_us());
             let before = state.scheduled;
             state.handle(d, at);
+            state.check_accounting();
             if state.scheduled != before {
                 let now = clock.now_us();
                 state.metrics.overhead.record(now.saturating_sub(at));
@@ -499,6 +524,7 @@ impl Shard {
                 break;
             }
         }
+        self.state.check_accounting();
         self.state
             .metrics
             .pool_in_use

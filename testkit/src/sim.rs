@@ -243,7 +243,14 @@ impl SimNetwork {
         let base = Some(PathBuf::from("/dev/shm"))
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
-        let scratch = base.join(format!("loopix-sim-{}-{}", std::process::id(), config.seed));
+        // Unique per network: tests run networks of one seed in parallel.
+        static NETWORKS: AtomicU64 = AtomicU64::new(0);
+        let scratch = base.join(format!(
+            "loopix-sim-{}-{}-{}",
+            std::process::id(),
+            config.seed,
+            NETWORKS.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&scratch);
         std::fs::create_dir_all(&scratch).expect("scratch directory");
         let mut sim = SimNetwork {
