@@ -11,13 +11,12 @@
 #![deny(unsafe_code)] // exceptions: io/ (sockets, io_uring), audited there
 
 pub mod config;
-pub mod inbox;
+pub mod control;
 pub mod io;
 pub mod keyfile;
 pub mod metrics;
 pub mod node;
 pub mod provider;
-pub mod registry;
 pub mod replay;
 pub mod shard;
 pub mod wheel;

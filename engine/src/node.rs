@@ -18,48 +18,24 @@
 //! it has. An accepted one becomes new `Links` sent to every shard, which
 //! carry the packets already on their wheels over to it (see `shard`).
 
-use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use loopix_crypto::{Geometry, LinkKey, NodeId, PublicKey, SecretKey};
+use loopix_crypto::{Geometry, LinkKey, SecretKey};
 
 use crate::config::{IoChoice, MixConfig};
+use crate::control::{accepted_epochs, epoch_keys, ControlPlane, Own};
 use crate::io::{self, socket, IoKind};
-use crate::keyfile::{self, unix_now_s, NodeSecrets};
+use crate::keyfile::{self, unix_now_s};
 use crate::metrics::{self, ProviderMetrics, ShardMetrics, TopologyMetrics};
+use crate::provider::registry::ClientTable;
 use crate::provider::{self, InboxThread};
-use crate::registry::ClientTable;
-use crate::replay::{BloomFilter, FilterSizing};
-use crate::shard::{Control, EpochKey, Links, Peer, ProviderHooks, Shard, ShardSettings};
+use crate::replay::FilterSizing;
+use crate::shard::{Links, Peer, ProviderHooks, Shard, ShardSettings};
 use loopix_directory::descriptor::{epoch_at, node_id_of};
 use loopix_directory::topology::{Role, Topology};
-
-/// The epochs whose keys a node accepts at `unix_s`: the current one, the
-/// next one (clients may build packets for it just before it starts), and
-/// the previous one during `grace_s` after the change. Current first.
-pub fn accepted_epochs(unix_s: u64, epoch_s: u64, grace_s: u64) -> Vec<u64> {
-    let current = epoch_at(unix_s, epoch_s);
-    let mut v = vec![current, current + 1];
-    if current > 0 && unix_s - current * epoch_s < grace_s {
-        v.push(current - 1);
-    }
-    v
-}
-
-fn epoch_keys(secrets: &NodeSecrets, epochs: &[u64]) -> Vec<EpochKey> {
-    epochs
-        .iter()
-        .filter_map(|e| {
-            secrets.mix.get(e).map(|k| EpochKey {
-                epoch: *e,
-                secret: k.clone(),
-            })
-        })
-        .collect()
-}
 
 /// Decide the backend for `choice`, logging why `auto` fell back.
 pub fn choose_io(choice: IoChoice) -> Result<IoKind, String> {
@@ -122,119 +98,6 @@ pub fn build_links(
     })
 }
 
-/// Who this node is, as its listing in a topology must say.
-struct Own<'a> {
-    id: NodeId,
-    role: Role,
-    listen: SocketAddr,
-    link_public: PublicKey,
-    config: &'a MixConfig,
-}
-
-impl Own<'_> {
-    /// This node's index in `topology`, if the topology lists it with its
-    /// link key, role and address; the error is phrased for the operator.
-    fn find_in(&self, topology: &Topology) -> Result<u32, String> {
-        let name = self.role.name();
-        let own_id = self.id;
-        let own = topology.index_of(&own_id).ok_or_else(|| {
-            format!(
-                "topology {}: this node ({own_id}, keys in {}) is not listed",
-                self.config.node.topology.display(),
-                self.config.node.key_dir.display()
-            )
-        })?;
-        let me = &topology.nodes[own as usize];
-        if me.role != self.role {
-            return Err(format!(
-                "topology lists node {own_id} as a {}, not a {name}; run it with `loopix {}`{}",
-                me.role.name(),
-                me.role.name(),
-                if me.role == Role::Provider {
-                    " (with a [provider] section)"
-                } else {
-                    " (without a [provider] section)"
-                }
-            ));
-        }
-        if me.address != self.listen {
-            return Err(format!(
-                "node.listen is {} but the topology lists this node at {}; make them agree",
-                self.listen, me.address
-            ));
-        }
-        if me.link_key != self.link_public {
-            return Err("topology link_key differs from link.key in node.key_dir".into());
-        }
-        Ok(own)
-    }
-}
-
-/// One line saying what a reload changed: serial, nodes added, removed and
-/// moved (address, role or layer), and this node's index if it moved.
-fn describe_change(old: &Topology, new: &Topology, old_own: u32, new_own: u32) -> String {
-    let old_ids: HashSet<NodeId> = old.nodes.iter().map(|n| n.id).collect();
-    let new_ids: HashSet<NodeId> = new.nodes.iter().map(|n| n.id).collect();
-    let added: Vec<String> = new
-        .nodes
-        .iter()
-        .filter(|n| !old_ids.contains(&n.id))
-        .map(|n| format!("{} ({} layer {})", n.id, n.role.name(), n.layer))
-        .collect();
-    let removed: Vec<String> = old
-        .nodes
-        .iter()
-        .filter(|n| !new_ids.contains(&n.id))
-        .map(|n| n.id.to_string())
-        .collect();
-    let moved = new
-        .nodes
-        .iter()
-        .filter(|n| {
-            old.index_of(&n.id)
-                .map(|i| &old.nodes[i as usize])
-                .is_some_and(|o| (o.address, o.role, o.layer) != (n.address, n.role, n.layer))
-        })
-        .count();
-    let list = |v: &[String]| {
-        if v.is_empty() {
-            String::new()
-        } else {
-            format!(" [{}]", v.join(", "))
-        }
-    };
-    let index = if old_own == new_own {
-        String::new()
-    } else {
-        format!("; this node's index {old_own} -> {new_own}")
-    };
-    format!(
-        "topology reloaded: serial {} -> {}, {} node(s) added{}, {} removed{}, {moved} moved{index}",
-        old.serial,
-        new.serial,
-        added.len(),
-        list(&added),
-        removed.len(),
-        list(&removed),
-    )
-}
-
-/// Reload `node.topology` on top of `current`: verify, check the successor
-/// rule and this node's listing, and build its links. Nothing changes on
-/// `Err`.
-fn reload_topology(
-    current: &Topology,
-    own: &Own<'_>,
-    link_secret: &SecretKey,
-) -> Result<(Topology, u32, Links), String> {
-    let next = current
-        .reload(&own.config.node.topology, unix_now_s())
-        .map_err(|e| e.to_string())?;
-    let index = own.find_in(&next)?;
-    let links = build_links(&next, index, link_secret)?;
-    Ok((next, index, links))
-}
-
 /// Run a mix node until SIGTERM or SIGINT. `Err` is a start-up failure,
 /// already phrased for the operator.
 pub fn run_mix(config: &MixConfig) -> Result<(), String> {
@@ -258,8 +121,8 @@ pub fn run_provider(config: &MixConfig) -> Result<(), String> {
 
 /// What a provider adds at start-up, before its threads exist.
 struct ProviderStart {
-    inbox: crate::inbox::Inbox,
-    clients: Vec<crate::registry::ClientEntry>,
+    inbox: crate::provider::inbox::Inbox,
+    clients: Vec<crate::provider::registry::ClientEntry>,
     table: Arc<ClientTable>,
     work_tx: crossbeam_channel::Sender<crate::shard::InboxWork>,
     work_rx: crossbeam_channel::Receiver<crate::shard::InboxWork>,
@@ -446,12 +309,21 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
     let provider_metrics = prov.as_ref().map(|p| Arc::clone(&p.metrics));
     let inbox_thread = match (prov.take(), answer_socket, &config.provider) {
         (Some(p), Some(socket), Some(settings)) => {
+            // The portable backend whatever the shards run: the inbox
+            // thread only sends, and sendmmsg needs no ring of its own.
+            let answers = io::open(
+                IoKind::Portable,
+                socket,
+                e.batch.max(usize::from(settings.pull_frames)),
+                loopix_crypto::access::delivery_frame_len(&geometry),
+            )
+            .map_err(|err| format!("pull answer backend: {err}"))?;
             let worker = InboxThread {
                 inbox: p.inbox,
                 settings: settings.clone(),
                 geometry,
                 work: p.work_rx,
-                socket,
+                answers,
                 controls: controls.clone(),
                 clients: p.clients,
                 table: p.table,
@@ -501,68 +373,21 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
     .map_err(|e| format!("replay filter: {e}"))?;
 
     // Control loop: key epochs and topology reloads until told to stop.
-    let mut current = accepted;
-    let mut secrets = secrets;
-    let mut topology = topology;
-    let mut own = own;
+    let mut control = ControlPlane {
+        name,
+        config,
+        own: whoami,
+        own_index: own,
+        topology,
+        secrets,
+        epochs: accepted,
+        sizing,
+        controls,
+        topology_metrics,
+    };
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
-        if reload.swap(false, Ordering::Relaxed) {
-            match reload_topology(&topology, &whoami, &secrets.link) {
-                Ok((next, index, links)) => {
-                    eprintln!(
-                        "loopix {name}: {}",
-                        describe_change(&topology, &next, own, index)
-                    );
-                    let links = Arc::new(links);
-                    for tx in &controls {
-                        let _ = tx.send(Control::Links(Arc::clone(&links)));
-                    }
-                    topology = next;
-                    own = index;
-                    topology_metrics
-                        .serial
-                        .store(topology.serial, Ordering::Relaxed);
-                    topology_metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(why) => {
-                    eprintln!(
-                        "loopix {name}: topology reload refused, keeping serial {}: {why}",
-                        topology.serial
-                    );
-                    topology_metrics
-                        .reloads_refused
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-        let want = accepted_epochs(unix_now_s(), topology.epoch_s, config.epochs.grace_s);
-        if want != current {
-            if want.iter().any(|e| !secrets.mix.contains_key(e)) {
-                // Pick up keys added by `loopix keygen` since start.
-                if let Ok(fresh) = keyfile::load_node_secrets(&config.node.key_dir, want[0]) {
-                    secrets = fresh;
-                }
-            }
-            if !secrets.mix.contains_key(&want[0]) {
-                eprintln!("loopix: no key for the current epoch {}; packets will be dropped (bad_mac) until one is added", want[0]);
-            }
-            // Build and fault in the new epochs' filters here, on the
-            // control thread, so that no shard stalls on page faults.
-            let fresh: Vec<u64> = want
-                .iter()
-                .copied()
-                .filter(|e| !current.contains(e))
-                .collect();
-            for tx in &controls {
-                let filters = fresh
-                    .iter()
-                    .map(|&e| (e, BloomFilter::with_sizing(sizing)))
-                    .collect();
-                let _ = tx.send(Control::Keys(epoch_keys(&secrets, &want), filters));
-            }
-            current = want;
-        }
+        control.tick(unix_now_s(), reload.swap(false, Ordering::Relaxed));
     }
     let stopping = Instant::now();
     for h in handles {

@@ -64,7 +64,7 @@ use loopix_crypto::{
 
 use crate::io::{Backend, Datagram};
 use crate::metrics::{DropReason, ShardMetrics};
-use crate::registry::ClientTable;
+use crate::provider::registry::ClientTable;
 use crate::replay::{BloomFilter, ReplayFilters};
 use crate::wheel::{InsertError, TimingWheel};
 

@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use loopix_engine::inbox::{Inbox, InboxConfig, MailboxId, MessageId, StoreOutcome};
+use loopix_engine::provider::inbox::{Inbox, InboxConfig, MailboxId, MessageId, StoreOutcome};
 
 const CHILD_ENV: &str = "LOOPIX_INBOX_CHILD";
 const SEQ_ENV: &str = "LOOPIX_INBOX_CHILD_FIRST_SEQ";

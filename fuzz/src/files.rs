@@ -14,7 +14,7 @@ use loopix_directory::topology::{Topology, TopologyFile};
 use loopix_directory::{Address, Registration};
 use loopix_engine::config::MixConfig;
 use loopix_engine::keyfile;
-use loopix_engine::registry;
+use loopix_engine::provider::registry;
 
 /// The operator whose signature the fuzzed topology documents carry (the
 /// seeds are signed with it).

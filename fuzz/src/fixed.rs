@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 
 use loopix_crypto::{LinkKey, MailboxId, NodeId, SecretKey};
-use loopix_engine::registry::{ClientEntry, ClientLink, ClientTable};
+use loopix_engine::provider::registry::{ClientEntry, ClientLink, ClientTable};
 use loopix_engine::shard::{Links, Peer};
 
 /// The node's Sphinx secret for [`EPOCH`].

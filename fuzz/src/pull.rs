@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use loopix_crypto::access;
 use loopix_crypto::link::{FRAME_HEADER_LEN, FRAME_OVERHEAD, KIND_PULL, TAG_LEN};
 use loopix_crypto::{Geometry, LinkKey, MailboxId};
-use loopix_engine::inbox::{Inbox, InboxConfig, MessageId};
+use loopix_engine::provider::inbox::{Inbox, InboxConfig, MessageId};
 use loopix_engine::provider::seal_answer;
 
 use crate::fixed::{self, PULL_FRAMES};

@@ -145,7 +145,7 @@ pub fn register_at(
         .ok()
         .and_then(|v| v.try_into().ok())
         .ok_or_else(|| format!("provider id {id:?} is not 16 hex bytes"))?;
-    let entry = loopix_engine::registry::register(data_dir, name)?;
+    let entry = loopix_engine::provider::registry::register(data_dir, name)?;
     Ok(loopix_client::Registration {
         provider_id: NodeId(id),
         provider_address: address,

@@ -35,12 +35,12 @@ use loopix_crypto::identity::IdentityKey;
 use loopix_crypto::{Geometry, MailboxId, NodeId, SecretKey};
 use loopix_directory::descriptor::{self, epoch_at, node_id_of, NodeDescriptor};
 use loopix_directory::topology::{BuildParams, Role, Topology, TopologyFile};
-use loopix_engine::inbox::{Inbox, InboxConfig, MessageId};
 use loopix_engine::io::sim::SimNet;
 use loopix_engine::metrics::{DropReason, ShardMetrics};
 use loopix_engine::node::build_links;
+use loopix_engine::provider::inbox::{Inbox, InboxConfig, MessageId};
+use loopix_engine::provider::registry::{ClientEntry, ClientTable};
 use loopix_engine::provider::seal_answer;
-use loopix_engine::registry::{ClientEntry, ClientTable};
 use loopix_engine::shard::{
     Clock, Control, EpochKey, InboxWork, Links, ProviderHooks, Shard, ShardSettings,
 };

@@ -18,7 +18,7 @@ const MAX_FN_LINES: usize = 100;
 /// Functions over the limit today: (file, function, lines now). Split them,
 /// then delete their line.
 const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
-    ("engine/src/node.rs", "run_node", 321),
+    ("engine/src/node.rs", "run_node", 283),
     ("testkit/src/testnet.rs", "run", 280),
     (
         "loopix/tests/e2e.rs",

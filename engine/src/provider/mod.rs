@@ -1,4 +1,6 @@
-//! The provider role beyond what mixes do: the inbox thread (group commit of
+//! The provider role beyond what mixes do, in one folder: the inbox
+//! (`inbox.rs`, redb), the client registry (`registry.rs`), and here the
+//! inbox thread (group commit of
 //! delivered packets, pull answers, expiry, registry rescans) and the
 //! `loopix provider register|unregister|clients` admin commands.
 //!
@@ -11,7 +13,8 @@
 //! Invariants:
 //! - a pull answer is exactly `pull_frames` delivery frames of one length,
 //!   real messages first, then dummies, all sealed with the client's key,
-//!   sent from the provider's own socket (so from its address);
+//!   sent from the provider's own socket (so from its address) through an
+//!   `io` backend, the answers of a round in batches;
 //! - acknowledgements are applied, for the pulling client's mailbox only,
 //!   before the answer is built, so a message is delivered in every answer
 //!   until acknowledged and never after;
@@ -21,10 +24,13 @@
 //!   the inbox registers and unregisters mailboxes to match it;
 //! - whatever is refused, expired or lost is counted (`ProviderMetrics`).
 
+pub mod inbox;
+pub mod registry;
+
 use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,11 +43,12 @@ use loopix_crypto::{Geometry, MailboxId};
 use loopix_directory::Registration;
 
 use crate::config::{MixConfig, ProviderSection};
-use crate::inbox::{Inbox, InboxConfig, InboxError, MessageId};
+use crate::io::Backend;
 use crate::keyfile::{self, unix_now_s};
 use crate::metrics::ProviderMetrics;
-use crate::registry::{self, ClientEntry, ClientLink, ClientTable};
 use crate::shard::{Control, InboxWork};
+use inbox::{Inbox, InboxConfig, InboxError, MessageId};
+use registry::{ClientEntry, ClientLink, ClientTable};
 
 /// The inbox file under a provider's data directory.
 pub fn inbox_path(data_dir: &Path) -> std::path::PathBuf {
@@ -126,8 +133,10 @@ pub struct InboxThread {
     pub geometry: Geometry,
     /// Work from the shards.
     pub work: Receiver<InboxWork>,
-    /// A clone of the provider's listening socket, for pull answers.
-    pub socket: UdpSocket,
+    /// The provider's listening socket behind an `io` backend, for pull
+    /// answers: they leave from the provider's own address, in batches
+    /// (`sendmmsg`), through `io/` like every datagram a node sends.
+    pub answers: Box<dyn Backend + Send>,
     /// The shards' control channels (new client tables go there).
     pub controls: Vec<Sender<Control>>,
     /// The registered clients now.
@@ -246,6 +255,7 @@ impl Runner {
             for (slot, from, request) in pulls.drain(..) {
                 self.answer(slot, from, &request);
             }
+            self.flush_answers();
             self.publish();
         }
     }
@@ -348,18 +358,35 @@ impl Runner {
             .fetch_add(u64::from(sealed.real), Ordering::Relaxed);
         m.pull_send_failed
             .fetch_add(u64::from(sealed.failed), Ordering::Relaxed);
+        m.pulls.fetch_add(1, Ordering::Relaxed);
         let frame_len = delivery_frame_len(&g);
-        for frame in self.frames.chunks_exact(frame_len) {
-            match send_frame(&self.t.socket, frame, from) {
-                Ok(()) => {
-                    m.pull_frames.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(_) => {
-                    m.pull_send_failed.fetch_add(1, Ordering::Relaxed);
-                }
+        for k in 0..self.frames.len() / frame_len {
+            let frame = &self.frames[k * frame_len..(k + 1) * frame_len];
+            if self.t.answers.send(from, frame) {
+                continue;
+            }
+            // The batch is full: send it, then queue this frame again.
+            self.flush_answers();
+            let frame = &self.frames[k * frame_len..(k + 1) * frame_len];
+            if !self.t.answers.send(from, frame) {
+                self.t
+                    .metrics
+                    .pull_send_failed
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
-        m.pulls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Send every queued answer frame in one batch.
+    fn flush_answers(&mut self) {
+        if self.t.answers.queued() == 0 {
+            return;
+        }
+        let (sent, failed) = self.t.answers.flush();
+        let m = &self.t.metrics;
+        m.pull_frames.fetch_add(sent as u64, Ordering::Relaxed);
+        m.pull_send_failed
+            .fetch_add(failed as u64, Ordering::Relaxed);
     }
 
     fn rescan(&mut self) {
@@ -503,22 +530,6 @@ fn take(w: InboxWork, stores: &mut Vec<(MailboxId, Vec<u8>)>, pulls: &mut Vec<Pu
             from,
             request,
         } => pulls.push((slot, from, request)),
-    }
-}
-
-/// Send one frame from the (non-blocking) provider socket; a full send
-/// buffer gets a few short retries.
-fn send_frame(socket: &UdpSocket, frame: &[u8], to: SocketAddr) -> std::io::Result<()> {
-    let mut tries = 0;
-    loop {
-        match socket.send_to(frame, to) {
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && tries < 5 => {
-                tries += 1;
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            Err(e) => return Err(e),
-        }
     }
 }
 

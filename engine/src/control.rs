@@ -1,0 +1,267 @@
+//! The control plane: one type, [`ControlPlane`], whose [`ControlPlane::tick`]
+//! does a node's slow work on the control thread, between the shards'
+//! batches and never on the packet path: key epochs (the next epoch's key
+//! accepted ahead, the previous one kept for `epochs.grace_s`, the filters
+//! of new epochs built and faulted in here) and topology reloads on SIGHUP
+//! (verified, checked against the successor rule and this node's listing,
+//! then sent to every shard as new links). Mix loops and the AQM controller
+//! join it here.
+//!
+//! `tick` takes the wall clock from its caller, so the same code runs under
+//! a test's clock. It talks to shards only through their bounded control
+//! channels.
+//!
+//! Invariants: nothing from a refused document is used (the node keeps
+//! running on the old one, and the refusal is counted); a shard learns of
+//! an epoch's key only with that epoch's filter; a reload is logged with
+//! what it changed.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use loopix_crypto::{NodeId, PublicKey, SecretKey};
+use loopix_directory::descriptor::epoch_at;
+use loopix_directory::topology::{Role, Topology};
+
+use crate::config::MixConfig;
+use crate::keyfile::{self, NodeSecrets};
+use crate::metrics::TopologyMetrics;
+use crate::node::build_links;
+use crate::replay::{BloomFilter, FilterSizing};
+use crate::shard::{Control, EpochKey, Links};
+
+/// A node's control plane (see the module documentation).
+pub(crate) struct ControlPlane<'a> {
+    /// `mix` or `provider`, for log lines.
+    pub(crate) name: &'static str,
+    pub(crate) config: &'a MixConfig,
+    pub(crate) own: Own<'a>,
+    /// This node's index in `topology`.
+    pub(crate) own_index: u32,
+    pub(crate) topology: Topology,
+    pub(crate) secrets: NodeSecrets,
+    /// The epochs whose keys the shards accept now, current first.
+    pub(crate) epochs: Vec<u64>,
+    /// The shards' filter sizing, for the filters of later epochs.
+    pub(crate) sizing: FilterSizing,
+    /// One bounded channel to each shard.
+    pub(crate) controls: Vec<Sender<Control>>,
+    pub(crate) topology_metrics: Arc<TopologyMetrics>,
+}
+
+impl ControlPlane<'_> {
+    /// One turn at `now_unix_s`: the reload asked for (by SIGHUP) if
+    /// `reload`, then the key epochs due.
+    pub(crate) fn tick(&mut self, now_unix_s: u64, reload: bool) {
+        if reload {
+            self.reload(now_unix_s);
+        }
+        self.epochs_at(now_unix_s);
+    }
+
+    fn reload(&mut self, now_unix_s: u64) {
+        let name = self.name;
+        match reload_topology(&self.topology, &self.own, &self.secrets.link, now_unix_s) {
+            Ok((next, index, links)) => {
+                eprintln!(
+                    "loopix {name}: {}",
+                    describe_change(&self.topology, &next, self.own_index, index)
+                );
+                let links = Arc::new(links);
+                for tx in &self.controls {
+                    let _ = tx.send(Control::Links(Arc::clone(&links)));
+                }
+                self.topology = next;
+                self.own_index = index;
+                let m = &self.topology_metrics;
+                m.serial.store(self.topology.serial, Ordering::Relaxed);
+                m.reloads_ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(why) => {
+                eprintln!(
+                    "loopix {name}: topology reload refused, keeping serial {}: {why}",
+                    self.topology.serial
+                );
+                self.topology_metrics
+                    .reloads_refused
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn epochs_at(&mut self, now_unix_s: u64) {
+        let want = accepted_epochs(
+            now_unix_s,
+            self.topology.epoch_s,
+            self.config.epochs.grace_s,
+        );
+        if want == self.epochs {
+            return;
+        }
+        if want.iter().any(|e| !self.secrets.mix.contains_key(e)) {
+            // Pick up keys added by `loopix keygen` since start.
+            if let Ok(fresh) = keyfile::load_node_secrets(&self.config.node.key_dir, want[0]) {
+                self.secrets = fresh;
+            }
+        }
+        if !self.secrets.mix.contains_key(&want[0]) {
+            eprintln!("loopix: no key for the current epoch {}; packets will be dropped (bad_mac) until one is added", want[0]);
+        }
+        // Build and fault in the new epochs' filters here, on the control
+        // thread, so that no shard stalls on page faults.
+        let fresh: Vec<u64> = want
+            .iter()
+            .copied()
+            .filter(|e| !self.epochs.contains(e))
+            .collect();
+        for tx in &self.controls {
+            let filters = fresh
+                .iter()
+                .map(|&e| (e, BloomFilter::with_sizing(self.sizing)))
+                .collect();
+            let _ = tx.send(Control::Keys(epoch_keys(&self.secrets, &want), filters));
+        }
+        self.epochs = want;
+    }
+}
+
+/// The epochs whose keys a node accepts at `unix_s`: the current one, the
+/// next one (clients may build packets for it just before it starts), and
+/// the previous one during `grace_s` after the change. Current first.
+pub fn accepted_epochs(unix_s: u64, epoch_s: u64, grace_s: u64) -> Vec<u64> {
+    let current = epoch_at(unix_s, epoch_s);
+    let mut v = vec![current, current + 1];
+    if current > 0 && unix_s - current * epoch_s < grace_s {
+        v.push(current - 1);
+    }
+    v
+}
+
+pub(crate) fn epoch_keys(secrets: &NodeSecrets, epochs: &[u64]) -> Vec<EpochKey> {
+    epochs
+        .iter()
+        .filter_map(|e| {
+            secrets.mix.get(e).map(|k| EpochKey {
+                epoch: *e,
+                secret: k.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Who this node is, as its listing in a topology must say.
+pub(crate) struct Own<'a> {
+    pub(crate) id: NodeId,
+    pub(crate) role: Role,
+    pub(crate) listen: SocketAddr,
+    pub(crate) link_public: PublicKey,
+    pub(crate) config: &'a MixConfig,
+}
+
+impl Own<'_> {
+    /// This node's index in `topology`, if the topology lists it with its
+    /// link key, role and address; the error is phrased for the operator.
+    pub(crate) fn find_in(&self, topology: &Topology) -> Result<u32, String> {
+        let name = self.role.name();
+        let own_id = self.id;
+        let own = topology.index_of(&own_id).ok_or_else(|| {
+            format!(
+                "topology {}: this node ({own_id}, keys in {}) is not listed",
+                self.config.node.topology.display(),
+                self.config.node.key_dir.display()
+            )
+        })?;
+        let me = &topology.nodes[own as usize];
+        if me.role != self.role {
+            return Err(format!(
+                "topology lists node {own_id} as a {}, not a {name}; run it with `loopix {}`{}",
+                me.role.name(),
+                me.role.name(),
+                if me.role == Role::Provider {
+                    " (with a [provider] section)"
+                } else {
+                    " (without a [provider] section)"
+                }
+            ));
+        }
+        if me.address != self.listen {
+            return Err(format!(
+                "node.listen is {} but the topology lists this node at {}; make them agree",
+                self.listen, me.address
+            ));
+        }
+        if me.link_key != self.link_public {
+            return Err("topology link_key differs from link.key in node.key_dir".into());
+        }
+        Ok(own)
+    }
+}
+
+/// One line saying what a reload changed: serial, nodes added, removed and
+/// moved (address, role or layer), and this node's index if it moved.
+fn describe_change(old: &Topology, new: &Topology, old_own: u32, new_own: u32) -> String {
+    let old_ids: HashSet<NodeId> = old.nodes.iter().map(|n| n.id).collect();
+    let new_ids: HashSet<NodeId> = new.nodes.iter().map(|n| n.id).collect();
+    let added: Vec<String> = new
+        .nodes
+        .iter()
+        .filter(|n| !old_ids.contains(&n.id))
+        .map(|n| format!("{} ({} layer {})", n.id, n.role.name(), n.layer))
+        .collect();
+    let removed: Vec<String> = old
+        .nodes
+        .iter()
+        .filter(|n| !new_ids.contains(&n.id))
+        .map(|n| n.id.to_string())
+        .collect();
+    let moved = new
+        .nodes
+        .iter()
+        .filter(|n| {
+            old.index_of(&n.id)
+                .map(|i| &old.nodes[i as usize])
+                .is_some_and(|o| (o.address, o.role, o.layer) != (n.address, n.role, n.layer))
+        })
+        .count();
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", v.join(", "))
+        }
+    };
+    let index = if old_own == new_own {
+        String::new()
+    } else {
+        format!("; this node's index {old_own} -> {new_own}")
+    };
+    format!(
+        "topology reloaded: serial {} -> {}, {} node(s) added{}, {} removed{}, {moved} moved{index}",
+        old.serial,
+        new.serial,
+        added.len(),
+        list(&added),
+        removed.len(),
+        list(&removed),
+    )
+}
+
+/// Reload `node.topology` on top of `current`: verify, check the successor
+/// rule and this node's listing, and build its links. Nothing changes on
+/// `Err`.
+fn reload_topology(
+    current: &Topology,
+    own: &Own<'_>,
+    link_secret: &SecretKey,
+    now_unix_s: u64,
+) -> Result<(Topology, u32, Links), String> {
+    let next = current
+        .reload(&own.config.node.topology, now_unix_s)
+        .map_err(|e| e.to_string())?;
+    let index = own.find_in(&next)?;
+    let links = build_links(&next, index, link_secret)?;
+    Ok((next, index, links))
+}
