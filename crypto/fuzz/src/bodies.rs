@@ -12,7 +12,7 @@
 
 use std::collections::HashSet;
 
-use loopix_crypto::link::{FRAME_HEADER_LEN, TAG_LEN};
+use loopix_crypto::link::{encrypted_kind, FRAME_HEADER_LEN, TAG_LEN};
 use loopix_crypto::{
     payload, sphinx, FrameHeader, Geometry, LinkError, LinkKey, ReplayWindow, RoutingCommand,
     SecretKey, SphinxError, Surb,
@@ -158,6 +158,15 @@ fn window_step(window: &mut ReplayWindow, model: &mut WindowModel, counter: u64,
     }
 }
 
+/// Seal `body` as a frame of `h`'s kind, sender and counter.
+fn reseal(key: &LinkKey, h: &FrameHeader, body: &[u8], len: usize) -> Vec<u8> {
+    let mut again = vec![0u8; len];
+    again[FRAME_HEADER_LEN..len - TAG_LEN].copy_from_slice(body);
+    key.seal_kind(h.kind, h.sender, h.counter, &mut again)
+        .expect("sized exactly");
+    again
+}
+
 /// Treat `data` as a link frame for the link with [`LINK_KEY`]: peek its
 /// header, open it, and re-seal an authentic one (GCM-SIV is deterministic,
 /// so the same bytes must come out). Then drive a replay window from the
@@ -169,15 +178,41 @@ pub fn open_frame(data: &[u8]) {
     let key = link_key();
     let peeked = FrameHeader::peek(data);
     let opened = key.open(data);
+    let mut authentic = opened.is_ok();
     match (&peeked, &opened) {
         (Err(e), _) => assert_eq!(opened.err(), Some(*e), "peek and open disagree"),
         (Ok(h), Ok((h2, packet))) => {
             assert_eq!(h, h2, "peek and open disagree");
             assert_eq!(*packet, &data[FRAME_HEADER_LEN..data.len() - TAG_LEN]);
-            let mut again = vec![0u8; data.len()];
-            key.seal(h.sender, h.counter, packet, &mut again)
-                .expect("sized exactly");
-            assert_eq!(again, data, "re-sealing gives other bytes");
+            assert_eq!(
+                reseal(&key, h, packet, data.len()),
+                data,
+                "re-sealing gives other bytes"
+            );
+        }
+        // `open` is for frames whose body is in clear; encrypted kinds
+        // (pulls, deliveries) go through `open_in_place`, which must agree
+        // with the sealer in the same way.
+        (Ok(h), Err(e)) if encrypted_kind(h.kind) => {
+            assert_eq!(
+                *e,
+                LinkError::UnknownKind(h.kind),
+                "open takes clear kinds only"
+            );
+            let mut copy = data.to_vec();
+            match key.open_in_place(&mut copy) {
+                Ok((h3, body)) => {
+                    assert_eq!(*h, h3, "peek and open_in_place disagree");
+                    let plain = body.to_vec();
+                    assert_eq!(
+                        reseal(&key, h, &plain, data.len()),
+                        data,
+                        "re-sealing differs"
+                    );
+                    authentic = true;
+                }
+                Err(e) => assert_eq!(e, LinkError::BadTag),
+            }
         }
         (Ok(_), Err(e)) => assert_eq!(*e, LinkError::BadTag),
     }
@@ -187,7 +222,7 @@ pub fn open_frame(data: &[u8]) {
     };
     let mut window = ReplayWindow::new();
     let mut model = WindowModel::default();
-    window_step(&mut window, &mut model, header.counter, opened.is_ok());
+    window_step(&mut window, &mut model, header.counter, authentic);
     for step in data[FRAME_HEADER_LEN..].chunks_exact(3) {
         let delta = u64::from(u16::from_be_bytes([step[1], step[2]]));
         let base = model.highest().unwrap_or(header.counter);
