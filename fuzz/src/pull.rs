@@ -124,7 +124,12 @@ pub fn provider_pull(data: &[u8]) {
     finish(inbox, &path);
 }
 
+/// Close the inbox and remove its file and scratch directory (the next
+/// input makes them again), so nothing is left behind.
 fn finish(inbox: Inbox, path: &PathBuf) {
     drop(inbox);
     let _ = std::fs::remove_file(path);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::remove_dir(dir);
+    }
 }
