@@ -1,8 +1,8 @@
-//! The driver against a fake provider on 127.0.0.1: a thread with a UDP
-//! socket that authenticates the client's frames with its access key,
-//! routes its packets hop by hop with real Sphinx keys (one provider, one
-//! layer of one mix), stores what is delivered, and answers every pull with
-//! exactly `K` delivery frames. Checked: a message of several fragments is
+//! The driver against the test kit's fake provider on 127.0.0.1: a thread
+//! with a UDP socket that authenticates the client's frames with its access
+//! key, routes its packets hop by hop with real Sphinx keys (one provider,
+//! one layer of one mix), stores what is delivered, and answers every pull
+//! with exactly `K` delivery frames. Checked: a message of several fragments is
 //! delivered whole once, acknowledged in the next pull and not handled
 //! again when delivered again; loops come back; a SURB reply goes out
 //! through the driver; counters are strictly increasing across packets and
@@ -10,299 +10,44 @@
 //! wrong source) are counted and ignored. Every test is bounded in time and
 //! stops its thread by itself.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::net::UdpSocket;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use loopix_client::driver::{self, Driver, Flow};
-use loopix_client::{
-    Address, Client, ClientLimits, ClientTopology, Event, NodeInfo, Rates, Registration,
-};
-use loopix_crypto::access::{self, PullRequest};
-use loopix_crypto::link::{FrameHeader, KIND_CLIENT_PACKET, KIND_PACKET, KIND_PULL};
-use loopix_crypto::{
-    sphinx, Geometry, LinkKey, MailboxId, NodeId, RouteKey, RoutingCommand, SecretKey,
-};
+use loopix_client::{Address, Client, ClientLimits, Event, Rates, Registration};
+use loopix_crypto::{MailboxId, SecretKey};
+use loopix_testkit::fake_provider::{Access, Behaviour, FakeNet as Net, FakeProvider, State, G};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
-const G: Geometry = Geometry::DEFAULT;
 /// Frames in every pull answer.
 const K: u16 = 8;
 const SLOT: u32 = 7;
 const ACCESS_KEY: [u8; 16] = [5; 16];
 
-/// One provider and one mix, with their secrets.
-struct Net {
-    topology: Arc<ClientTopology>,
-    secrets: HashMap<NodeId, SecretKey>,
-    provider: NodeId,
-}
-
-impl Net {
-    fn new(rng: &mut ChaCha20Rng) -> Net {
-        let mut secrets = HashMap::new();
-        let mut node = |id: u8| {
-            let sk = SecretKey::generate(rng);
-            let info = NodeInfo {
-                id: NodeId([id; 16]),
-                key: Arc::new(RouteKey::new(&sk.public_key()).expect("honest key")),
-            };
-            secrets.insert(info.id, sk);
-            info
-        };
-        let provider = node(1);
-        let mix = node(2);
-        Net {
-            provider: provider.id,
-            topology: Arc::new(ClientTopology {
-                providers: vec![provider],
-                layers: vec![vec![mix]],
-            }),
-            secrets,
-        }
-    }
-
-    /// Route a packet from the provider, every hop for real and at once:
-    /// the mailbox and packet it is delivered with, or `None` for a drop.
-    fn route(&self, mut packet: Vec<u8>) -> Option<(MailboxId, Vec<u8>)> {
-        let mut at = self.provider;
-        for _ in 0..8 {
-            let sk = self.secrets.get(&at)?;
-            match sphinx::process(&G, sk, &mut packet).ok()?.command {
-                RoutingCommand::Relay { next, .. } => at = next,
-                RoutingCommand::Deliver { mailbox } => return Some((mailbox, packet)),
-                _ => return None,
-            }
-        }
-        None
+/// The one client's credentials, for `mailbox`.
+fn access(mailbox: MailboxId) -> Access {
+    Access {
+        slot: SLOT,
+        key: ACCESS_KEY,
+        mailbox,
     }
 }
 
-/// What the fake provider saw and holds.
-#[derive(Default)]
-struct State {
-    /// Stored messages by mailbox, by message id.
-    mailboxes: HashMap<MailboxId, BTreeMap<u64, Vec<u8>>>,
-    next_id: u64,
-    client_packets: u64,
-    pulls: u64,
-    acks: Vec<u64>,
-    /// Frame counters of the client, in arrival order.
-    counters: Vec<u64>,
-    /// Frames that failed to authenticate or parse.
-    bad_client_frames: u64,
-    /// Answer this many first pulls without deleting acked messages (an
-    /// ack lost on the way, as far as the client can tell).
-    ignore_acks_pulls: u64,
-    /// Send the bad frames after the answer to the first pull.
-    inject_bad: bool,
-}
-
-impl State {
-    fn store(&mut self, mailbox: MailboxId, packet: Vec<u8>) {
-        self.next_id += 1;
-        let id = self.next_id;
-        self.mailboxes
-            .entry(mailbox)
-            .or_default()
-            .insert(id, packet);
-    }
-}
-
-struct FakeProvider {
-    addr: SocketAddr,
-    state: Arc<Mutex<State>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-/// Stops and joins the thread, also when a test fails.
-impl Drop for FakeProvider {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl FakeProvider {
-    fn start(net: Arc<Net>, state: State) -> FakeProvider {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .expect("timeout");
-        let addr = socket.local_addr().expect("addr");
-        let state = Arc::new(Mutex::new(state));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (state, stop) = (Arc::clone(&state), Arc::clone(&stop));
-            std::thread::spawn(move || serve(&socket, &net, &state, &stop))
-        };
-        FakeProvider {
-            addr,
-            state,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-fn serve(socket: &UdpSocket, net: &Net, state: &Mutex<State>, stop: &AtomicBool) {
-    let key = LinkKey::from_bytes(&ACCESS_KEY);
-    let mut counter = 1u64;
-    let mut buf = vec![0u8; 2048];
-    let stranger = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    while !stop.load(Ordering::Relaxed) {
-        let Ok((n, from)) = socket.recv_from(&mut buf) else {
-            continue;
-        };
-        // A failed test may have poisoned the lock: keep serving anyway.
-        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
-        let frame = &mut buf[..n];
-        let Ok(h) = FrameHeader::peek(frame) else {
-            st.bad_client_frames += 1;
-            continue;
-        };
-        if h.sender != SLOT {
-            st.bad_client_frames += 1;
-            continue;
-        }
-        match h.kind {
-            KIND_CLIENT_PACKET => {
-                let Ok((h, packet)) = key.open(frame) else {
-                    st.bad_client_frames += 1;
-                    continue;
-                };
-                st.counters.push(h.counter);
-                st.client_packets += 1;
-                if let Some((mailbox, p)) = net.route(packet.to_vec()) {
-                    st.store(mailbox, p);
-                }
-            }
-            KIND_PULL => {
-                let Ok((h, body)) = key.open_in_place(frame) else {
-                    st.bad_client_frames += 1;
-                    continue;
-                };
-                let Ok(req) = PullRequest::parse(body) else {
-                    st.bad_client_frames += 1;
-                    continue;
-                };
-                st.counters.push(h.counter);
-                st.pulls += 1;
-                st.acks.extend(&req.acks);
-                let ignore = st.pulls <= st.ignore_acks_pulls;
-                let inbox = st.mailboxes.entry(req.mailbox).or_default();
-                if !ignore {
-                    for id in &req.acks {
-                        inbox.remove(id);
-                    }
-                }
-                let real: Vec<(u64, Vec<u8>)> = inbox
-                    .iter()
-                    .take(K as usize)
-                    .map(|(id, p)| (*id, p.clone()))
-                    .collect();
-                let mut first = None;
-                for i in 0..K {
-                    let mut out = vec![0u8; access::delivery_frame_len(&G)];
-                    let msg = real.get(i as usize).map(|(id, p)| (*id, &p[..]));
-                    access::seal_delivery(
-                        &G,
-                        &key,
-                        SLOT,
-                        counter,
-                        req.request_id,
-                        i,
-                        K,
-                        msg,
-                        &mut out,
-                    )
-                    .expect("sized");
-                    counter += 1;
-                    let _ = socket.send_to(&out, from);
-                    first.get_or_insert(out);
-                }
-                if st.inject_bad && st.pulls == 1 {
-                    let mut out = vec![0u8; access::delivery_frame_len(&G)];
-                    // Wrong key, fresh counter.
-                    let other = LinkKey::from_bytes(&[6; 16]);
-                    access::seal_delivery(
-                        &G,
-                        &other,
-                        SLOT,
-                        counter,
-                        req.request_id,
-                        0,
-                        K,
-                        None,
-                        &mut out,
-                    )
-                    .expect("sized");
-                    counter += 1;
-                    let _ = socket.send_to(&out, from);
-                    // Right key, wrong kind.
-                    key.seal_kind(
-                        KIND_PACKET,
-                        access::provider_sender(SLOT),
-                        counter,
-                        &mut out,
-                    )
-                    .expect("sized");
-                    counter += 1;
-                    let _ = socket.send_to(&out, from);
-                    // A replay of the first frame of the answer.
-                    let _ = socket.send_to(&first.expect("k > 0"), from);
-                    // Too short.
-                    let _ = socket.send_to(&[0x04; 10], from);
-                    // A valid frame from the wrong address.
-                    access::seal_delivery(
-                        &G,
-                        &key,
-                        SLOT,
-                        counter,
-                        req.request_id,
-                        0,
-                        K,
-                        None,
-                        &mut out,
-                    )
-                    .expect("sized");
-                    counter += 1;
-                    let _ = stranger.send_to(&out, from);
-                }
-            }
-            _ => st.bad_client_frames += 1,
-        }
-    }
-}
-
-/// Wait (at most 5 s) until the fake provider's state satisfies `done`:
-/// the client's last frames may still be in flight when it returns.
-fn wait_for(state: &Mutex<State>, done: impl Fn(&State) -> bool) {
-    let end = Instant::now() + Duration::from_secs(5);
-    while !done(&state.lock().expect("not poisoned")) {
-        assert!(Instant::now() < end, "fake provider never caught up");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// The fake provider for one client pulling `mailbox`.
+fn start(net: &Arc<Net>, mailbox: MailboxId, behaviour: Behaviour) -> FakeProvider {
+    let behaviour = Behaviour { k: K, ..behaviour };
+    FakeProvider::start(
+        Arc::clone(net),
+        &[access(mailbox)],
+        behaviour,
+        State::default(),
+    )
 }
 
 fn registration(provider: &FakeProvider, net: &Net, mailbox: MailboxId) -> Registration {
-    Registration {
-        provider_id: net.provider,
-        provider_address: provider.addr,
-        slot: SLOT,
-        mailbox,
-        access_key: ACCESS_KEY,
-        operator_key: loopix_crypto::identity::IdentityKey::from_seed([4; 32])
-            .expect("any seed")
-            .public(),
-    }
+    net.registration(provider.addr, &access(mailbox))
 }
 
 fn online_client(net: &Net, mailbox: MailboxId, rng: &mut ChaCha20Rng) -> Client {
@@ -350,7 +95,7 @@ fn sim_client(net: &Net, mailbox: MailboxId, rng: &mut ChaCha20Rng) -> Client {
 
 /// Run `c` on simulated time until its queue is empty, storing what its
 /// packets deliver at the fake provider.
-fn drain(c: &mut Client, net: &Net, state: &Mutex<State>, rng: &mut ChaCha20Rng) {
+fn drain(c: &mut Client, net: &Net, fake: &FakeProvider, rng: &mut ChaCha20Rng) {
     for _ in 0..1000 {
         if c.queued() == 0 {
             break;
@@ -359,7 +104,7 @@ fn drain(c: &mut Client, net: &Net, state: &Mutex<State>, rng: &mut ChaCha20Rng)
         c.handle_timeout(t, rng);
         while let Some(tx) = c.poll_transmit() {
             if let Some((mb, p)) = net.route(tx.packet) {
-                state.lock().expect("not poisoned").store(mb, p);
+                fake.state().store(mb, p);
             }
         }
     }
@@ -371,12 +116,13 @@ fn delivers_whole_acks_and_ignores_redelivery_and_bad_frames() {
     let mut rng = ChaCha20Rng::seed_from_u64(11);
     let net = Arc::new(Net::new(&mut rng));
     let (mb_a, mb_b) = (MailboxId([0xa; 16]), MailboxId([0xb; 16]));
-    let fake = FakeProvider::start(
-        Arc::clone(&net),
-        State {
+    let fake = start(
+        &net,
+        mb_a,
+        Behaviour {
             ignore_acks_pulls: 2,
             inject_bad: true,
-            ..State::default()
+            ..Behaviour::default()
         },
     );
     let a = online_client(&net, mb_a, &mut rng);
@@ -386,11 +132,8 @@ fn delivers_whole_acks_and_ignores_redelivery_and_bad_frames() {
         .map(|i| (i % 251) as u8)
         .collect();
     b.send(to_a, &text, false, &mut rng).expect("queued");
-    drain(&mut b, &net, &fake.state, &mut rng);
-    let stored: Vec<u64> = fake.state.lock().expect("not poisoned").mailboxes[&mb_a]
-        .keys()
-        .copied()
-        .collect();
+    drain(&mut b, &net, &fake, &mut rng);
+    let stored: Vec<u64> = fake.state().mailboxes[&mb_a].keys().copied().collect();
     assert_eq!(stored.len(), 3, "three fragments stored");
 
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -412,7 +155,7 @@ fn delivers_whole_acks_and_ignores_redelivery_and_bad_frames() {
             Flow::Continue
         })
         .expect("no socket error");
-        let st = fake.state.lock().expect("not poisoned");
+        let st = fake.state();
         let acked = stored.iter().all(|id| st.acks.contains(id));
         let gone = stored
             .iter()
@@ -422,10 +165,8 @@ fn delivers_whole_acks_and_ignores_redelivery_and_bad_frames() {
         }
     }
     let s = d.stats();
-    wait_for(&fake.state, |st| {
-        st.client_packets == s.packets_sent && st.pulls == s.pulls_sent
-    });
-    let st = fake.state.lock().expect("not poisoned");
+    fake.wait_for(|st| st.client_packets == s.packets_sent && st.pulls == s.pulls_sent);
+    let st = fake.state();
     assert_eq!(messages, vec![text], "one whole message, once");
     assert!(loops >= 2, "loops come back: {loops}");
     assert!(
@@ -466,12 +207,12 @@ fn surb_reply_leaves_through_the_driver() {
     let mut rng = ChaCha20Rng::seed_from_u64(12);
     let net = Arc::new(Net::new(&mut rng));
     let (mb_a, mb_b) = (MailboxId([0xa; 16]), MailboxId([0xb; 16]));
-    let fake = FakeProvider::start(Arc::clone(&net), State::default());
+    let fake = start(&net, mb_a, Behaviour::default());
     let a = online_client(&net, mb_a, &mut rng);
     let to_a = a.address();
     let mut b = sim_client(&net, mb_b, &mut rng);
     b.send(to_a, b"ping", true, &mut rng).expect("queued");
-    drain(&mut b, &net, &fake.state, &mut rng);
+    drain(&mut b, &net, &fake, &mut rng);
 
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let mut d = Driver::new(a, &registration(&fake, &net, mb_a), G, socket).expect("driver");
@@ -494,14 +235,8 @@ fn surb_reply_leaves_through_the_driver() {
     }
     assert!(replied && d.client().stats().sent_reply == 1);
     // The reply was routed by the fake provider into B's mailbox.
-    wait_for(&fake.state, |st| st.mailboxes.contains_key(&mb_b));
-    let inbox = fake
-        .state
-        .lock()
-        .expect("not poisoned")
-        .mailboxes
-        .remove(&mb_b)
-        .expect("reply stored");
+    fake.wait_for(|st| st.mailboxes.contains_key(&mb_b));
+    let inbox = fake.state().mailboxes.remove(&mb_b).expect("reply stored");
     for (_, mut p) in inbox {
         b.handle_packet(0, &mut p);
     }
@@ -515,7 +250,7 @@ fn surb_reply_leaves_through_the_driver() {
 fn registration_must_match_the_client() {
     let mut rng = ChaCha20Rng::seed_from_u64(13);
     let net = Arc::new(Net::new(&mut rng));
-    let fake = FakeProvider::start(Arc::clone(&net), State::default());
+    let fake = start(&net, MailboxId([0xa; 16]), Behaviour::default());
     let a = online_client(&net, MailboxId([0xa; 16]), &mut rng);
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let reg = registration(&fake, &net, MailboxId([0xc; 16]));

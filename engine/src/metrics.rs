@@ -340,6 +340,78 @@ pub struct TopologyMetrics {
     pub reloads_refused: AtomicU64,
 }
 
+/// Every series a node serves, by the name a scraper sees (counters end in
+/// `_total`). Tests, the test kit's metrics reader, the testnet and the
+/// benchmarks read metrics by these constants, so a rename is one edit and
+/// a reader can never ask for a series the node does not serve.
+pub mod names {
+    /// Datagrams received, per shard.
+    pub const RECEIVED_DATAGRAMS: &str = "loopix_received_datagrams_total";
+    /// Packets sent to the next hop, per shard.
+    pub const FORWARDED_PACKETS: &str = "loopix_forwarded_packets_total";
+    /// Own loop packets that came back, per shard.
+    pub const LOOPS_RECEIVED: &str = "loopix_loops_received_total";
+    /// Drops, per shard and `reason` (a [`super::DropReason`] label).
+    pub const DROPPED: &str = "loopix_dropped_total";
+    /// Packets held in a shard's pool (gauge).
+    pub const POOL_IN_USE: &str = "loopix_pool_in_use_packets";
+    /// Size of a shard's pool (gauge).
+    pub const POOL_CAPACITY: &str = "loopix_pool_capacity_packets";
+    /// Replay filter memory (gauge).
+    pub const REPLAY_FILTER_BYTES: &str = "loopix_replay_filter_bytes";
+    /// Fill of the current epoch's filter (gauge).
+    pub const REPLAY_FILTER_FILL: &str = "loopix_replay_filter_fill_ratio";
+    /// Arrival to scheduled, by `quantile`.
+    pub const PROCESSING_OVERHEAD_US: &str = "loopix_processing_overhead_microseconds";
+    /// Deadline to actual send, by `quantile`.
+    pub const SCHEDULING_LATENESS_US: &str = "loopix_scheduling_lateness_microseconds";
+    /// Static facts (`io`), value 1.
+    pub const NODE_INFO: &str = "loopix_node_info";
+    /// Providers: packets handed to the inbox thread, per shard.
+    pub const DELIVERED_TO_INBOX: &str = "loopix_delivered_to_inbox_total";
+    /// Providers: drop cover discarded, per shard.
+    pub const COVER_DISCARDED: &str = "loopix_cover_discarded_total";
+    /// Providers: packets durably stored.
+    pub const INBOX_STORED: &str = "loopix_inbox_stored_total";
+    /// Providers: messages removed by age.
+    pub const INBOX_EXPIRED: &str = "loopix_inbox_expired_total";
+    /// Providers: messages removed by acknowledgement.
+    pub const INBOX_ACKED: &str = "loopix_inbox_acked_total";
+    /// Providers: acknowledgements naming another mailbox's message.
+    pub const INBOX_FOREIGN_ACKS: &str = "loopix_inbox_foreign_acks_total";
+    /// Providers: messages dropped with their client's registration.
+    pub const INBOX_DROPPED_UNREGISTERED: &str = "loopix_inbox_dropped_unregistered_total";
+    /// Providers: group commits.
+    pub const INBOX_COMMITS: &str = "loopix_inbox_commits_total";
+    /// Providers: packets not stored, by `reason`.
+    pub const INBOX_REFUSED: &str = "loopix_inbox_refused_total";
+    /// Providers: pull requests answered.
+    pub const PULLS: &str = "loopix_pulls_total";
+    /// Providers: delivery frames sent, real and dummy.
+    pub const PULL_FRAMES: &str = "loopix_pull_frames_total";
+    /// Providers: delivery frames that carried a message.
+    pub const PULL_REAL_FRAMES: &str = "loopix_pull_real_frames_total";
+    /// Providers: delivery frames the kernel refused.
+    pub const PULL_SEND_FAILED: &str = "loopix_pull_send_failed_total";
+    /// Providers: messages held (gauge).
+    pub const INBOX_MESSAGES: &str = "loopix_inbox_messages";
+    /// Providers: bytes held (gauge).
+    pub const INBOX_BYTES: &str = "loopix_inbox_bytes";
+    /// Providers: clients registered now (gauge).
+    pub const REGISTERED_CLIENTS: &str = "loopix_registered_clients";
+    /// Serial of the topology document in use (gauge).
+    pub const TOPOLOGY_SERIAL: &str = "loopix_topology_serial";
+    /// SIGHUP reloads, by `result` (`ok`, `refused`).
+    pub const TOPOLOGY_RELOADS: &str = "loopix_topology_reloads_total";
+}
+
+/// The name to register a counter under: the client library adds `_total`.
+fn counter(series: &'static str) -> &'static str {
+    let base = series.strip_suffix("_total");
+    debug_assert!(base.is_some(), "counter series {series} must end in _total");
+    base.unwrap_or(series)
+}
+
 type Labels = Vec<(String, String)>;
 
 fn register_topology(registry: &mut Registry, base: &Labels, t: &TopologyMetrics) {
@@ -349,7 +421,7 @@ fn register_topology(registry: &mut Registry, base: &Labels, t: &TopologyMetrics
         .get_or_create(base)
         .set(i64::try_from(load(&t.serial)).unwrap_or(i64::MAX));
     registry.register(
-        "loopix_topology_serial",
+        names::TOPOLOGY_SERIAL,
         "Serial of the topology document in use",
         serial,
     );
@@ -360,7 +432,7 @@ fn register_topology(registry: &mut Registry, base: &Labels, t: &TopologyMetrics
         reloads.get_or_create(&l).inc_by(load(v));
     }
     registry.register(
-        "loopix_topology_reloads",
+        counter(names::TOPOLOGY_RELOADS),
         "Topology reloads on SIGHUP, by result",
         reloads,
     );
@@ -373,50 +445,46 @@ pub fn render(node_labels: &[(&str, &str)], shards: &[Arc<ShardMetrics>], io: &s
 
 fn register_provider(registry: &mut Registry, base: &Labels, p: &ProviderMetrics) {
     let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
-    let counters: [(&str, &str, &AtomicU64); 10] = [
+    let counters: [(&'static str, &str, &AtomicU64); 10] = [
         (
-            "loopix_inbox_stored",
+            names::INBOX_STORED,
             "Packets durably stored in the inbox",
             &p.stored,
         ),
+        (names::INBOX_EXPIRED, "Messages removed by age", &p.expired),
         (
-            "loopix_inbox_expired",
-            "Messages removed by age",
-            &p.expired,
-        ),
-        (
-            "loopix_inbox_acked",
+            names::INBOX_ACKED,
             "Messages removed by acknowledgement",
             &p.acked,
         ),
         (
-            "loopix_inbox_foreign_acks",
+            names::INBOX_FOREIGN_ACKS,
             "Acknowledgements naming another mailbox's message, ignored",
             &p.foreign_acks,
         ),
         (
-            "loopix_inbox_dropped_unregistered",
+            names::INBOX_DROPPED_UNREGISTERED,
             "Messages dropped with their client's registration",
             &p.dropped_unregistered,
         ),
         (
-            "loopix_inbox_commits",
+            names::INBOX_COMMITS,
             "Durable transactions of stores (group commits)",
             &p.commits,
         ),
-        ("loopix_pulls", "Pull requests answered", &p.pulls),
+        (names::PULLS, "Pull requests answered", &p.pulls),
         (
-            "loopix_pull_frames",
+            names::PULL_FRAMES,
             "Delivery frames sent, real and dummy",
             &p.pull_frames,
         ),
         (
-            "loopix_pull_real_frames",
+            names::PULL_REAL_FRAMES,
             "Delivery frames that carried a message",
             &p.pull_real_frames,
         ),
         (
-            "loopix_pull_send_failed",
+            names::PULL_SEND_FAILED,
             "Delivery frames the kernel refused",
             &p.pull_send_failed,
         ),
@@ -424,7 +492,7 @@ fn register_provider(registry: &mut Registry, base: &Labels, p: &ProviderMetrics
     for (name, help, v) in counters {
         let c = Family::<Labels, Counter>::default();
         c.get_or_create(base).inc_by(load(v));
-        registry.register(name, help, c);
+        registry.register(counter(name), help, c);
     }
     let refused = Family::<Labels, Counter>::default();
     for (reason, v) in [
@@ -438,23 +506,23 @@ fn register_provider(registry: &mut Registry, base: &Labels, p: &ProviderMetrics
         refused.get_or_create(&l).inc_by(load(v));
     }
     registry.register(
-        "loopix_inbox_refused",
+        counter(names::INBOX_REFUSED),
         "Packets not stored, by reason",
         refused,
     );
     let gauges: [(&str, &str, &AtomicU64); 3] = [
         (
-            "loopix_inbox_messages",
+            names::INBOX_MESSAGES,
             "Messages held in the inbox",
             &p.inbox_messages,
         ),
         (
-            "loopix_inbox_bytes",
+            names::INBOX_BYTES,
             "Bytes of messages held in the inbox",
             &p.inbox_bytes,
         ),
         (
-            "loopix_registered_clients",
+            names::REGISTERED_CLIENTS,
             "Clients registered now",
             &p.registered_clients,
         ),
@@ -492,135 +560,9 @@ pub fn render_node(
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let with = |extra: &[(&str, String)]| -> Labels {
-        let mut l = base.clone();
-        l.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
-        l
-    };
-
-    let received = Family::<Labels, Counter>::default();
-    let forwarded = Family::<Labels, Counter>::default();
-    let loops = Family::<Labels, Counter>::default();
-    let to_inbox = Family::<Labels, Counter>::default();
-    let cover = Family::<Labels, Counter>::default();
-    let dropped = Family::<Labels, Counter>::default();
-    let pool_in_use = Family::<Labels, Gauge>::default();
-    let pool_capacity = Family::<Labels, Gauge>::default();
-    let filter_bytes = Family::<Labels, Gauge>::default();
-    let filter_fill = Family::<Labels, Gauge<f64, AtomicU64>>::default();
-    let overhead_q = Family::<Labels, Gauge<f64, AtomicU64>>::default();
-    let lateness_q = Family::<Labels, Gauge<f64, AtomicU64>>::default();
-    let info = Family::<Labels, Gauge>::default();
-    info.get_or_create(&with(&[("io", io.to_string())])).set(1);
-
-    let mut overhead_all = Vec::new();
-    let mut lateness_all = Vec::new();
-    for (i, s) in shards.iter().enumerate() {
-        let shard = [("shard", i.to_string())];
-        let l = with(&shard);
-        received
-            .get_or_create(&l)
-            .inc_by(s.received.load(Ordering::Relaxed));
-        forwarded
-            .get_or_create(&l)
-            .inc_by(s.forwarded.load(Ordering::Relaxed));
-        loops
-            .get_or_create(&l)
-            .inc_by(s.loops_received.load(Ordering::Relaxed));
-        if provider.is_some() {
-            to_inbox
-                .get_or_create(&l)
-                .inc_by(s.to_inbox.load(Ordering::Relaxed));
-            cover
-                .get_or_create(&l)
-                .inc_by(s.cover_discarded.load(Ordering::Relaxed));
-        }
-        for r in DropReason::ALL {
-            dropped
-                .get_or_create(&with(&[
-                    shard[0].clone(),
-                    ("reason", r.label().to_string()),
-                ]))
-                .inc_by(s.drops(r));
-        }
-        let gauge = |v: &AtomicU64| i64::try_from(v.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
-        pool_in_use.get_or_create(&l).set(gauge(&s.pool_in_use));
-        pool_capacity.get_or_create(&l).set(gauge(&s.pool_capacity));
-        filter_bytes.get_or_create(&l).set(gauge(&s.filter_bytes));
-        filter_fill
-            .get_or_create(&l)
-            .set(f64::from_bits(s.filter_fill_bits.load(Ordering::Relaxed)));
-        s.overhead.add_to(&mut overhead_all);
-        s.lateness.add_to(&mut lateness_all);
-    }
-    for (q, name) in [(0.5, "0.5"), (0.9, "0.9"), (0.99, "0.99"), (0.999, "0.999")] {
-        let l = with(&[("quantile", name.to_string())]);
-        if let Some(v) = LatencyHistogram::quantile_of(&overhead_all, q) {
-            overhead_q.get_or_create(&l).set(v as f64);
-        }
-        if let Some(v) = LatencyHistogram::quantile_of(&lateness_all, q) {
-            lateness_q.get_or_create(&l).set(v as f64);
-        }
-    }
-
-    registry.register("loopix_received_datagrams", "Datagrams received", received);
-    registry.register(
-        "loopix_forwarded_packets",
-        "Packets sent to the next hop",
-        forwarded,
-    );
-    registry.register(
-        "loopix_loops_received",
-        "Own loop packets that came back",
-        loops,
-    );
-    registry.register(
-        "loopix_dropped",
-        "Datagrams or packets dropped, by reason",
-        dropped,
-    );
-    registry.register(
-        "loopix_pool_in_use_packets",
-        "Packets held in the shard's pool",
-        pool_in_use,
-    );
-    registry.register(
-        "loopix_pool_capacity_packets",
-        "Size of the shard's pool",
-        pool_capacity,
-    );
-    registry.register(
-        "loopix_replay_filter_bytes",
-        "Replay filter memory, all open epochs",
-        filter_bytes,
-    );
-    registry.register(
-        "loopix_replay_filter_fill_ratio",
-        "Fraction of the current epoch filter's bits set",
-        filter_fill,
-    );
-    registry.register(
-        "loopix_processing_overhead_microseconds",
-        "Arrival to scheduled (quantiles over the node's life)",
-        overhead_q,
-    );
-    registry.register(
-        "loopix_scheduling_lateness_microseconds",
-        "Deadline to actual send (quantiles over the node's life)",
-        lateness_q,
-    );
-    registry.register("loopix_node_info", "Static facts about the node", info);
+    let families = ShardFamilies::collect(&base, shards, io, provider.is_some());
+    families.register(&mut registry);
     if let Some(p) = provider {
-        registry.register(
-            "loopix_delivered_to_inbox",
-            "Packets with a Deliver command handed to the inbox thread",
-            to_inbox,
-        );
-        registry.register(
-            "loopix_cover_discarded",
-            "Drop cover packets discarded",
-            cover,
-        );
         register_provider(&mut registry, &base, p);
     }
     if let Some(t) = topology {
@@ -631,6 +573,170 @@ pub fn render_node(
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &registry);
     out
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// The per-shard series of every node (and a provider's shards' two), filled
+/// from the shards' atomics, then registered in one place.
+struct ShardFamilies {
+    provider: bool,
+    received: Family<Labels, Counter>,
+    forwarded: Family<Labels, Counter>,
+    loops: Family<Labels, Counter>,
+    to_inbox: Family<Labels, Counter>,
+    cover: Family<Labels, Counter>,
+    dropped: Family<Labels, Counter>,
+    pool_in_use: Family<Labels, Gauge>,
+    pool_capacity: Family<Labels, Gauge>,
+    filter_bytes: Family<Labels, Gauge>,
+    filter_fill: Family<Labels, FloatGauge>,
+    overhead_q: Family<Labels, FloatGauge>,
+    lateness_q: Family<Labels, FloatGauge>,
+    info: Family<Labels, Gauge>,
+}
+
+impl ShardFamilies {
+    /// Read every shard's counters, and the node's latency quantiles over
+    /// all shards.
+    fn collect(base: &Labels, shards: &[Arc<ShardMetrics>], io: &str, provider: bool) -> Self {
+        let with = |extra: &[(&str, String)]| -> Labels {
+            let mut l = base.clone();
+            l.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+            l
+        };
+        let f = ShardFamilies {
+            provider,
+            received: Family::default(),
+            forwarded: Family::default(),
+            loops: Family::default(),
+            to_inbox: Family::default(),
+            cover: Family::default(),
+            dropped: Family::default(),
+            pool_in_use: Family::default(),
+            pool_capacity: Family::default(),
+            filter_bytes: Family::default(),
+            filter_fill: Family::default(),
+            overhead_q: Family::default(),
+            lateness_q: Family::default(),
+            info: Family::default(),
+        };
+        f.info
+            .get_or_create(&with(&[("io", io.to_string())]))
+            .set(1);
+        let mut overhead_all = Vec::new();
+        let mut lateness_all = Vec::new();
+        for (i, s) in shards.iter().enumerate() {
+            let shard = [("shard", i.to_string())];
+            let l = with(&shard);
+            let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
+            f.received.get_or_create(&l).inc_by(load(&s.received));
+            f.forwarded.get_or_create(&l).inc_by(load(&s.forwarded));
+            f.loops.get_or_create(&l).inc_by(load(&s.loops_received));
+            if provider {
+                f.to_inbox.get_or_create(&l).inc_by(load(&s.to_inbox));
+                f.cover.get_or_create(&l).inc_by(load(&s.cover_discarded));
+            }
+            for r in DropReason::ALL {
+                f.dropped
+                    .get_or_create(&with(&[
+                        shard[0].clone(),
+                        ("reason", r.label().to_string()),
+                    ]))
+                    .inc_by(s.drops(r));
+            }
+            let gauge = |v: &AtomicU64| i64::try_from(load(v)).unwrap_or(i64::MAX);
+            f.pool_in_use.get_or_create(&l).set(gauge(&s.pool_in_use));
+            f.pool_capacity
+                .get_or_create(&l)
+                .set(gauge(&s.pool_capacity));
+            f.filter_bytes.get_or_create(&l).set(gauge(&s.filter_bytes));
+            f.filter_fill
+                .get_or_create(&l)
+                .set(f64::from_bits(load(&s.filter_fill_bits)));
+            s.overhead.add_to(&mut overhead_all);
+            s.lateness.add_to(&mut lateness_all);
+        }
+        for (q, name) in [(0.5, "0.5"), (0.9, "0.9"), (0.99, "0.99"), (0.999, "0.999")] {
+            let l = with(&[("quantile", name.to_string())]);
+            if let Some(v) = LatencyHistogram::quantile_of(&overhead_all, q) {
+                f.overhead_q.get_or_create(&l).set(v as f64);
+            }
+            if let Some(v) = LatencyHistogram::quantile_of(&lateness_all, q) {
+                f.lateness_q.get_or_create(&l).set(v as f64);
+            }
+        }
+        f
+    }
+
+    /// Register every family under its name in [`names`].
+    fn register(self, registry: &mut Registry) {
+        use names::*;
+        let r = registry;
+        r.register(
+            counter(RECEIVED_DATAGRAMS),
+            "Datagrams received",
+            self.received,
+        );
+        r.register(
+            counter(FORWARDED_PACKETS),
+            "Packets sent to the next hop",
+            self.forwarded,
+        );
+        r.register(
+            counter(LOOPS_RECEIVED),
+            "Own loop packets that came back",
+            self.loops,
+        );
+        r.register(
+            counter(DROPPED),
+            "Datagrams or packets dropped, by reason",
+            self.dropped,
+        );
+        r.register(
+            POOL_IN_USE,
+            "Packets held in the shard's pool",
+            self.pool_in_use,
+        );
+        r.register(
+            POOL_CAPACITY,
+            "Size of the shard's pool",
+            self.pool_capacity,
+        );
+        r.register(
+            REPLAY_FILTER_BYTES,
+            "Replay filter memory, all open epochs",
+            self.filter_bytes,
+        );
+        r.register(
+            REPLAY_FILTER_FILL,
+            "Fraction of the current epoch filter's bits set",
+            self.filter_fill,
+        );
+        r.register(
+            PROCESSING_OVERHEAD_US,
+            "Arrival to scheduled (quantiles over the node's life)",
+            self.overhead_q,
+        );
+        r.register(
+            SCHEDULING_LATENESS_US,
+            "Deadline to actual send (quantiles over the node's life)",
+            self.lateness_q,
+        );
+        r.register(NODE_INFO, "Static facts about the node", self.info);
+        if self.provider {
+            r.register(
+                counter(DELIVERED_TO_INBOX),
+                "Packets with a Deliver command handed to the inbox thread",
+                self.to_inbox,
+            );
+            r.register(
+                counter(COVER_DISCARDED),
+                "Drop cover packets discarded",
+                self.cover,
+            );
+        }
+    }
 }
 
 /// Serve `GET /metrics` on `listen` until `stop` is set. Runs on its own

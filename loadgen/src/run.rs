@@ -135,11 +135,8 @@ fn node_counters(metrics: &[(String, SocketAddr)]) -> Vec<Option<(f64, f64)>> {
     metrics
         .iter()
         .map(|(_, a)| {
-            let text = loopix_testkit::localnet::scrape(*a)?;
-            Some((
-                loopix_testkit::localnet::sum_metric(&text, "loopix_forwarded_packets_total", &[]),
-                loopix_testkit::localnet::sum_metric(&text, "loopix_dropped_total", &[]),
-            ))
+            let m = loopix_testkit::metrics::Metrics::scrape(*a)?;
+            Some((m.forwarded(), m.sum(loopix_engine::metrics::names::DROPPED, &[])))
         })
         .collect()
 }

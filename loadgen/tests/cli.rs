@@ -9,7 +9,6 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -97,8 +96,8 @@ fn a_run_on_registration_files_reports_and_bad_input_sends_nothing() {
     let (code, _, err) = run(&args);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("lambda_l"), "{err}");
-    assert_eq!(provider.counts.packets.load(Ordering::Relaxed), 0);
-    assert_eq!(provider.counts.pulls.load(Ordering::Relaxed), 0);
+    assert_eq!(provider.state().client_packets, 0);
+    assert_eq!(provider.state().pulls, 0);
 
     let (code, stdout, err) = run(&base(""));
     assert_eq!(code, 0, "{err}");
@@ -112,6 +111,6 @@ fn a_run_on_registration_files_reports_and_bad_input_sends_nothing() {
     .expect("json");
     let step = &json["steps"][0];
     assert!(step["loops_received"].as_u64().expect("n") > 0, "{step}");
-    assert!(provider.counts.packets.load(Ordering::Relaxed) > 0);
-    assert_eq!(provider.counts.bad.load(Ordering::Relaxed), 0);
+    assert!(provider.state().client_packets > 0);
+    assert_eq!(provider.state().bad_client_frames, 0);
 }

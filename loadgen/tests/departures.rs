@@ -140,9 +140,7 @@ fn departures_are_poisson_at_the_configured_rate() {
         );
     }
     assert!(
-        sink.counts
-            .packets
-            .load(std::sync::atomic::Ordering::Relaxed)
+        sink.datagrams.load(std::sync::atomic::Ordering::Relaxed)
             > 0
     );
 }

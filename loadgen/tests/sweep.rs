@@ -104,10 +104,7 @@ fn short_sweep_writes_one_row_per_step_and_delivered_never_exceeds_offered() {
         }
     }
     assert_eq!(
-        provider
-            .counts
-            .bad
-            .load(std::sync::atomic::Ordering::Relaxed),
+        provider.state().bad_client_frames,
         0,
         "every frame authenticated at the provider"
     );

@@ -62,7 +62,7 @@ fn start_testnet(dir: PathBuf) -> Net {
         if let Ok(m) = Manifest::read(&dir) {
             if m.nodes
                 .iter()
-                .all(|n| loopix_testkit::localnet::scrape(n.metrics).is_some())
+                .all(|n| loopix_testkit::metrics::Metrics::scrape(n.metrics).is_some())
             {
                 return net;
             }

@@ -139,7 +139,7 @@ fn multi_packet_message_to_a_client_started_later_and_a_surb_reply() {
     // Every node serves metrics once it runs.
     let by = Instant::now() + Duration::from_secs(20);
     for n in &net.nodes {
-        while loopix_testkit::localnet::scrape(n.metrics).is_none() {
+        while loopix_testkit::metrics::Metrics::scrape(n.metrics).is_none() {
             if let Some((name, st, tail)) = nodes.check_exited() {
                 panic!("{name} exited {st}: {tail}");
             }

@@ -6,97 +6,29 @@
 //! receives what layer 3 sends on. Every wait is bounded; every child is
 //! killed when its guard drops.
 
-use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::net::UdpSocket;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use loopix_crypto::RoutingCommand;
 use loopix_engine::config::IoChoice;
-use loopix_testkit::localnet::{scrape, scrape_sum, Driver, LocalNet, LocalNetSpec};
+use loopix_engine::metrics::names;
+use loopix_testkit::localnet::{Driver, LocalNet, LocalNetSpec};
+use loopix_testkit::process::NodeProcess;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
-/// A running mix process, killed on drop.
-struct MixProcess {
-    child: Child,
-    metrics: SocketAddr,
-    log: std::path::PathBuf,
-}
-
-impl Drop for MixProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl MixProcess {
-    fn start(net: &LocalNet, index: usize) -> MixProcess {
-        let node = &net.nodes[index];
-        let config = node.config.as_ref().expect("mixes have configs");
-        let log = config.with_extension("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_loopix"))
-            .args(["mix", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start loopix mix");
-        let p = MixProcess {
-            child,
-            metrics: node.metrics,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while scrape(p.metrics).is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "mix {index} did not start: {}",
-                p.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        p
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn dropped(&self, reason: &str) -> f64 {
-        scrape_sum(
-            self.metrics,
-            "loopix_dropped_total",
-            &[&format!("reason=\"{reason}\"")],
-        )
-        .expect("metrics answer")
-    }
-
-    fn counter(&self, name: &str) -> f64 {
-        scrape_sum(self.metrics, name, &[]).expect("metrics answer")
-    }
-
-    /// SIGTERM, then wait at most `bound`; returns the exit status.
-    fn terminate(&mut self, bound: Duration) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let ok = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(ok.success());
-        let deadline = Instant::now() + bound;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no exit within {bound:?} of SIGTERM: {}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+/// `loopix mix` for node `index` of `net`, up when its metrics answer.
+fn start_mix(net: &LocalNet, index: usize) -> NodeProcess {
+    let node = &net.nodes[index];
+    let config = node.config.as_ref().expect("mixes have configs");
+    NodeProcess::start_node(
+        Path::new(env!("CARGO_BIN_EXE_loopix")),
+        "mix",
+        config,
+        node.metrics,
+    )
+    .unwrap_or_else(|e| panic!("mix {index}: {e}"))
 }
 
 fn backends() -> Vec<IoChoice> {
@@ -114,7 +46,7 @@ struct Net {
     net: LocalNet,
     driver: Driver,
     provider_socket: UdpSocket,
-    mixes: Vec<MixProcess>,
+    mixes: Vec<NodeProcess>,
     l: [usize; 3],
 }
 
@@ -135,7 +67,7 @@ fn start_net_with(spec: LocalNetSpec) -> Net {
         .set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
     let l = [net.layer(1)[0], net.layer(2)[0], net.layer(3)[0]];
-    let mixes = l.iter().map(|&i| MixProcess::start(&net, i)).collect();
+    let mixes = l.iter().map(|&i| start_mix(&net, i)).collect();
     Net {
         _dir: dir,
         net,
@@ -215,13 +147,8 @@ fn three_mix_chain_holds_each_hop_for_its_delay() {
         // Each hop held it for its own delay: every mix forwarded one packet
         // and its scheduling lateness stayed small.
         for m in &net.mixes {
-            assert_eq!(m.counter("loopix_forwarded_packets_total"), 1.0);
-            let late = scrape_sum(
-                m.metrics,
-                "loopix_scheduling_lateness_microseconds",
-                &["quantile=\"0.99\""],
-            )
-            .expect("metrics");
+            assert_eq!(m.metric(names::FORWARDED_PACKETS, &[]), 1.0);
+            let late = m.metric(names::SCHEDULING_LATENESS_US, &[("quantile", "0.99")]);
             assert!(late < 20_000.0, "{io:?}: lateness p99 {late} us");
         }
     }
@@ -319,7 +246,7 @@ fn junk_is_dropped_and_counted_good_traffic_flows() {
             frame_junk, 4.0,
             "{io:?}: random, non-neighbour, unknown index, bad tag"
         );
-        assert_eq!(l1.counter("loopix_forwarded_packets_total"), 1.0);
+        assert_eq!(l1.metric(names::FORWARDED_PACKETS, &[]), 1.0);
     }
 }
 
@@ -336,18 +263,23 @@ fn sigterm_exits_zero_within_bound() {
         net.send_to_layer1(&frame, &tx);
         let l1 = &net.mixes[0];
         let deadline = Instant::now() + Duration::from_secs(2);
-        while l1.counter("loopix_pool_in_use_packets") < 1.0 && Instant::now() < deadline {
+        while l1.metric(names::POOL_IN_USE, &[]) < 1.0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         let started = Instant::now();
         // drain_ms is 500: the bound leaves room for start-up noise only.
-        let status = net.mixes[0].terminate(Duration::from_secs(3));
+        let status = net.mixes[0]
+            .terminate(Duration::from_secs(3))
+            .expect("exits");
         assert!(status.success(), "{io:?}: exit status {status}");
         let log = net.mixes[0].log_text();
         assert!(log.contains("1 dropped at shutdown"), "{io:?}: {log}");
         eprintln!("{io:?}: exited {:?} after SIGTERM", started.elapsed());
         for m in net.mixes.iter_mut().skip(1) {
-            assert!(m.terminate(Duration::from_secs(3)).success());
+            assert!(m
+                .terminate(Duration::from_secs(3))
+                .expect("exits")
+                .success());
         }
     }
 }
@@ -372,7 +304,7 @@ fn key_epochs_rotate_with_grace() {
             .expect("clock after 1970")
             .as_secs_f64()
     };
-    let filter_bytes = |net: &Net| net.mixes[0].counter("loopix_replay_filter_bytes");
+    let filter_bytes = |net: &Net| net.mixes[0].metric(names::REPLAY_FILTER_BYTES, &[]);
     // Wait for the next epoch boundary, plus 0.3 s for the control loop.
     let e1 = (now() / epoch_s as f64).floor() as u64 + 1;
     let boundary = (e1 * epoch_s) as f64;

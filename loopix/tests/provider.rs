@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use loopix_client::Registration;
@@ -19,87 +19,32 @@ use loopix_crypto::access::{
 };
 use loopix_crypto::{Geometry, LinkKey, MailboxId, RouteKey, SecretKey};
 use loopix_engine::config::IoChoice;
-use loopix_testkit::localnet::{free_tcp_addr, scrape, scrape_sum, Driver, LocalNet, LocalNetSpec};
+use loopix_engine::metrics::names;
+use loopix_testkit::localnet::{free_tcp_addr, Driver, LocalNet, LocalNetSpec};
+use loopix_testkit::process::{NodeProcess, START_BOUND};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
 const G: Geometry = Geometry::DEFAULT;
 const K: u16 = 4;
 
-/// A running provider, killed (SIGKILL) on drop.
-struct ProviderProcess {
-    child: Child,
-    metrics: SocketAddr,
-    log: PathBuf,
-}
-
-impl Drop for ProviderProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl ProviderProcess {
-    fn start(config: &Path, metrics: SocketAddr) -> ProviderProcess {
-        let log = config.with_extension(format!(
-            "{}.log",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock")
-                .as_nanos()
-        ));
-        let child = Command::new(env!("CARGO_BIN_EXE_loopix"))
-            .args(["provider", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start loopix provider");
-        let mut p = ProviderProcess {
-            child,
-            metrics,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while scrape(p.metrics).is_none() {
-            if let Ok(Some(status)) = p.child.try_wait() {
-                panic!("provider exited with {status}: {}", p.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "provider did not start: {}",
-                p.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        p
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn metric(&self, name: &str, labels: &[&str]) -> f64 {
-        scrape_sum(self.metrics, name, labels).expect("metrics endpoint answers")
-    }
-
-    /// Wait (bounded) until `name{labels}` reaches `at_least`.
-    fn wait_metric(&self, name: &str, labels: &[&str], at_least: f64) -> f64 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let v = self.metric(name, labels);
-            if v >= at_least {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name}{labels:?} stayed at {v}, wanted {at_least}: {}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+/// `loopix provider --config config`, up when its metrics answer; each
+/// start logs to a file of its own, so a restart keeps the first log.
+fn start_provider(config: &Path, metrics: SocketAddr) -> NodeProcess {
+    let log = config.with_extension(format!(
+        "{}.log",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos()
+    ));
+    let config = config.to_string_lossy();
+    let bin = Path::new(env!("CARGO_BIN_EXE_loopix"));
+    let args = ["provider", "--config", &config];
+    let mut p = NodeProcess::spawn("provider", bin, &args, &log).expect("start loopix provider");
+    p.wait_up(metrics, START_BOUND)
+        .unwrap_or_else(|e| panic!("{e}"));
+    p
 }
 
 fn spec() -> LocalNetSpec {
@@ -285,7 +230,7 @@ fn constant_pulls_and_acknowledgements() {
     let net = LocalNet::create(dir.path(), &spec()).expect("lay out");
     let config = provider_config(&net);
     let reg = register(&config, "alice");
-    let p = ProviderProcess::start(&config, net.nodes[0].metrics);
+    let p = start_provider(&config, net.nodes[0].metrics);
     let mut mix = LastMix::new(&net);
     let mut alice = Client::new(reg.clone());
 
@@ -294,7 +239,7 @@ fn constant_pulls_and_acknowledgements() {
 
     // Some: real first, and again in the next answer until acknowledged.
     mix.deliver(reg.mailbox, 2);
-    p.wait_metric("loopix_inbox_stored_total", &[], 2.0);
+    p.wait_metric(names::INBOX_STORED, &[], 2.0);
     let first = alice.pull(&[]);
     let first_ids = ids(&first);
     assert_eq!(first_ids.len(), 2);
@@ -305,7 +250,7 @@ fn constant_pulls_and_acknowledgements() {
 
     // More than K: every answer is K frames; acknowledged ones never return.
     mix.deliver(reg.mailbox, 5);
-    p.wait_metric("loopix_inbox_stored_total", &[], 7.0);
+    p.wait_metric(names::INBOX_STORED, &[], 7.0);
     let mut acked: HashSet<u64> = HashSet::new();
     let mut to_ack = first_ids.clone();
     let mut seen = 0;
@@ -321,13 +266,10 @@ fn constant_pulls_and_acknowledgements() {
         to_ack = got;
     }
     assert_eq!(seen, 5, "each of the later 5 delivered, then none");
-    assert_eq!(p.metric("loopix_inbox_acked_total", &[]), 7.0);
-    assert_eq!(p.metric("loopix_inbox_messages", &[]), 0.0);
-    let pulls = p.metric("loopix_pulls_total", &[]);
-    assert_eq!(
-        p.metric("loopix_pull_frames_total", &[]),
-        pulls * f64::from(K)
-    );
+    assert_eq!(p.metric(names::INBOX_ACKED, &[]), 7.0);
+    assert_eq!(p.metric(names::INBOX_MESSAGES, &[]), 0.0);
+    let pulls = p.metric(names::PULLS, &[]);
+    assert_eq!(p.metric(names::PULL_FRAMES, &[]), pulls * f64::from(K));
 }
 
 #[test]
@@ -336,7 +278,7 @@ fn stored_packets_survive_sigkill() {
     let net = LocalNet::create(dir.path(), &spec()).expect("lay out");
     let config = provider_config(&net);
     let reg = register(&config, "bob");
-    let p = ProviderProcess::start(&config, net.nodes[0].metrics);
+    let p = start_provider(&config, net.nodes[0].metrics);
 
     // A stream of deliveries from another thread while we watch the count.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -355,10 +297,9 @@ fn stored_packets_survive_sigkill() {
             }
         })
     };
-    let stored = p.wait_metric("loopix_inbox_stored_total", &[], 300.0);
+    let stored = p.wait_metric(names::INBOX_STORED, &[], 300.0);
     let mut p = p;
-    p.child.kill().expect("SIGKILL");
-    let _ = p.child.wait();
+    p.kill();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     sender.join().expect("sender");
     drop(p);
@@ -372,7 +313,7 @@ fn stored_packets_survive_sigkill() {
         &format!("[metrics]\nlisten = \"{metrics}\""),
     );
     std::fs::write(&config, text).expect("write config");
-    let p = ProviderProcess::start(&config, metrics);
+    let p = start_provider(&config, metrics);
     let mut bob = Client::new(reg);
     let mut acked: HashSet<u64> = HashSet::new();
     let mut packets: HashSet<Vec<u8>> = HashSet::new();
@@ -397,7 +338,7 @@ fn stored_packets_survive_sigkill() {
         "{} messages after restart, {stored} were counted stored before SIGKILL",
         packets.len()
     );
-    assert_eq!(p.metric("loopix_inbox_messages", &[]), 0.0);
+    assert_eq!(p.metric(names::INBOX_MESSAGES, &[]), 0.0);
 }
 
 #[test]
@@ -414,13 +355,10 @@ fn bad_input_is_counted_and_good_clients_are_served() {
     let config = provider_config(&net);
     let a_reg = register(&config, "a");
     let b_reg = register(&config, "b");
-    let p = ProviderProcess::start(&config, net.nodes[0].metrics);
+    let p = start_provider(&config, net.nodes[0].metrics);
     let mut a = Client::new(a_reg.clone());
     let mut b = Client::new(b_reg.clone());
-    let wait_dropped = |reason: &str| {
-        let label = format!("reason=\"{reason}\"");
-        p.wait_metric("loopix_dropped_total", &[&label], 1.0)
-    };
+    let wait_dropped = |reason: &str| p.wait_metric(names::DROPPED, &[("reason", reason)], 1.0);
 
     // Unknown slot.
     a.send_pull_as(&LinkKey::from_bytes(&[1; 16]), 999, a_reg.mailbox, &[]);
@@ -441,15 +379,11 @@ fn bad_input_is_counted_and_good_clients_are_served() {
     // Quota: 3 messages per client; 5 sent, 2 refused and counted.
     let mut mix = LastMix::new(&net);
     mix.deliver(a_reg.mailbox, 5);
-    p.wait_metric(
-        "loopix_inbox_refused_total",
-        &["reason=\"count_quota\""],
-        2.0,
-    );
-    assert_eq!(p.metric("loopix_inbox_stored_total", &[]), 3.0);
+    p.wait_metric(names::INBOX_REFUSED, &[("reason", "count_quota")], 2.0);
+    assert_eq!(p.metric(names::INBOX_STORED, &[]), 3.0);
     // Cover is discarded and counted, not stored.
     mix.send_cover();
-    p.wait_metric("loopix_cover_discarded_total", &[], 1.0);
+    p.wait_metric(names::COVER_DISCARDED, &[], 1.0);
 
     // Client packets: a Relay to the first layer is forwarded; anything
     // else from a client is a bad command; an unknown slot is dropped first.
@@ -467,7 +401,7 @@ fn bad_input_is_counted_and_good_clients_are_served() {
     a.socket
         .send_to(&frame, a_reg.provider_address)
         .expect("send");
-    p.wait_metric("loopix_forwarded_packets_total", &[], 1.0);
+    p.wait_metric(names::FORWARDED_PACKETS, &[], 1.0);
     a.counter += 1;
     seal_client_packet(&key_a, a_reg.slot, a.counter - 1, &deliver, &mut frame).expect("seal");
     a.socket
@@ -478,14 +412,14 @@ fn bad_input_is_counted_and_good_clients_are_served() {
     a.socket
         .send_to(&frame, a_reg.provider_address)
         .expect("send");
-    p.wait_metric("loopix_dropped_total", &["reason=\"unknown_client\""], 2.0);
+    p.wait_metric(names::DROPPED, &[("reason", "unknown_client")], 2.0);
 
     // Everyone is still served.
     assert_eq!(ids(&a.pull(&[])).len(), 3);
     mix.deliver(b_reg.mailbox, 1);
-    p.wait_metric("loopix_inbox_stored_total", &[], 4.0);
+    p.wait_metric(names::INBOX_STORED, &[], 4.0);
     assert_eq!(ids(&b.pull(&[])).len(), 1);
-    assert_eq!(p.metric("loopix_registered_clients", &[]), 2.0);
+    assert_eq!(p.metric(names::REGISTERED_CLIENTS, &[]), 2.0);
 }
 
 #[test]
@@ -531,8 +465,8 @@ fn register_unregister_clients_while_running() {
     let net = LocalNet::create(dir.path(), &spec()).expect("lay out");
     let config = provider_config(&net);
     let cfg = config.to_str().expect("utf-8");
-    let p = ProviderProcess::start(&config, net.nodes[0].metrics);
-    assert_eq!(p.metric("loopix_registered_clients", &[]), 0.0);
+    let p = start_provider(&config, net.nodes[0].metrics);
+    assert_eq!(p.metric(names::REGISTERED_CLIENTS, &[]), 0.0);
 
     let out = dir.path().join("carol.toml");
     let (code, stdout, err) = loopix(&[
@@ -559,7 +493,7 @@ fn register_unregister_clients_while_running() {
     assert_eq!(list, format!("0\tcarol\t{}\n", reg.mailbox));
 
     // The running provider picks the client up within a couple of seconds.
-    p.wait_metric("loopix_registered_clients", &[], 1.0);
+    p.wait_metric(names::REGISTERED_CLIENTS, &[], 1.0);
     // The gauge moves when the inbox thread has sent the shards the new
     // table; they apply it between batches (within their 20 ms idle wait).
     std::thread::sleep(Duration::from_millis(200));
@@ -574,7 +508,7 @@ fn register_unregister_clients_while_running() {
     let (_, list, _) = loopix(&["provider", "clients", "--config", cfg]);
     assert!(list.is_empty(), "{list}");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while p.metric("loopix_registered_clients", &[]) != 0.0 {
+    while p.metric(names::REGISTERED_CLIENTS, &[]) != 0.0 {
         assert!(Instant::now() < deadline, "unregistration not picked up");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -582,5 +516,5 @@ fn register_unregister_clients_while_running() {
     // Its pulls are now unknown-client drops.
     let key = LinkKey::from_bytes(&reg.access_key);
     carol.send_pull_as(&key, reg.slot, reg.mailbox, &[]);
-    p.wait_metric("loopix_dropped_total", &["reason=\"unknown_client\""], 1.0);
+    p.wait_metric(names::DROPPED, &[("reason", "unknown_client")], 1.0);
 }

@@ -10,103 +10,49 @@
 //! receives what layer 3 sends on. Every wait is bounded; every child is
 //! killed when its guard drops.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use loopix_crypto::RoutingCommand;
 use loopix_directory::descriptor::{epoch_at, NodeDescriptor};
 use loopix_directory::topology::{BuildParams, Role, TopologyFile};
 use loopix_engine::keyfile::{self, unix_now_s};
-use loopix_testkit::localnet::{free_udp_addr, scrape, scrape_sum, Driver, LocalNet, LocalNetSpec};
+use loopix_engine::metrics::names;
+use loopix_testkit::localnet::{free_udp_addr, Driver, LocalNet, LocalNetSpec};
+use loopix_testkit::process::NodeProcess;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
-/// A running node process, killed on drop.
-struct NodeProcess {
-    child: Child,
-    metrics: SocketAddr,
-    log: std::path::PathBuf,
+/// `loopix <command> --config` for node `index`, up when its metrics
+/// endpoint answers.
+fn start_node(net: &LocalNet, index: usize, command: &str) -> NodeProcess {
+    let node = &net.nodes[index];
+    let config = node.config.as_ref().expect("nodes have configs");
+    NodeProcess::start_node(
+        Path::new(env!("CARGO_BIN_EXE_loopix")),
+        command,
+        config,
+        node.metrics,
+    )
+    .unwrap_or_else(|e| panic!("node {index}: {e}"))
 }
 
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Reload counters, read through the test kit's node process.
+trait Reloads {
+    /// `loopix_topology_reloads_total{result}`.
+    fn reloads(&self, result: &str) -> f64;
+    /// Wait (bounded) until [`Reloads::reloads`] reaches `n`.
+    fn await_reloads(&self, result: &str, n: f64);
 }
 
-impl NodeProcess {
-    /// `loopix <command> --config` for node `index`, up when its metrics
-    /// endpoint answers (within 15 s).
-    fn start(net: &LocalNet, index: usize, command: &str) -> NodeProcess {
-        let node = &net.nodes[index];
-        let config = node.config.as_ref().expect("nodes have configs");
-        let log = config.with_extension("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_loopix"))
-            .args([command, "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start loopix");
-        let p = NodeProcess {
-            child,
-            metrics: node.metrics,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while scrape(p.metrics).is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "node {index} did not start: {}",
-                p.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        p
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn metric(&self, name: &str, labels: &[&str]) -> f64 {
-        scrape_sum(self.metrics, name, labels).expect("metrics answer")
-    }
-
-    fn dropped(&self, reason: &str) -> f64 {
-        self.metric("loopix_dropped_total", &[&format!("reason=\"{reason}\"")])
-    }
-
+impl Reloads for NodeProcess {
     fn reloads(&self, result: &str) -> f64 {
-        self.metric(
-            "loopix_topology_reloads_total",
-            &[&format!("result=\"{result}\"")],
-        )
+        self.metric(names::TOPOLOGY_RELOADS, &[("result", result)])
     }
 
-    fn sighup(&self) {
-        let ok = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(ok.success());
-    }
-
-    /// Wait (at most 5 s) until `loopix_topology_reloads_total{result}`
-    /// reaches `n`.
     fn await_reloads(&self, result: &str, n: f64) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.reloads(result) < n {
-            assert!(
-                Instant::now() < deadline,
-                "no {result} reload within 5 s: {}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_metric(names::TOPOLOGY_RELOADS, &[("result", result)], n);
     }
 }
 
@@ -135,10 +81,7 @@ fn start_net(providers: usize) -> Net {
         .set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
     let l = [net.layer(1)[0], net.layer(2)[0], net.layer(3)[0]];
-    let mixes = l
-        .iter()
-        .map(|&i| NodeProcess::start(&net, i, "mix"))
-        .collect();
+    let mixes = l.iter().map(|&i| start_node(&net, i, "mix")).collect();
     Net {
         dir,
         net,
@@ -285,7 +228,7 @@ fn reload_keeps_packets_in_flight() {
     net.sighup_all();
     for m in &net.mixes {
         m.await_reloads("ok", 1.0);
-        assert_eq!(m.metric("loopix_topology_serial", &[]), 2.0);
+        assert_eq!(m.metric(names::TOPOLOGY_SERIAL, &[]), 2.0);
         assert!(
             m.log_text().contains("serial 1 -> 2, 0 node(s) added"),
             "{}",
@@ -300,7 +243,7 @@ fn reload_keeps_packets_in_flight() {
     net.sighup_all();
     for m in &net.mixes {
         m.await_reloads("ok", 2.0);
-        assert_eq!(m.metric("loopix_topology_serial", &[]), 3.0);
+        assert_eq!(m.metric(names::TOPOLOGY_SERIAL, &[]), 3.0);
         assert!(
             m.log_text().contains("serial 2 -> 3, 1 node(s) added"),
             "{}",
@@ -359,13 +302,13 @@ fn reload_keeps_packets_in_flight() {
 #[test]
 fn bad_documents_are_refused_and_traffic_flows() {
     let mut net = start_net(2);
-    let provider = NodeProcess::start(&net.net, 1, "provider");
+    let provider = start_node(&net.net, 1, "provider");
     let good = net.publish(5, &[]);
     net.sighup_all();
     provider.sighup();
     for m in net.mixes.iter().chain([&provider]) {
         m.await_reloads("ok", 1.0);
-        assert_eq!(m.metric("loopix_topology_serial", &[]), 5.0);
+        assert_eq!(m.metric(names::TOPOLOGY_SERIAL, &[]), 5.0);
     }
 
     // A packet waits at layer 1 through both refusals.
@@ -400,18 +343,18 @@ fn bad_documents_are_refused_and_traffic_flows() {
             "{}",
             m.log_text()
         );
-        assert_eq!(m.metric("loopix_topology_serial", &[]), 5.0);
+        assert_eq!(m.metric(names::TOPOLOGY_SERIAL, &[]), 5.0);
         assert_eq!(m.reloads("ok"), 1.0);
     }
     let deadline = Instant::now() + Duration::from_secs(3);
-    while provider.metric("loopix_registered_clients", &[]) < 1.0 {
+    while provider.metric(names::REGISTERED_CLIENTS, &[]) < 1.0 {
         assert!(Instant::now() < deadline, "{}", provider.log_text());
         std::thread::sleep(Duration::from_millis(20));
     }
     net.send_chain([1_000, 1_000, 1_000], 41);
     assert_eq!(net.receive(2, Duration::from_secs(5)), 2, "traffic stopped");
     for m in &mut net.mixes {
-        assert!(m.child.try_wait().expect("wait").is_none(), "node exited");
+        assert!(m.try_exited().is_none(), "node exited");
     }
 }
 

@@ -12,7 +12,6 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use loopix_crypto::link::FRAME_OVERHEAD;
 use loopix_crypto::sphinx::{self, Hop};
@@ -475,40 +474,4 @@ impl Driver {
         }
         Err(last)
     }
-}
-
-/// GET `/metrics` from `addr` and sum every sample of `name` whose labels
-/// contain all of `labels` (e.g. `reason="sphinx_replay"`). `None` if the
-/// endpoint does not answer.
-pub fn scrape_sum(addr: SocketAddr, name: &str, labels: &[&str]) -> Option<f64> {
-    let text = scrape(addr)?;
-    Some(sum_metric(&text, name, labels))
-}
-
-/// GET `/metrics` from `addr`.
-pub fn scrape(addr: SocketAddr) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let body = out.split_once("\r\n\r\n")?.1;
-    Some(body.to_string())
-}
-
-/// Sum the samples of `name` in Prometheus text whose labels contain all of
-/// `labels`.
-pub fn sum_metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let metric = series.split('{').next()?;
-            (metric == name && labels.iter().all(|x| series.contains(x)))
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
-        })
-        .sum()
 }

@@ -6,25 +6,18 @@
 //! and reaps whatever is still running, so an early return or a panic in the
 //! caller does not leak processes.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-/// One running node.
-pub struct NodeProcess {
-    /// A short name (`mix-l1-2`, `provider-0`).
-    pub name: String,
-    /// Its log (stderr and stdout).
-    pub log: PathBuf,
-    child: Child,
-    exited: Option<ExitStatus>,
-}
+pub use crate::process::{log_tail, NodeProcess};
 
 /// The children of one testnet.
 #[derive(Default)]
 pub struct Supervisor {
     nodes: Vec<NodeProcess>,
+    /// Per child: its exit was already reported by `check_exited`.
+    reported: Vec<bool>,
 }
 
 impl Supervisor {
@@ -33,7 +26,7 @@ impl Supervisor {
         Supervisor::default()
     }
 
-    /// Start `program args...` as `name`, its output appended to `log`.
+    /// Start `program args...` as `name`, its output written to `log`.
     pub fn spawn(
         &mut self,
         name: &str,
@@ -41,23 +34,9 @@ impl Supervisor {
         args: &[&str],
         log: &Path,
     ) -> Result<(), String> {
-        let out = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let err = out
-            .try_clone()
-            .map_err(|e| format!("{}: {e}", log.display()))?;
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
-        self.nodes.push(NodeProcess {
-            name: name.to_owned(),
-            log: log.to_owned(),
-            child,
-            exited: None,
-        });
+        self.nodes
+            .push(NodeProcess::spawn(name, program, args, log)?);
+        self.reported.push(false);
         Ok(())
     }
 
@@ -69,13 +48,13 @@ impl Supervisor {
     /// The first child found to have exited since the last call, with its
     /// status and the last lines of its log.
     pub fn check_exited(&mut self) -> Option<(String, ExitStatus, String)> {
-        for n in &mut self.nodes {
-            if n.exited.is_some() {
+        for (n, reported) in self.nodes.iter_mut().zip(&mut self.reported) {
+            if *reported {
                 continue;
             }
-            if let Ok(Some(status)) = n.child.try_wait() {
-                n.exited = Some(status);
-                return Some((n.name.clone(), status, log_tail(&n.log, 10)));
+            if let Some(status) = n.try_exited() {
+                *reported = true;
+                return Some((n.name.clone(), status, n.log_tail(10)));
             }
         }
         None
@@ -86,56 +65,31 @@ impl Supervisor {
     /// (`None`: had to be killed).
     pub fn stop_all(&mut self, bound: Duration) -> Vec<(String, Option<ExitStatus>)> {
         for n in &self.nodes {
-            if n.exited.is_none() {
-                let _ = loopix_engine::io::send_signal(n.child.id(), libc::SIGTERM);
-            }
+            n.signal(libc::SIGTERM);
         }
         let deadline = Instant::now() + bound;
-        loop {
-            let mut running = 0;
-            for n in &mut self.nodes {
-                if n.exited.is_none() {
-                    match n.child.try_wait() {
-                        Ok(Some(s)) => n.exited = Some(s),
-                        _ => running += 1,
-                    }
-                }
-            }
-            if running == 0 || Instant::now() >= deadline {
+        while Instant::now() < deadline {
+            let running = self
+                .nodes
+                .iter_mut()
+                .filter_map(|n| n.try_exited().is_none().then_some(()))
+                .count();
+            if running == 0 {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let mut out = Vec::new();
-        for n in &mut self.nodes {
-            if n.exited.is_none() {
-                let _ = n.child.kill();
-                let _ = n.child.wait();
-                out.push((n.name.clone(), None));
-            } else {
-                out.push((n.name.clone(), n.exited));
-            }
-        }
-        out
+        self.nodes
+            .iter_mut()
+            .map(|n| {
+                let status = n.try_exited();
+                if status.is_none() {
+                    n.kill();
+                }
+                (n.name.clone(), status)
+            })
+            .collect()
     }
-}
-
-impl Drop for Supervisor {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            if n.exited.is_none() {
-                let _ = n.child.kill();
-                let _ = n.child.wait();
-            }
-        }
-    }
-}
-
-/// The last `lines` lines of the file at `path` (empty if unreadable).
-pub fn log_tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 #[cfg(test)]

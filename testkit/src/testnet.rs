@@ -29,9 +29,11 @@ use rand_core::{OsRng, RngCore};
 use serde::Serialize;
 
 use crate::localnet::{self, LocalNet, LocalNetSpec};
+use crate::metrics::Metrics;
 use crate::supervise::Supervisor;
 use loopix_directory::topology::Role;
 use loopix_engine::config::IoChoice;
+use loopix_engine::metrics::names;
 
 /// Everything a user can set; `Default` is the embedded default run.
 #[derive(Debug, Clone, Serialize)]
@@ -438,31 +440,16 @@ fn client_thread(
     Ok(())
 }
 
+/// A node's datagrams received, packets forwarded and non-zero drops by
+/// reason; `None` if it does not answer.
 fn scrape_node(addr: SocketAddr) -> Option<(u64, u64, BTreeMap<String, u64>)> {
-    let text = localnet::scrape(addr)?;
-    let received = localnet::sum_metric(&text, "loopix_received_datagrams_total", &[]) as u64;
-    let forwarded = localnet::sum_metric(&text, "loopix_forwarded_packets_total", &[]) as u64;
-    let mut drops = BTreeMap::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("loopix_dropped_total{"))
-    {
-        let Some(reason) = line
-            .split("reason=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-        else {
-            continue;
-        };
-        let v: f64 = line
-            .rsplit_once(' ')
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0.0);
-        if v > 0.0 {
-            *drops.entry(reason.to_string()).or_insert(0) += v as u64;
-        }
-    }
-    Some((received, forwarded, drops))
+    let m = Metrics::scrape(addr)?;
+    let drops = m
+        .nonzero_drops()
+        .into_iter()
+        .map(|(reason, n)| (reason.to_string(), n as u64))
+        .collect();
+    Some((m.received() as u64, m.forwarded() as u64, drops))
 }
 
 /// The file `loopix testnet` writes in its directory, so that other tools
@@ -548,7 +535,8 @@ impl Manifest {
         }
         let mut before = 0.0;
         for p in &providers {
-            before += localnet::scrape_sum(p.metrics, "loopix_registered_clients", &[])
+            before += Metrics::scrape(p.metrics)
+                .map(|m| m.sum(names::REGISTERED_CLIENTS, &[]))
                 .ok_or_else(|| format!("provider {} at {} does not answer", p.name, p.metrics))?;
         }
         let mut regs = Vec::with_capacity(clients);
@@ -587,7 +575,8 @@ fn wait_registered(
     loop {
         let n: f64 = providers
             .iter()
-            .filter_map(|&p| localnet::scrape_sum(p, "loopix_registered_clients", &[]))
+            .filter_map(|&p| Metrics::scrape(p))
+            .map(|m| m.sum(names::REGISTERED_CLIENTS, &[]))
             .sum();
         if n as usize >= clients {
             // Shards take the new client table between batches.
@@ -609,26 +598,7 @@ fn wait_registered(
 /// Run a testnet; `stop` (set by Ctrl-C) ends it early.
 pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, String> {
     opts.check()?;
-    let tmp;
-    let dir = match &opts.keep {
-        Some(d) => {
-            std::fs::create_dir_all(d).map_err(|e| format!("--keep {}: {e}", d.display()))?;
-            if std::fs::read_dir(d).is_ok_and(|mut r| r.next().is_some()) {
-                return Err(format!(
-                    "--keep {}: the directory is not empty",
-                    d.display()
-                ));
-            }
-            d.clone()
-        }
-        None => {
-            tmp = tempfile::Builder::new()
-                .prefix("loopix-testnet-")
-                .tempdir()
-                .map_err(|e| format!("temporary directory: {e}"))?;
-            tmp.path().to_owned()
-        }
-    };
+    let (dir, _tmp) = prepare_dir(opts)?;
     let spec = LocalNetSpec {
         providers: opts.providers,
         layers: opts.layers,
@@ -641,6 +611,117 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
     let manifest = toml::to_string(&Manifest::of(&net)).map_err(|e| e.to_string())?;
     std::fs::write(dir.join(MANIFEST), manifest)
         .map_err(|e| format!("{}: {e}", dir.join(MANIFEST).display()))?;
+    let mut sup = start_nodes(opts, &net, &stop)?;
+    let (drivers, addresses) = start_clients(opts, &net, &stop)?;
+
+    let message_model = message_model_samples(opts, 200_000);
+    let mq = |q: f64| message_model[((message_model.len() - 1) as f64 * q) as usize];
+    // Stop writing messages (and counting loops) early enough that nearly
+    // all of them are back before the end.
+    let message_tail = if opts.message_rate > 0.0 {
+        mq(0.99999)
+    } else {
+        0.0
+    };
+    let drain_s =
+        (message_tail.max(opts.loop_model().quantile(0.99999)) + 1.0).min(opts.duration_s / 2.0);
+    let started = Instant::now();
+    let end = started + Duration::from_secs_f64(opts.duration_s);
+    let send_until = end - Duration::from_secs_f64(drain_s);
+    let peers = Arc::new(addresses);
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let clients_stop = Arc::new(AtomicBool::new(false));
+    let next_id = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let mut threads = Vec::new();
+    for (i, drv) in drivers.into_iter().enumerate() {
+        let (peers, ledger, st, next_id) = (
+            Arc::clone(&peers),
+            Arc::clone(&ledger),
+            Arc::clone(&clients_stop),
+            Arc::clone(&next_id),
+        );
+        let o = opts.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("client-{i}"))
+                .spawn(move || client_thread(drv, i, peers, o, send_until, next_id, ledger, st))
+                .map_err(|e| format!("client thread: {e}"))?,
+        );
+    }
+
+    let mut outcome = watch(opts, &net, &mut sup, &stop, &ledger, end);
+    let elapsed_s = started.elapsed().as_secs_f64();
+    clients_stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => outcome = outcome.and(Err(e)),
+            Err(_) => outcome = outcome.and(Err("a client thread panicked".into())),
+        }
+    }
+    let nodes = node_reports(&net, elapsed_s);
+    for (name, status) in sup.stop_all(Duration::from_secs(10)) {
+        match status {
+            Some(s) if s.success() => {}
+            Some(s) => outcome = outcome.and(Err(format!("node {name} exited with {s} at stop"))),
+            None => outcome = outcome.and(Err(format!("node {name} ignored SIGTERM; killed"))),
+        }
+    }
+    outcome?;
+
+    let l = Arc::try_unwrap(ledger)
+        .map_err(|_| "client threads still hold the ledger")?
+        .into_inner()
+        .map_err(|_| "ledger lock poisoned")?;
+    let summary = summarize(opts, l, elapsed_s, nodes, model_quantiles(mq));
+    if let Some(path) = &opts.json {
+        let text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("--json {}: {e}", path.display()))?;
+    }
+    Ok(summary)
+}
+
+/// The testnet's directory: `--keep`'s (which must be empty) or a fresh
+/// temporary one (removed when the returned guard drops).
+fn prepare_dir(opts: &TestnetOptions) -> Result<(PathBuf, Option<tempfile::TempDir>), String> {
+    match &opts.keep {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(|e| format!("--keep {}: {e}", d.display()))?;
+            if std::fs::read_dir(d).is_ok_and(|mut r| r.next().is_some()) {
+                return Err(format!(
+                    "--keep {}: the directory is not empty",
+                    d.display()
+                ));
+            }
+            Ok((d.clone(), None))
+        }
+        None => {
+            let tmp = tempfile::Builder::new()
+                .prefix("loopix-testnet-")
+                .tempdir()
+                .map_err(|e| format!("temporary directory: {e}"))?;
+            Ok((tmp.path().to_owned(), Some(tmp)))
+        }
+    }
+}
+
+/// An error naming the first node found dead, with its log's tail.
+fn died(sup: &mut Supervisor) -> Result<(), String> {
+    match sup.check_exited() {
+        Some((name, status, tail)) => Err(format!(
+            "node {name} exited ({status}); its log ends:\n{tail}"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Start every node of `net` as a child process; ready when every node
+/// serves its metrics (at most 20 s).
+fn start_nodes(
+    opts: &TestnetOptions,
+    net: &LocalNet,
+    stop: &AtomicBool,
+) -> Result<Supervisor, String> {
     let (exe, prefix) = match &opts.node_program {
         Some((program, args)) => (program.clone(), args.clone()),
         None => (
@@ -660,18 +741,9 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
         args.extend([cmd, "--config", &config]);
         sup.spawn(&n.name(), &exe, &args, &n.key_dir.with_extension("log"))?;
     }
-    let died = |sup: &mut Supervisor| -> Result<(), String> {
-        match sup.check_exited() {
-            Some((name, status, tail)) => Err(format!(
-                "node {name} exited ({status}); its log ends:\n{tail}"
-            )),
-            None => Ok(()),
-        }
-    };
-    // Ready when every node serves its metrics.
     let ready_by = Instant::now() + Duration::from_secs(20);
     for n in &net.nodes {
-        while localnet::scrape(n.metrics).is_none() {
+        while Metrics::scrape(n.metrics).is_none() {
             died(&mut sup)?;
             if stop.load(Ordering::Relaxed) {
                 return Err("interrupted".into());
@@ -682,8 +754,17 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    Ok(sup)
+}
 
-    // Clients: registered round-robin at the providers.
+/// Register `opts.clients` clients round-robin at the providers, wait until
+/// the providers have them, then build each client's driver; returns the
+/// drivers and the clients' addresses.
+fn start_clients(
+    opts: &TestnetOptions,
+    net: &LocalNet,
+    stop: &AtomicBool,
+) -> Result<(Vec<Driver>, Vec<Address>), String> {
     let topology = net.topology()?;
     let geometry = Geometry::DEFAULT;
     let rates = Rates {
@@ -725,7 +806,7 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
         &provider_metrics,
         opts.clients,
         Duration::from_secs(10),
-        &stop,
+        stop,
     )?;
     // Clients start their Poisson clocks now, not before the wait: a core
     // created earlier would owe a burst of overdue packets.
@@ -748,122 +829,86 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
             Driver::new(client, reg, geometry, socket).map_err(|e| format!("client {c}: {e}"))?,
         );
     }
+    Ok((drivers, addresses))
+}
 
-    let message_model = message_model_samples(opts, 200_000);
-    let mq = |q: f64| message_model[((message_model.len() - 1) as f64 * q) as usize];
-    // Stop writing messages (and counting loops) early enough that nearly
-    // all of them are back before the end.
-    let message_tail = if opts.message_rate > 0.0 {
-        mq(0.99999)
-    } else {
-        0.0
-    };
-    let drain_s =
-        (message_tail.max(opts.loop_model().quantile(0.99999)) + 1.0).min(opts.duration_s / 2.0);
-    let started = Instant::now();
-    let end = started + Duration::from_secs_f64(opts.duration_s);
-    let send_until = end - Duration::from_secs_f64(drain_s);
-    let peers = Arc::new(addresses);
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let clients_stop = Arc::new(AtomicBool::new(false));
-    let next_id = Arc::new(std::sync::atomic::AtomicU64::new(1));
-    let mut threads = Vec::new();
-    for (i, drv) in drivers.into_iter().enumerate() {
-        let (peers, ledger, st, next_id) = (
-            Arc::clone(&peers),
-            Arc::clone(&ledger),
-            Arc::clone(&clients_stop),
-            Arc::clone(&next_id),
-        );
-        let o = opts.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("client-{i}"))
-                .spawn(move || client_thread(drv, i, peers, o, send_until, next_id, ledger, st))
-                .map_err(|e| format!("client thread: {e}"))?,
-        );
-    }
-
+/// Until `end`: notice a dead node or an interrupt, and print progress
+/// every second if asked.
+fn watch(
+    opts: &TestnetOptions,
+    net: &LocalNet,
+    sup: &mut Supervisor,
+    stop: &AtomicBool,
+    ledger: &Mutex<Ledger>,
+    end: Instant,
+) -> Result<(), String> {
     let mut last: Vec<u64> = vec![0; net.nodes.len()];
-    let mut outcome = Ok(());
-    let mut tick = started;
+    let mut tick = Instant::now();
     loop {
-        if let Err(e) = died(&mut sup) {
-            outcome = Err(e);
-            break;
-        }
+        died(sup)?;
         if stop.load(Ordering::Relaxed) {
-            outcome = Err("interrupted".into());
-            break;
+            return Err("interrupted".into());
         }
         let now = Instant::now();
-        let (sent, delivered) = {
-            let l = ledger.lock().expect("ledger lock");
-            (l.sent.len(), l.delivered.len())
-        };
         if now >= end {
-            break;
+            return Ok(());
         }
-        if now >= tick + Duration::from_secs(1) {
+        if opts.progress && now >= tick + Duration::from_secs(1) {
             tick = now;
-            if opts.progress {
-                let mut rates = Vec::new();
-                for (i, n) in net.nodes.iter().enumerate() {
-                    if let Some((r, _, _)) = scrape_node(n.metrics) {
-                        rates.push(format!("{} {}", n.name(), r.saturating_sub(last[i])));
-                        last[i] = r;
-                    }
+            let (sent, delivered) = {
+                let l = ledger.lock().expect("ledger lock");
+                (l.sent.len(), l.delivered.len())
+            };
+            let mut rates = Vec::new();
+            for (i, n) in net.nodes.iter().enumerate() {
+                if let Some((r, _, _)) = scrape_node(n.metrics) {
+                    rates.push(format!("{} {}", n.name(), r.saturating_sub(last[i])));
+                    last[i] = r;
                 }
-                eprintln!(
-                    "testnet: {:>3.0} s left  sent {sent}  delivered {delivered}  pps {}",
-                    end.saturating_duration_since(now).as_secs_f64(),
-                    rates.join(" ")
-                );
             }
+            eprintln!(
+                "testnet: {:>3.0} s left  sent {sent}  delivered {delivered}  pps {}",
+                end.saturating_duration_since(now).as_secs_f64(),
+                rates.join(" ")
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let elapsed_s = started.elapsed().as_secs_f64();
-    clients_stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        match t.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => outcome = outcome.and(Err(e)),
-            Err(_) => outcome = outcome.and(Err("a client thread panicked".into())),
-        }
-    }
-    let mut nodes = Vec::new();
-    for n in &net.nodes {
-        let (received, forwarded, drops) = scrape_node(n.metrics).unwrap_or_default();
-        nodes.push(NodeReport {
-            name: n.name(),
-            role: n.role.name().into(),
-            layer: n.layer,
-            received,
-            forwarded,
-            pps: received as f64 / elapsed_s,
-            drops,
-        });
-    }
-    for (name, status) in sup.stop_all(Duration::from_secs(10)) {
-        match status {
-            Some(s) if s.success() => {}
-            Some(s) => outcome = outcome.and(Err(format!("node {name} exited with {s} at stop"))),
-            None => outcome = outcome.and(Err(format!("node {name} ignored SIGTERM; killed"))),
-        }
-    }
-    outcome?;
+}
 
-    let l = Arc::try_unwrap(ledger)
-        .map_err(|_| "client threads still hold the ledger")?
-        .into_inner()
-        .map_err(|_| "ledger lock poisoned")?;
+/// Every node's counters at the end.
+fn node_reports(net: &LocalNet, elapsed_s: f64) -> Vec<NodeReport> {
+    net.nodes
+        .iter()
+        .map(|n| {
+            let (received, forwarded, drops) = scrape_node(n.metrics).unwrap_or_default();
+            NodeReport {
+                name: n.name(),
+                role: n.role.name().into(),
+                layer: n.layer,
+                received,
+                forwarded,
+                pps: received as f64 / elapsed_s,
+                drops,
+            }
+        })
+        .collect()
+}
+
+/// The run's summary from the clients' ledger and the nodes' counters.
+fn summarize(
+    opts: &TestnetOptions,
+    l: Ledger,
+    elapsed_s: f64,
+    nodes: Vec<NodeReport>,
+    message_model: Quantiles,
+) -> Summary {
     let sent = l.sent.len() as u64;
     let delivered = l.delivered.len() as u64;
     let duplicated = l.delivered.values().filter(|&&n| n > 1).count() as u64;
     let lm = opts.loop_model();
     let loop_cdf = |x: f64| lm.cdf(x);
-    let summary = Summary {
+    Summary {
         options: opts.clone(),
         elapsed_s,
         messages_sent: sent,
@@ -873,19 +918,14 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
         messages_unsent: l.unsent,
         client_packets: l.packets,
         loops_returned: l.loop_latency_s.len() as u64,
-        message_latency: report(l.message_latency_s, model_quantiles(mq), None),
+        message_latency: report(l.message_latency_s, message_model, None),
         loop_latency: report(
             l.loop_latency_s,
             model_quantiles(|q| lm.quantile(q)),
             Some(&loop_cdf),
         ),
         nodes,
-    };
-    if let Some(path) = &opts.json {
-        let text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
-        std::fs::write(path, text).map_err(|e| format!("--json {}: {e}", path.display()))?;
     }
-    Ok(summary)
 }
 
 /// The summary as text for the terminal.

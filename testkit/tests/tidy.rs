@@ -19,16 +19,13 @@ const MAX_FN_LINES: usize = 100;
 /// then delete their line.
 const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
     ("engine/src/node.rs", "run_node", 283),
-    ("testkit/src/testnet.rs", "run", 280),
     (
         "loopix/tests/e2e.rs",
         "multi_packet_message_to_a_client_started_later_and_a_surb_reply",
         159,
     ),
     ("loopix/src/main.rs", "main", 154),
-    ("engine/src/metrics.rs", "render_node", 152),
     ("directory/src/topology.rs", "from_file", 138),
-    ("client/tests/driver.rs", "serve", 129),
     ("engine/src/config.rs", "check", 118),
     ("loadgen/src/output.rs", "write_all", 116),
     ("loadgen/src/emulator.rs", "prepare_part", 115),

@@ -79,7 +79,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -90,9 +90,11 @@ use loopix_engine::config::{IoChoice, MixConfig};
 use loopix_engine::io::portable::Portable;
 use loopix_engine::io::{socket, Backend};
 use loopix_engine::keyfile::load_node_secrets;
-use loopix_engine::metrics::DropReason;
+use loopix_engine::metrics::names;
 use loopix_engine::replay::ReplayFilters;
-use loopix_testkit::localnet::{scrape, sum_metric, Driver, LocalNet, LocalNetSpec};
+use loopix_testkit::localnet::{Driver, LocalNet, LocalNetSpec};
+use loopix_testkit::metrics::Metrics;
+use loopix_testkit::process::NodeProcess;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{OsRng, RngCore};
@@ -465,80 +467,14 @@ fn num(x: f64) -> Value {
 // ---------------------------------------------------------------------------
 // The node process.
 
-/// A running node process, killed (and reaped) when dropped.
-struct NodeProcess {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl NodeProcess {
-    /// Start `exe --run-mix config` and wait (at most 15 s) until its
-    /// metrics endpoint answers.
-    fn start(exe: &Path, config: &Path, metrics: SocketAddr) -> Result<NodeProcess, String> {
-        let log = config.with_extension("log");
-        let log_file =
-            std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let child = Command::new(exe)
-            .arg(RUN_MIX)
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
-        let mut p = NodeProcess { child, log };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while scrape(metrics).is_none() {
-            if let Ok(Some(status)) = p.child.try_wait() {
-                return Err(format!("the node exited ({status}): {}", p.log_text()));
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "the node's metrics did not answer within 15 s: {}",
-                    p.log_text()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(p)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGTERM, then wait at most `bound` (SIGKILL after it). Returns
-    /// whether it exited by itself with status 0.
-    fn terminate(&mut self, bound: Duration) -> bool {
-        let pid = self.child.id().to_string();
-        let signalled = Command::new("kill")
-            .args(["-TERM", &pid])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        let deadline = Instant::now() + bound;
-        while signalled && Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        false
-    }
+/// The node under test: `exe --run-mix config`, up once its metrics
+/// answer (the test kit's one node-process wrapper, killed when dropped).
+fn start_node(exe: &Path, config: &Path, metrics: SocketAddr) -> Result<NodeProcess, String> {
+    let log = config.with_extension("log");
+    let config = config.to_string_lossy();
+    let mut p = NodeProcess::spawn("the node", exe, &[RUN_MIX, &config], &log)?;
+    p.wait_up(metrics, loopix_testkit::process::START_BOUND)?;
+    Ok(p)
 }
 
 // ---------------------------------------------------------------------------
@@ -869,48 +805,20 @@ struct NodeMetrics {
 }
 
 fn read_metrics(addr: SocketAddr) -> Option<NodeMetrics> {
-    let text = scrape(addr)?;
-    let q = |name: &str, q: &str| {
-        let label = format!("quantile=\"{q}\"");
-        let has = text
-            .lines()
-            .any(|l| l.starts_with(name) && l.contains(&label));
-        if has {
-            sum_metric(&text, name, &[&label])
-        } else {
-            f64::NAN
-        }
-    };
-    let io = text
-        .lines()
-        .find(|l| l.starts_with("loopix_node_info{"))
-        .and_then(|l| l.split("io=\"").nth(1))
-        .and_then(|s| s.split('"').next())
-        .unwrap_or("unknown")
-        .to_string();
-    let over = "loopix_processing_overhead_microseconds";
-    let late = "loopix_scheduling_lateness_microseconds";
+    let m = Metrics::scrape(addr)?;
+    let q = |name: &str, q: &str| m.value(name, &[("quantile", q)]).unwrap_or(f64::NAN);
+    let (over, late) = (names::PROCESSING_OVERHEAD_US, names::SCHEDULING_LATENESS_US);
     Some(NodeMetrics {
-        received: sum_metric(&text, "loopix_received_datagrams_total", &[]),
-        forwarded: sum_metric(&text, "loopix_forwarded_packets_total", &[]),
-        drops: DropReason::ALL
-            .iter()
-            .map(|r| {
-                let label = format!("reason=\"{}\"", r.label());
-                (
-                    r.label(),
-                    sum_metric(&text, "loopix_dropped_total", &[&label]),
-                )
-            })
-            .filter(|(_, n)| *n > 0.0)
-            .collect(),
+        received: m.received(),
+        forwarded: m.forwarded(),
+        drops: m.nonzero_drops(),
         overhead_p50_us: q(over, "0.5"),
         overhead_p99_us: q(over, "0.99"),
         overhead_p999_us: q(over, "0.999"),
         lateness_p50_us: q(late, "0.5"),
         lateness_p99_us: q(late, "0.99"),
         lateness_p999_us: q(late, "0.999"),
-        io,
+        io: m.io().unwrap_or("unknown").to_string(),
     })
 }
 
@@ -982,7 +890,7 @@ impl Bench {
         drain(&mut sink_backend);
         let node_info = &self.net.nodes[self.mix];
         let config = node_info.config.clone().ok_or("the mix has no config")?;
-        let mut node = NodeProcess::start(&self.exe, &config, node_info.metrics)?;
+        let mut node = start_node(&self.exe, &config, node_info.metrics)?;
         let to = node_info.address;
 
         let stop = AtomicBool::new(false);
@@ -1054,7 +962,9 @@ impl Bench {
         let send_span_s = sent_at_ns.last().map_or(0.0, |&t| t as f64 / 1e9).max(1e-3);
         let metrics = read_metrics(node_info.metrics)
             .ok_or_else(|| format!("the node's metrics did not answer: {}", node.log_text()))?;
-        let clean_exit = node.terminate(Duration::from_secs(3));
+        let clean_exit = node
+            .terminate(Duration::from_secs(3))
+            .is_ok_and(|s| s.success());
         let log = node.log_text();
         drop(node);
         self.sink = Some(sink_backend);
