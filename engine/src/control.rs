@@ -4,8 +4,10 @@
 //! accepted ahead, the previous one kept for `epochs.grace_s`, the filters
 //! of new epochs built and faulted in here) and topology reloads on SIGHUP
 //! (verified, checked against the successor rule and this node's listing,
-//! then sent to every shard as new links). Mix loops and the AQM controller
-//! join it here.
+//! then sent to every shard as new links), and a provider's client registry
+//! (rescanned when its directory changed, at once on SIGHUP, the new list
+//! handed to the inbox thread). Mix loops and the AQM controller join it
+//! here.
 //!
 //! `tick` takes the wall clock from its caller, so the same code runs under
 //! a test's clock. It talks to shards only through their bounded control
@@ -18,7 +20,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
@@ -27,9 +29,10 @@ use loopix_directory::descriptor::epoch_at;
 use loopix_directory::topology::{Role, Topology};
 
 use crate::config::MixConfig;
-use crate::keyfile::{self, NodeSecrets};
+use crate::keyfile::{self, unix_now_s, NodeSecrets};
 use crate::metrics::TopologyMetrics;
 use crate::node::build_links;
+use crate::provider::RegistryWatch;
 use crate::replay::{BloomFilter, FilterSizing};
 use crate::shard::{Control, EpochKey, Links};
 
@@ -50,16 +53,31 @@ pub(crate) struct ControlPlane<'a> {
     /// One bounded channel to each shard.
     pub(crate) controls: Vec<Sender<Control>>,
     pub(crate) topology_metrics: Arc<TopologyMetrics>,
+    /// A provider's watch on its client registry.
+    pub(crate) registry: Option<RegistryWatch>,
 }
 
 impl ControlPlane<'_> {
+    /// Tick every 100 ms on the wall clock until `stop`; `reload` (set by
+    /// SIGHUP) is taken and cleared at each tick.
+    pub(crate) fn run(&mut self, stop: &AtomicBool, reload: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            self.tick(unix_now_s(), reload.swap(false, Ordering::Relaxed));
+        }
+    }
+
     /// One turn at `now_unix_s`: the reload asked for (by SIGHUP) if
-    /// `reload`, then the key epochs due.
+    /// `reload`, then the key epochs due, then a provider's registry scan
+    /// (forced by a reload).
     pub(crate) fn tick(&mut self, now_unix_s: u64, reload: bool) {
         if reload {
             self.reload(now_unix_s);
         }
         self.epochs_at(now_unix_s);
+        if let Some(watch) = &mut self.registry {
+            watch.tick(now_unix_s, reload);
+        }
     }
 
     fn reload(&mut self, now_unix_s: u64) {

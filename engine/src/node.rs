@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use loopix_crypto::{Geometry, LinkKey, SecretKey};
 
@@ -31,7 +31,7 @@ use crate::io::{self, socket, IoKind};
 use crate::keyfile::{self, unix_now_s};
 use crate::metrics::{self, ProviderMetrics, ShardMetrics, TopologyMetrics};
 use crate::provider::registry::ClientTable;
-use crate::provider::{self, InboxThread};
+use crate::provider::{self, InboxThread, RegistryWatch};
 use crate::replay::FilterSizing;
 use crate::shard::{Links, Peer, ProviderHooks, Shard, ShardSettings};
 use loopix_directory::descriptor::{epoch_at, node_id_of};
@@ -130,164 +130,149 @@ struct ProviderStart {
     problems: Vec<String>,
 }
 
-fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
-    let name = role.name();
-    let topology = Topology::load(
-        &config.node.topology,
-        &config.node.operator_key,
-        unix_now_s(),
-    )
-    .map_err(|e| e.to_string())?;
-    let now_s = unix_now_s();
-    let epoch = epoch_at(now_s, topology.epoch_s);
-    let secrets =
-        keyfile::load_node_secrets(&config.node.key_dir, epoch).map_err(|e| e.to_string())?;
-    let own_id = node_id_of(&secrets.link.public_key());
-    let whoami = Own {
-        id: own_id,
-        role,
-        listen: config.node.listen,
-        link_public: secrets.link.public_key(),
-        config,
-    };
-    let own = whoami.find_in(&topology)?;
-    let me = &topology.nodes[own as usize];
-    let links = Arc::new(build_links(&topology, own, &secrets.link)?);
-    let io_kind = choose_io(config.engine.io)?;
-    let e = &config.engine;
-    let geometry = Geometry::DEFAULT;
-    let per_shard_items = (config.replay.rate_pps * topology.epoch_s)
-        .div_ceil(e.shards as u64)
-        .max(1);
-
-    // A provider's inbox and registry, before any socket is bound: a
-    // corrupt inbox file fails the start here, naming the file.
-    let mut prov = match &config.provider {
-        Some(p) => {
-            let mut inbox = provider::open_inbox(p)?;
-            let mut problems = Vec::new();
-            let clients = provider::sync_registry(&mut inbox, &p.data_dir, &mut problems)
-                .map_err(|e| e.to_string())?;
-            let table = Arc::new(ClientTable::new(&clients));
-            let (work_tx, work_rx) = crossbeam_channel::bounded(p.store_queue);
-            Some(ProviderStart {
-                inbox,
-                clients,
-                table,
-                work_tx,
-                work_rx,
-                metrics: Arc::new(ProviderMetrics::default()),
-                problems,
-            })
-        }
-        None => None,
-    };
-
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .map_err(|e| format!("signal handler: {e}"))?;
-    }
-    // SIGHUP sets both: the control loop reloads the topology, a
-    // provider's inbox thread rescans its registry.
-    let rescan = Arc::new(AtomicBool::new(false));
-    let reload = Arc::new(AtomicBool::new(false));
-    for flag in [&rescan, &reload] {
-        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(flag))
-            .map_err(|e| format!("signal handler: {e}"))?;
-    }
-    let topology_metrics = Arc::new(TopologyMetrics::default());
-    topology_metrics
-        .serial
-        .store(topology.serial, Ordering::Relaxed);
-
-    let mut shards = Vec::new();
-    let mut controls = Vec::new();
-    let mut all_metrics = Vec::new();
-    let mut first_socket = None;
-    let accepted = accepted_epochs(now_s, topology.epoch_s, config.epochs.grace_s);
-    for i in 0..e.shards {
-        let sock = socket::bind_reuseport(config.node.listen, e.socket_buffer_bytes)
-            .map_err(|err| format!("node.listen {}: cannot bind: {err}", config.node.listen))?;
-        if i == 0 {
-            first_socket = Some(sock.try_clone().map_err(|e| format!("socket: {e}"))?);
-        }
-        let backend = io::open(io_kind, sock, e.batch, geometry.frame_len())
-            .map_err(|err| format!("{} backend: {err}", io_kind.name()))?;
-        let (tx, rx) = crossbeam_channel::bounded(4);
-        let m = Arc::new(ShardMetrics::default());
-        let settings = ShardSettings {
-            index: i as u32,
-            geometry,
-            pool_packets: e.pool_packets,
-            batch: e.batch,
-            delay_cap_us: e.delay_cap_ms * 1000,
-            drain_us: config.shutdown.drain_ms * 1000,
-            filter_items: per_shard_items,
-            filter_fp: config.replay.fp_rate,
-            filter_max_bytes: config.replay.max_filter_mb << 20,
+impl ProviderStart {
+    /// A provider's inbox and registry, before any socket is bound: a
+    /// corrupt inbox file fails the start here, naming the file.
+    fn open(config: &MixConfig) -> Result<Option<ProviderStart>, String> {
+        let Some(p) = &config.provider else {
+            return Ok(None);
         };
-        let shard = Shard::new(
-            settings,
-            backend,
-            Arc::clone(&links),
-            epoch_keys(&secrets, &accepted),
-            rx,
-            Arc::clone(&stop),
-            Arc::clone(&m),
-        )
-        .map_err(|err| format!("{err}; lower replay.rate_pps or raise replay.max_filter_mb"))?;
-        let shard = match &prov {
-            Some(p) => shard.with_provider(ProviderHooks {
-                clients: Arc::clone(&p.table),
-                inbox: p.work_tx.clone(),
-            }),
-            None => shard,
-        };
-        shards.push(shard);
-        controls.push(tx);
-        all_metrics.push(m);
+        let mut inbox = provider::open_inbox(p)?;
+        let mut problems = Vec::new();
+        let clients = provider::sync_registry(&mut inbox, &p.data_dir, &mut problems)
+            .map_err(|e| e.to_string())?;
+        let table = Arc::new(ClientTable::new(&clients));
+        let (work_tx, work_rx) = crossbeam_channel::bounded(p.store_queue);
+        Ok(Some(ProviderStart {
+            inbox,
+            clients,
+            table,
+            work_tx,
+            work_rx,
+            metrics: Arc::new(ProviderMetrics::default()),
+            problems,
+        }))
     }
-    if e.shards > 1 {
-        if let Some(s) = &first_socket {
-            socket::attach_steering(
-                s,
-                loopix_crypto::link::FRAME_ALPHA_OFFSET as u32,
-                e.shards as u32,
+}
+
+/// The process-wide flags the signals set.
+struct Signals {
+    /// SIGTERM or SIGINT: stop.
+    stop: Arc<AtomicBool>,
+    /// SIGHUP: the control plane reloads the topology and rescans a
+    /// provider's client registry.
+    reload: Arc<AtomicBool>,
+}
+
+impl Signals {
+    fn register() -> Result<Signals, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            signal_hook::flag::register(sig, Arc::clone(&stop))
+                .map_err(|e| format!("signal handler: {e}"))?;
+        }
+        let reload = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
+            .map_err(|e| format!("signal handler: {e}"))?;
+        Ok(Signals { stop, reload })
+    }
+}
+
+/// The shards, built and bound but not yet running.
+struct Shards {
+    shards: Vec<Shard>,
+    controls: Vec<crossbeam_channel::Sender<crate::shard::Control>>,
+    metrics: Vec<Arc<ShardMetrics>>,
+    /// The first shard's socket, for steering and a provider's answers.
+    first_socket: Option<std::net::UdpSocket>,
+}
+
+/// What building the shards needs.
+struct ShardPlan<'a> {
+    config: &'a MixConfig,
+    io_kind: IoKind,
+    geometry: Geometry,
+    links: &'a Arc<Links>,
+    secrets: &'a keyfile::NodeSecrets,
+    accepted: &'a [u64],
+    per_shard_items: u64,
+    stop: &'a Arc<AtomicBool>,
+    provider: Option<&'a ProviderStart>,
+}
+
+impl ShardPlan<'_> {
+    /// Bind one socket per shard (`SO_REUSEPORT`) and build its shard.
+    fn build(self) -> Result<Shards, String> {
+        let config = self.config;
+        let e = &config.engine;
+        let mut out = Shards {
+            shards: Vec::new(),
+            controls: Vec::new(),
+            metrics: Vec::new(),
+            first_socket: None,
+        };
+        for i in 0..e.shards {
+            let sock = socket::bind_reuseport(config.node.listen, e.socket_buffer_bytes)
+                .map_err(|err| format!("node.listen {}: cannot bind: {err}", config.node.listen))?;
+            if i == 0 {
+                out.first_socket = Some(sock.try_clone().map_err(|e| format!("socket: {e}"))?);
+            }
+            let backend = io::open(self.io_kind, sock, e.batch, self.geometry.frame_len())
+                .map_err(|err| format!("{} backend: {err}", self.io_kind.name()))?;
+            let (tx, rx) = crossbeam_channel::bounded(4);
+            let m = Arc::new(ShardMetrics::default());
+            let settings = ShardSettings {
+                index: i as u32,
+                geometry: self.geometry,
+                pool_packets: e.pool_packets,
+                batch: e.batch,
+                delay_cap_us: e.delay_cap_ms * 1000,
+                drain_us: config.shutdown.drain_ms * 1000,
+                filter_items: self.per_shard_items,
+                filter_fp: config.replay.fp_rate,
+                filter_max_bytes: config.replay.max_filter_mb << 20,
+            };
+            let shard = Shard::new(
+                settings,
+                backend,
+                Arc::clone(self.links),
+                epoch_keys(self.secrets, self.accepted),
+                rx,
+                Arc::clone(self.stop),
+                Arc::clone(&m),
             )
-            .map_err(|err| format!("cannot attach the steering program: {err}"))?;
+            .map_err(|err| format!("{err}; lower replay.rate_pps or raise replay.max_filter_mb"))?;
+            let shard = match self.provider {
+                Some(p) => shard.with_provider(ProviderHooks {
+                    clients: Arc::clone(&p.table),
+                    inbox: p.work_tx.clone(),
+                }),
+                None => shard,
+            };
+            out.shards.push(shard);
+            out.controls.push(tx);
+            out.metrics.push(m);
         }
+        if e.shards > 1 {
+            if let Some(s) = &out.first_socket {
+                socket::attach_steering(
+                    s,
+                    loopix_crypto::link::FRAME_ALPHA_OFFSET as u32,
+                    e.shards as u32,
+                )
+                .map_err(|err| format!("cannot attach the steering program: {err}"))?;
+            }
+        }
+        Ok(out)
     }
-    // A provider answers pulls from its listening socket (so from its own
-    // address); a mix needs no handle on it here.
-    let answer_socket = match &prov {
-        Some(_) => Some(
-            first_socket
-                .take()
-                .ok_or("no shard socket to answer pulls from")?,
-        ),
-        None => None,
-    };
-    drop(first_socket);
+}
 
-    let filter_mb = all_metrics
-        .iter()
-        .map(|m| m.filter_bytes.load(Ordering::Relaxed))
-        .sum::<u64>() as f64
-        / (1u64 << 20) as f64;
-    let clients_note = prov
-        .as_ref()
-        .map(|p| format!(", {} client(s)", p.clients.len()))
-        .unwrap_or_default();
-    eprintln!(
-        "loopix {name}: node {own_id} layer {} on {}, {} shard(s), io={}, replay filters {filter_mb:.1} MiB, epochs {:?}{clients_note}",
-        me.layer,
-        config.node.listen,
-        e.shards,
-        io_kind.name(),
-        accepted
-    );
-
+/// Start one thread per shard, pinned if asked.
+fn spawn_shards(
+    shards: Vec<Shard>,
+    config: &MixConfig,
+) -> Result<Vec<std::thread::JoinHandle<()>>, String> {
+    let e = &config.engine;
     let mut handles = Vec::new();
     for (i, shard) in shards.into_iter().enumerate() {
         let core = e.pin_cores.then_some(e.first_core + i);
@@ -305,64 +290,117 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
             .map_err(|err| format!("cannot start shard thread: {err}"))?;
         handles.push(h);
     }
+    Ok(handles)
+}
 
-    let provider_metrics = prov.as_ref().map(|p| Arc::clone(&p.metrics));
-    let inbox_thread = match (prov.take(), answer_socket, &config.provider) {
-        (Some(p), Some(socket), Some(settings)) => {
-            // The portable backend whatever the shards run: the inbox
-            // thread only sends, and sendmmsg needs no ring of its own.
-            let answers = io::open(
-                IoKind::Portable,
-                socket,
-                e.batch.max(usize::from(settings.pull_frames)),
-                loopix_crypto::access::delivery_frame_len(&geometry),
-            )
-            .map_err(|err| format!("pull answer backend: {err}"))?;
-            let worker = InboxThread {
-                inbox: p.inbox,
-                settings: settings.clone(),
-                geometry,
-                work: p.work_rx,
-                answers,
-                controls: controls.clone(),
-                clients: p.clients,
-                table: p.table,
-                metrics: p.metrics,
-                stop: Arc::clone(&stop),
-                rescan: Arc::clone(&rescan),
-                problems: p.problems,
-            };
-            // Only the shards hold senders now: the channel disconnects
-            // when they end.
-            drop(p.work_tx);
-            Some(
-                std::thread::Builder::new()
-                    .name("inbox".into())
-                    .spawn(move || worker.run())
-                    .map_err(|err| format!("cannot start the inbox thread: {err}"))?,
-            )
-        }
-        _ => None,
+/// Start a provider's inbox thread, answering pulls from `socket` (the
+/// listening socket, so from the provider's own address); returns it and
+/// the control plane's watch on the registry.
+fn spawn_inbox(
+    p: ProviderStart,
+    socket: std::net::UdpSocket,
+    config: &MixConfig,
+    geometry: Geometry,
+    controls: &[crossbeam_channel::Sender<crate::shard::Control>],
+    stop: &Arc<AtomicBool>,
+) -> Result<(std::thread::JoinHandle<()>, RegistryWatch), String> {
+    let settings = provider::section(config)?;
+    // The portable backend whatever the shards run: the inbox thread only
+    // sends, and sendmmsg needs no ring of its own.
+    let answers = io::open(
+        IoKind::Portable,
+        socket,
+        config.engine.batch.max(usize::from(settings.pull_frames)),
+        loopix_crypto::access::delivery_frame_len(&geometry),
+    )
+    .map_err(|err| format!("pull answer backend: {err}"))?;
+    // One list at a time: a watch that finds the inbox thread behind sends
+    // again on a later scan.
+    let (registry_tx, registry_rx) = crossbeam_channel::bounded(1);
+    let watch = RegistryWatch::new(
+        &settings.data_dir,
+        p.clients.clone(),
+        p.problems,
+        registry_tx,
+    );
+    let worker = InboxThread {
+        inbox: p.inbox,
+        settings: settings.clone(),
+        geometry,
+        work: p.work_rx,
+        answers,
+        controls: controls.to_vec(),
+        clients: p.clients,
+        table: p.table,
+        metrics: p.metrics,
+        stop: Arc::clone(stop),
+        registry: registry_rx,
     };
+    // Only the shards hold senders now: the channel disconnects when they
+    // end.
+    drop(p.work_tx);
+    let h = std::thread::Builder::new()
+        .name("inbox".into())
+        .spawn(move || worker.run())
+        .map_err(|err| format!("cannot start the inbox thread: {err}"))?;
+    Ok((h, watch))
+}
 
-    let metrics_thread = match config.metrics.listen {
-        Some(addr) => {
-            let ms = all_metrics.clone();
-            let node = own_id.to_string();
-            let io_name = io_kind.name();
-            let pm = provider_metrics.clone();
-            let tm = Arc::clone(&topology_metrics);
-            let render = move || {
-                metrics::render_node(&[("node", &node)], &ms, io_name, pm.as_deref(), Some(&tm))
-            };
-            Some(
-                metrics::serve(addr, render, Arc::clone(&stop))
-                    .map_err(|err| format!("metrics.listen {addr}: {err}"))?,
-            )
-        }
-        None => None,
+/// The signed topology, this node's keys for the epoch of `now_s`, who it
+/// is and its index in the topology: everything checked before any socket
+/// is bound.
+fn identify(
+    config: &MixConfig,
+    role: Role,
+    now_s: u64,
+) -> Result<(Topology, keyfile::NodeSecrets, Own<'_>, u32), String> {
+    let topology = Topology::load(&config.node.topology, &config.node.operator_key, now_s)
+        .map_err(|e| e.to_string())?;
+    let epoch = epoch_at(now_s, topology.epoch_s);
+    let secrets =
+        keyfile::load_node_secrets(&config.node.key_dir, epoch).map_err(|e| e.to_string())?;
+    let whoami = Own {
+        id: node_id_of(&secrets.link.public_key()),
+        role,
+        listen: config.node.listen,
+        link_public: secrets.link.public_key(),
+        config,
     };
+    let own = whoami.find_in(&topology)?;
+    Ok((topology, secrets, whoami, own))
+}
 
+fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
+    let name = role.name();
+    let now_s = unix_now_s();
+    let (topology, secrets, whoami, own) = identify(config, role, now_s)?;
+    let own_id = whoami.id;
+    let links = Arc::new(build_links(&topology, own, &secrets.link)?);
+    let io_kind = choose_io(config.engine.io)?;
+    let geometry = Geometry::DEFAULT;
+    let per_shard_items = (config.replay.rate_pps * topology.epoch_s)
+        .div_ceil(config.engine.shards as u64)
+        .max(1);
+
+    let prov = ProviderStart::open(config)?;
+    let signals = Signals::register()?;
+    let topology_metrics = Arc::new(TopologyMetrics::default());
+    topology_metrics
+        .serial
+        .store(topology.serial, Ordering::Relaxed);
+    let accepted = accepted_epochs(now_s, topology.epoch_s, config.epochs.grace_s);
+    let built = ShardPlan {
+        config,
+        io_kind,
+        geometry,
+        links: &links,
+        secrets: &secrets,
+        accepted: &accepted,
+        per_shard_items,
+        stop: &signals.stop,
+        provider: prov.as_ref(),
+    }
+    .build()?;
     // The shards' filter sizing (already checked when they were built), for
     // the filters of later epochs.
     let sizing = FilterSizing::compute(
@@ -371,8 +409,40 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
         config.replay.max_filter_mb << 20,
     )
     .map_err(|e| format!("replay filter: {e}"))?;
+    log_start(
+        name,
+        config,
+        &topology,
+        own,
+        io_kind,
+        &built,
+        &accepted,
+        prov.as_ref(),
+    );
 
-    // Control loop: key epochs and topology reloads until told to stop.
+    let handles = spawn_shards(built.shards, config)?;
+    let provider_metrics = prov.as_ref().map(|p| Arc::clone(&p.metrics));
+    let (inbox_thread, registry) = match (prov, built.first_socket) {
+        (Some(p), Some(socket)) => {
+            let (h, w) = spawn_inbox(p, socket, config, geometry, &built.controls, &signals.stop)?;
+            (Some(h), Some(w))
+        }
+        (Some(_), None) => return Err("no shard socket to answer pulls from".into()),
+        // A mix needs no handle on its socket here.
+        (None, _) => (None, None),
+    };
+    let metrics_thread = spawn_metrics(
+        config,
+        own_id.to_string(),
+        io_kind.name(),
+        built.metrics.clone(),
+        provider_metrics,
+        Arc::clone(&topology_metrics),
+        &signals.stop,
+    )?;
+
+    // Control loop: key epochs, topology reloads and registry rescans until
+    // told to stop.
     let mut control = ControlPlane {
         name,
         config,
@@ -382,28 +452,91 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
         secrets,
         epochs: accepted,
         sizing,
-        controls,
+        controls: built.controls,
         topology_metrics,
+        registry,
     };
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
-        control.tick(unix_now_s(), reload.swap(false, Ordering::Relaxed));
-    }
+    control.run(&signals.stop, &signals.reload);
     let stopping = Instant::now();
-    for h in handles {
+    let threads = handles
+        .into_iter()
+        .chain(inbox_thread)
+        .chain(metrics_thread);
+    for h in threads {
         let _ = h.join();
     }
-    if let Some(h) = inbox_thread {
-        let _ = h.join();
-    }
-    if let Some(h) = metrics_thread {
-        let _ = h.join();
-    }
-    let forwarded: u64 = all_metrics
+    log_stop(name, &built.metrics, stopping);
+    Ok(())
+}
+
+/// Serve `/metrics` if `metrics.listen` is set.
+fn spawn_metrics(
+    config: &MixConfig,
+    node: String,
+    io_name: &'static str,
+    shards: Vec<Arc<ShardMetrics>>,
+    provider: Option<Arc<ProviderMetrics>>,
+    topology: Arc<TopologyMetrics>,
+    stop: &Arc<AtomicBool>,
+) -> Result<Option<std::thread::JoinHandle<()>>, String> {
+    let Some(addr) = config.metrics.listen else {
+        return Ok(None);
+    };
+    let render = move || {
+        let labels = [("node", node.as_str())];
+        metrics::render_node(
+            &labels,
+            &shards,
+            io_name,
+            provider.as_deref(),
+            Some(&topology),
+        )
+    };
+    metrics::serve(addr, render, Arc::clone(stop))
+        .map(Some)
+        .map_err(|err| format!("metrics.listen {addr}: {err}"))
+}
+
+/// The start line: who, where, how many shards, which backend, the filters'
+/// memory, the epochs, a provider's clients.
+#[allow(clippy::too_many_arguments)] // reason: each is one fact of the line, read once
+fn log_start(
+    name: &str,
+    config: &MixConfig,
+    topology: &Topology,
+    own: u32,
+    io_kind: IoKind,
+    built: &Shards,
+    accepted: &[u64],
+    prov: Option<&ProviderStart>,
+) {
+    let me = &topology.nodes[own as usize];
+    let filter_mb = built
+        .metrics
+        .iter()
+        .map(|m| m.filter_bytes.load(Ordering::Relaxed))
+        .sum::<u64>() as f64
+        / (1u64 << 20) as f64;
+    let clients_note = prov
+        .map(|p| format!(", {} client(s)", p.clients.len()))
+        .unwrap_or_default();
+    eprintln!(
+        "loopix {name}: node {} layer {} on {}, {} shard(s), io={}, replay filters {filter_mb:.1} MiB, epochs {accepted:?}{clients_note}",
+        me.id,
+        me.layer,
+        config.node.listen,
+        config.engine.shards,
+        io_kind.name(),
+    );
+}
+
+/// The stop line: how long the drain took, what was forwarded and dropped.
+fn log_stop(name: &str, shards: &[Arc<ShardMetrics>], stopping: Instant) {
+    let forwarded: u64 = shards
         .iter()
         .map(|m| m.forwarded.load(Ordering::Relaxed))
         .sum();
-    let dropped: u64 = all_metrics
+    let dropped: u64 = shards
         .iter()
         .map(|m| m.drops(crate::metrics::DropReason::ShuttingDown))
         .sum();
@@ -411,7 +544,6 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
         "loopix {name}: stopped in {} ms; forwarded {forwarded} packets in all, {dropped} dropped at shutdown",
         stopping.elapsed().as_millis()
     );
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! The provider role beyond what mixes do, in one folder: the inbox
 //! (`inbox.rs`, redb), the client registry (`registry.rs`), and here the
-//! inbox thread (group commit of
-//! delivered packets, pull answers, expiry, registry rescans) and the
-//! `loopix provider register|unregister|clients` admin commands.
+//! inbox thread (group commit of delivered packets, pull answers, expiry,
+//! and the registry changes the control plane finds), the control plane's
+//! [`RegistryWatch`], and the `loopix provider register|unregister|clients`
+//! admin commands.
 //!
 //! The inbox thread alone owns the `Inbox`. Shards hand it packets to store
 //! and authenticated pulls over one bounded channel. It commits stores in
@@ -21,7 +22,9 @@
 //! - delivery frame counters are provider-wide and strictly increasing,
 //!   starting at the wall clock in microseconds (above any earlier run's);
 //! - the registry directory is the source of truth for who is registered:
-//!   the inbox registers and unregisters mailboxes to match it;
+//!   the control plane rescans it (every second when the directory changed,
+//!   at once on SIGHUP) and hands the inbox thread the new list, and the
+//!   inbox registers and unregisters mailboxes to match it;
 //! - whatever is refused, expired or lost is counted (`ProviderMetrics`).
 
 pub mod inbox;
@@ -32,7 +35,7 @@ use std::fs;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,8 +58,6 @@ pub fn inbox_path(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("inbox.redb")
 }
 
-/// How often the registry directory is rescanned (SIGHUP: at once).
-const RESCAN_EVERY: Duration = Duration::from_secs(1);
 /// How often old messages are expired.
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 /// Longest wait for work, so the stop flag and timers are seen.
@@ -104,12 +105,24 @@ pub fn sync_registry(
     last_problems: &mut Vec<String>,
 ) -> Result<Vec<ClientEntry>, InboxError> {
     let (entries, problems) = registry::scan(data_dir);
-    if problems != *last_problems {
+    report_problems(problems, last_problems);
+    sync_mailboxes(inbox, &entries)?;
+    Ok(entries)
+}
+
+/// Print the registry's unreadable files when the set changed.
+fn report_problems(problems: Vec<String>, last: &mut Vec<String>) {
+    if problems != *last {
         for p in &problems {
             eprintln!("loopix provider: client registry: {p}; skipped until fixed");
         }
-        *last_problems = problems;
+        *last = problems;
     }
+}
+
+/// Register the mailboxes of `entries` in the inbox and unregister every
+/// other (dropping its messages, counted).
+fn sync_mailboxes(inbox: &mut Inbox, entries: &[ClientEntry]) -> Result<(), InboxError> {
     let want: HashSet<MailboxId> = entries.iter().map(|e| e.mailbox).collect();
     for m in inbox.registered_mailboxes()? {
         if !want.contains(&m) {
@@ -120,7 +133,76 @@ pub fn sync_registry(
     for m in &want {
         inbox.register(*m)?;
     }
-    Ok(entries)
+    Ok(())
+}
+
+/// The control plane's watch on a provider's registry directory: at most
+/// one scan a second, and only when the directory's modification time
+/// moved (a register or an unregister creates or removes a file), so that
+/// thousands of clients do not cost thousands of reads a second; on SIGHUP
+/// at once. A changed list goes to the inbox thread, which owns the inbox.
+pub struct RegistryWatch {
+    data_dir: PathBuf,
+    /// The list the inbox thread was last handed.
+    clients: Vec<ClientEntry>,
+    /// Unreadable files, as last reported.
+    problems: Vec<String>,
+    /// The directory's modification time at the last scan, once settled.
+    mtime_s: Option<u64>,
+    /// The second of the last scan.
+    last_scan_s: u64,
+    updates: Sender<Vec<ClientEntry>>,
+}
+
+impl RegistryWatch {
+    /// A watch on `data_dir` whose inbox thread already has `clients`;
+    /// changes go to `updates`.
+    pub fn new(
+        data_dir: &Path,
+        clients: Vec<ClientEntry>,
+        problems: Vec<String>,
+        updates: Sender<Vec<ClientEntry>>,
+    ) -> RegistryWatch {
+        RegistryWatch {
+            data_dir: data_dir.to_path_buf(),
+            clients,
+            problems,
+            mtime_s: None,
+            last_scan_s: 0,
+            updates,
+        }
+    }
+
+    /// One turn at `now_unix_s`; `forced` (SIGHUP) scans whatever the time.
+    pub fn tick(&mut self, now_unix_s: u64, forced: bool) {
+        if !forced && now_unix_s == self.last_scan_s {
+            return;
+        }
+        self.last_scan_s = now_unix_s;
+        let mtime_s = fs::metadata(registry::clients_dir(&self.data_dir))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs());
+        if !forced && mtime_s.is_some() && mtime_s == self.mtime_s {
+            return;
+        }
+        let (entries, problems) = registry::scan(&self.data_dir);
+        report_problems(problems, &mut self.problems);
+        // Directory times are coarse: a change in the same second as this
+        // scan would keep the same time. Trust a time only once it is old.
+        let settled = mtime_s.is_some_and(|t| now_unix_s.saturating_sub(t) >= 2);
+        self.mtime_s = if settled { mtime_s } else { None };
+        if entries != self.clients {
+            // A full queue (the inbox thread is behind) or a stopped inbox
+            // thread: keep the old list, so the next scan sends it again.
+            if self.updates.try_send(entries.clone()).is_ok() {
+                self.clients = entries;
+            } else {
+                self.mtime_s = None;
+            }
+        }
+    }
 }
 
 /// Everything the inbox thread needs.
@@ -147,11 +229,8 @@ pub struct InboxThread {
     pub metrics: Arc<ProviderMetrics>,
     /// Stop flag (SIGTERM, SIGINT).
     pub stop: Arc<AtomicBool>,
-    /// Set by SIGHUP: rescan the registry now.
-    pub rescan: Arc<AtomicBool>,
-    /// Registry files already reported as unreadable (reported again only
-    /// when the set changes).
-    pub problems: Vec<String>,
+    /// New client lists from the control plane's [`RegistryWatch`].
+    pub registry: Receiver<Vec<ClientEntry>>,
 }
 
 struct Runner {
@@ -159,13 +238,7 @@ struct Runner {
     counter: u64,
     /// One pull answer's frames, back to back.
     frames: Vec<u8>,
-    problems: Vec<String>,
     broken: bool,
-    /// The registry directory's modification time at the last scan: the
-    /// periodic rescan reads the files only when it changed (a register or
-    /// an unregister creates or removes a file), so that thousands of
-    /// clients do not cost thousands of reads a second on this thread.
-    registry_mtime: Option<std::time::SystemTime>,
 }
 
 impl InboxThread {
@@ -178,15 +251,11 @@ impl InboxThread {
         let frames = Vec::with_capacity(
             delivery_frame_len(&self.geometry) * usize::from(self.settings.pull_frames),
         );
-        let mut t = self;
-        let problems = std::mem::take(&mut t.problems);
         let mut r = Runner {
-            t,
+            t: self,
             counter: wall_us,
             frames,
-            problems,
             broken: false,
-            registry_mtime: None,
         };
         r.publish();
         r.run();
@@ -199,28 +268,10 @@ impl Runner {
         let wait = Duration::from_millis(self.t.settings.commit_max_wait_ms);
         let mut stores: Vec<(MailboxId, Vec<u8>)> = Vec::with_capacity(batch_max);
         let mut pulls: Vec<Pull> = Vec::new();
-        let mut last_rescan = Instant::now();
         let mut last_expire = Instant::now();
         loop {
-            let stopping = self.t.stop.load(Ordering::Relaxed);
-            if !stopping {
-                let forced = self.t.rescan.swap(false, Ordering::Relaxed);
-                if forced || last_rescan.elapsed() >= RESCAN_EVERY {
-                    let mtime = std::fs::metadata(registry::clients_dir(&self.t.settings.data_dir))
-                        .and_then(|m| m.modified())
-                        .ok();
-                    if forced || mtime.is_none() || mtime != self.registry_mtime {
-                        self.rescan();
-                        // Directory times are coarse (a few ms): a change
-                        // in the same tick as this scan would keep the
-                        // same time. Trust a time only once it is old.
-                        let settled = mtime
-                            .and_then(|t| t.elapsed().ok())
-                            .is_some_and(|age| age > 2 * RESCAN_EVERY);
-                        self.registry_mtime = if settled { mtime } else { None };
-                    }
-                    last_rescan = Instant::now();
-                }
+            while let Ok(entries) = self.t.registry.try_recv() {
+                self.apply_registry(entries);
             }
             if last_expire.elapsed() >= EXPIRE_EVERY {
                 self.expire();
@@ -389,17 +440,13 @@ impl Runner {
             .fetch_add(failed as u64, Ordering::Relaxed);
     }
 
-    fn rescan(&mut self) {
-        if self.broken {
+    /// Make the inbox and the shards' client table match `entries`.
+    fn apply_registry(&mut self, entries: Vec<ClientEntry>) {
+        if self.broken || entries == self.t.clients {
             return;
         }
-        let (entries, problems) = registry::scan(&self.t.settings.data_dir);
-        if entries == self.t.clients && problems == self.problems {
-            return;
-        }
-        let data_dir = self.t.settings.data_dir.clone();
-        match sync_registry(&mut self.t.inbox, &data_dir, &mut self.problems) {
-            Ok(entries) => {
+        match sync_mailboxes(&mut self.t.inbox, &entries) {
+            Ok(()) => {
                 eprintln!(
                     "loopix provider: client registry changed: {} client(s)",
                     entries.len()
@@ -578,4 +625,55 @@ pub fn list(config: &MixConfig) -> Result<(String, Vec<String>), String> {
         out.push_str(&format!("{}\t{}\t{}\n", e.slot, e.name, e.mailbox));
     }
     Ok((out, problems))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slots(v: &[ClientEntry]) -> Vec<u32> {
+        v.iter().map(|e| e.slot).collect()
+    }
+
+    #[test]
+    fn registry_watch_hands_each_change_to_the_inbox_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let mut w = RegistryWatch::new(dir.path(), Vec::new(), Vec::new(), tx);
+        w.tick(100, false);
+        assert!(rx.try_recv().is_err(), "nothing registered, nothing sent");
+
+        let a = registry::register(dir.path(), "a").expect("register a");
+        w.tick(100, false);
+        assert!(rx.try_recv().is_err(), "at most one scan a second");
+        w.tick(101, false);
+        assert_eq!(slots(&rx.try_recv().expect("a")), vec![a.slot]);
+        w.tick(102, false);
+        assert!(rx.try_recv().is_err(), "unchanged: nothing sent");
+
+        // The inbox thread is behind: the list waits in the queue, and a
+        // later change is sent once it has taken it.
+        let b = registry::register(dir.path(), "b").expect("register b");
+        w.tick(103, false);
+        registry::unregister(dir.path(), a.slot).expect("unregister a");
+        w.tick(104, false);
+        assert_eq!(slots(&rx.try_recv().expect("a, b")), vec![a.slot, b.slot]);
+        assert!(rx.try_recv().is_err());
+        w.tick(105, false);
+        assert_eq!(slots(&rx.try_recv().expect("b")), vec![b.slot]);
+
+        // SIGHUP scans at once, and still sends only a change.
+        w.tick(105, true);
+        assert!(rx.try_recv().is_err());
+        std::fs::write(
+            registry::clients_dir(dir.path()).join("junk.toml"),
+            "not toml",
+        )
+        .expect("write");
+        w.tick(105, true);
+        assert!(
+            rx.try_recv().is_err(),
+            "an unreadable file is reported, not sent"
+        );
+    }
 }
