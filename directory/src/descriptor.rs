@@ -23,9 +23,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::canonical::{self, NodeClaims, SignedKey};
 
-/// A descriptor file that cannot be read or parsed.
+/// A file that cannot be read or does not parse, naming the file: the
+/// errors of descriptor files here and of key files in the node, one type
+/// for both.
 #[derive(Debug, thiserror::Error)]
-pub enum DescriptorError {
+pub enum FileError {
     /// I/O on a named file.
     #[error("{path}: {source}")]
     Io {
@@ -43,6 +45,27 @@ pub enum DescriptorError {
         problem: String,
     },
 }
+
+impl FileError {
+    /// I/O on `path` failed with `source`.
+    pub fn io(path: &Path, source: std::io::Error) -> FileError {
+        FileError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// `path`'s content is wrong: `problem`.
+    pub fn format(path: &Path, problem: impl Into<String>) -> FileError {
+        FileError::Format {
+            path: path.to_owned(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// A descriptor file that cannot be read or parsed.
+pub type DescriptorError = FileError;
 
 /// The node id convention: the first 16 bytes of a BLAKE3 derive-key over
 /// the link public key.

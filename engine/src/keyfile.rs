@@ -32,27 +32,15 @@ use std::path::{Path, PathBuf};
 use loopix_crypto::{IdentityKey, IdentityPublic, PublicKey, SecretKey};
 use rand_core::{OsRng, RngCore};
 
-use loopix_directory::descriptor::{sign_descriptor, DescriptorError, NodeDescriptor};
+use loopix_directory::descriptor::{sign_descriptor, FileError, NodeDescriptor};
 
 /// A key-file problem, phrased for the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    /// I/O on a named file.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The content is not what `loopix keygen` writes.
-    #[error("{path}: {problem}")]
-    Format {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        problem: String,
-    },
+    /// A file that cannot be read, or whose content is not what `loopix
+    /// keygen` writes.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// Group or others can read a secret.
     #[error("{path}: mode {mode:o} lets others read a secret key; run `chmod 600 {path}`")]
     Permissions {
@@ -77,20 +65,8 @@ pub enum KeyError {
     },
 }
 
-impl From<DescriptorError> for KeyError {
-    fn from(e: DescriptorError) -> KeyError {
-        match e {
-            DescriptorError::Io { path, source } => KeyError::Io { path, source },
-            DescriptorError::Format { path, problem } => KeyError::Format { path, problem },
-        }
-    }
-}
-
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
-    move |source| KeyError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| KeyError::File(FileError::io(path, source))
 }
 
 /// Seconds since the Unix epoch (the wall clock decides key epochs).
@@ -103,10 +79,7 @@ pub fn unix_now_s() -> u64 {
 /// Parse a 32-byte key written as hex (a key file's text); `path` names it
 /// in errors.
 pub fn parse_hex32(path: &Path, text: &str) -> Result<[u8; 32], KeyError> {
-    let bad = |problem: String| KeyError::Format {
-        path: path.to_owned(),
-        problem,
-    };
+    let bad = |problem: String| KeyError::File(FileError::format(path, problem));
     let v = hex::decode(text.trim()).map_err(|e| bad(format!("not hex: {e}")))?;
     v.try_into()
         .map_err(|v: Vec<u8>| bad(format!("{} bytes, expected 32", v.len())))
@@ -134,9 +107,11 @@ pub fn read_secret(path: &Path) -> Result<SecretKey, KeyError> {
 /// world-readable files.
 pub fn read_identity(path: &Path) -> Result<IdentityKey, KeyError> {
     let text = read_secret_text(path)?;
-    IdentityKey::from_hex(&text).map_err(|e| KeyError::Format {
-        path: path.to_owned(),
-        problem: format!("not an Ed25519 key written by loopix: {e}"),
+    IdentityKey::from_hex(&text).map_err(|e| {
+        KeyError::File(FileError::format(
+            path,
+            format!("not an Ed25519 key written by loopix: {e}"),
+        ))
     })
 }
 
@@ -160,10 +135,10 @@ fn write_secret(path: &Path, key: &SecretKey) -> Result<(), KeyError> {
 /// and its public key to `<path>.pub`; returns the public key.
 pub fn operator_keygen(path: &Path) -> Result<IdentityPublic, KeyError> {
     if path.exists() {
-        return Err(KeyError::Format {
-            path: path.to_owned(),
-            problem: "already exists; an operator key is never overwritten (remove it first if you really mean to replace it)".into(),
-        });
+        return Err(KeyError::File(FileError::format(
+            path,
+            "already exists; an operator key is never overwritten (remove it first if you really mean to replace it)",
+        )));
     }
     let key = IdentityKey::generate(&mut OsRng);
     write_secret_text(path, &key.to_hex())?;
@@ -248,10 +223,8 @@ pub fn keygen_at(
     let desc_path = dir.join("node.toml");
     let address = address.or_else(|| previous_address(&desc_path));
     let descriptor = sign_descriptor(&identity, &link.public_key(), &mix, address, epoch_s);
-    let text = toml::to_string(&descriptor).map_err(|e| KeyError::Format {
-        path: desc_path.clone(),
-        problem: e.to_string(),
-    })?;
+    let text = toml::to_string(&descriptor)
+        .map_err(|e| KeyError::File(FileError::format(&desc_path, e.to_string())))?;
     fs::write(&desc_path, text).map_err(io_err(&desc_path))?;
     Ok(KeygenReport {
         descriptor,
