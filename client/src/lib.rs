@@ -44,60 +44,9 @@ pub use fragment::{Fragment, FRAGMENT_HEADER_LEN};
 pub use loopix_directory::{Address, AddressFile, Registration, RegistrationFile};
 pub use session::{AccessSession, Received, Refusal, SessionLimits, SessionStats};
 
-/// A node as the client sees it: id and prepared Sphinx key.
-#[derive(Clone)]
-pub struct NodeInfo {
-    /// Node id.
-    pub id: NodeId,
-    /// Prepared Sphinx key of the current epoch (shared across clients).
-    pub key: Arc<RouteKey>,
-}
-
-/// The stratified topology, as far as clients need it.
-#[derive(Clone)]
-pub struct ClientTopology {
-    /// Providers.
-    pub providers: Vec<NodeInfo>,
-    /// Mix layers 1..=L, each non-empty.
-    pub layers: Vec<Vec<NodeInfo>>,
-}
-
-/// The client's view of `topology` in key epoch `epoch`: providers, and
-/// mix layers `1..=layers`, each node with its Sphinx key of that epoch.
-/// Fails, naming the node, if a node has no key for the epoch.
-pub fn client_topology(
-    topology: &loopix_directory::topology::Topology,
-    epoch: u64,
-) -> Result<ClientTopology, String> {
-    let mut providers = Vec::new();
-    let mut layers: Vec<Vec<NodeInfo>> = vec![Vec::new(); usize::from(topology.layers)];
-    for (i, n) in topology.nodes.iter().enumerate() {
-        let who = format!("node {i} ({})", n.id);
-        let key = n.mix_keys.get(&epoch).ok_or_else(|| {
-            format!(
-                "{who} has no mix key for epoch {epoch} (the current one); \
-                 the topology needs every node's key for the current epoch"
-            )
-        })?;
-        let key = RouteKey::new(key)
-            .map_err(|e| format!("{who}: mix key for epoch {epoch} is not usable: {e}"))?;
-        let info = NodeInfo {
-            id: n.id,
-            key: Arc::new(key),
-        };
-        match n.role {
-            loopix_directory::topology::Role::Provider => providers.push(info),
-            loopix_directory::topology::Role::Mix => {
-                let layer = usize::from(n.layer)
-                    .checked_sub(1)
-                    .and_then(|l| layers.get_mut(l))
-                    .ok_or_else(|| format!("{who}: layer {} out of range", n.layer))?;
-                layer.push(info);
-            }
-        }
-    }
-    Ok(ClientTopology { providers, layers })
-}
+pub use loopix_directory::routes::{
+    route_table as client_topology, NodeInfo, RouteTable as ClientTopology,
+};
 
 /// Rates and delays, from the paper's parameters.
 #[derive(Debug, Clone, Copy)]

@@ -1,7 +1,8 @@
 //! The signed documents every Loopix party reads, and nothing else: the
 //! topology document (`topology`) with the canonical bytes each signature
 //! covers (`canonical`), node descriptors (`descriptor`), and a client's
-//! registration and public address (`registration`).
+//! registration and public address (`registration`), and the route table
+//! of one key epoch that packet builders use (`routes`).
 //!
 //! Nodes, clients, the load generator and the tools all read these; none
 //! of them has to depend on the node crate to do so.
@@ -16,6 +17,7 @@
 pub mod canonical;
 pub mod descriptor;
 pub mod registration;
+pub mod routes;
 pub mod topology;
 
 pub use registration::{Address, AddressFile, Registration, RegistrationFile};
