@@ -136,7 +136,10 @@ fn node_counters(metrics: &[(String, SocketAddr)]) -> Vec<Option<(f64, f64)>> {
         .iter()
         .map(|(_, a)| {
             let m = loopix_testkit::metrics::Metrics::scrape(*a)?;
-            Some((m.forwarded(), m.sum(loopix_engine::metrics::names::DROPPED, &[])))
+            Some((
+                m.forwarded(),
+                m.sum(loopix_engine::metrics::names::DROPPED, &[]),
+            ))
         })
         .collect()
 }

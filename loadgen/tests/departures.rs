@@ -139,8 +139,5 @@ fn departures_are_poisson_at_the_configured_rate() {
             "measured inter-departures are not Exp in any attempt: {failures:?}"
         );
     }
-    assert!(
-        sink.datagrams.load(std::sync::atomic::Ordering::Relaxed)
-            > 0
-    );
+    assert!(sink.datagrams.load(std::sync::atomic::Ordering::Relaxed) > 0);
 }
