@@ -284,6 +284,46 @@ pub struct ProviderSection {
     pub store_queue: usize,
 }
 
+fn default_lambda_m() -> f64 {
+    // The paper's evaluation: λM = 10 loops per minute per node.
+    10.0 / 60.0
+}
+fn default_loop_delay_ms() -> f64 {
+    // The client's default per-hop mean delay (`loopix client init`), so
+    // that a loop waits at each hop like a client's packet.
+    1.0
+}
+fn default_loop_lead_ms() -> u64 {
+    500
+}
+
+/// `[loops]`: this node's own loop cover traffic (the paper's λM).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoopsSection {
+    /// Loops per second, a Poisson process; 0 sends none. Every node of a
+    /// network should use the same value (a node that sends fewer loops is
+    /// one an observer can tell apart).
+    #[serde(default = "default_lambda_m")]
+    pub lambda_m: f64,
+    /// Mean per-hop delay of a loop (1/µ), milliseconds.
+    #[serde(default = "default_loop_delay_ms")]
+    pub mean_delay_ms: f64,
+    /// How far ahead of its departure a loop is built, milliseconds.
+    #[serde(default = "default_loop_lead_ms")]
+    pub lead_ms: u64,
+}
+
+impl Default for LoopsSection {
+    fn default() -> Self {
+        LoopsSection {
+            lambda_m: default_lambda_m(),
+            mean_delay_ms: default_loop_delay_ms(),
+            lead_ms: default_loop_lead_ms(),
+        }
+    }
+}
+
 /// The whole node configuration (the name is historical: a provider's is
 /// the same plus `[provider]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -306,6 +346,9 @@ pub struct MixConfig {
     /// `[shutdown]`
     #[serde(default)]
     pub shutdown: ShutdownSection,
+    /// `[loops]`
+    #[serde(default)]
+    pub loops: LoopsSection,
     /// `[provider]`: present for providers, absent for mixes.
     pub provider: Option<ProviderSection>,
 }
@@ -405,6 +448,41 @@ impl MixConfig {
                 format!("is {}; use a probability in (0, 0.5), e.g. 1e-6", r.fp_rate),
             ));
         }
+        let l = &self.loops;
+        // At most 10^5 loops per second: far above any sane cover rate,
+        // low enough that the control thread can build them.
+        if !(l.lambda_m.is_finite() && (0.0..=100_000.0).contains(&l.lambda_m)) {
+            return Err(bad(
+                "loops.lambda_m",
+                format!(
+                    "is {}; use a rate in loops per second from 0 (none) to 100000, \
+                     e.g. 0.1667 (the paper's 10 per minute)",
+                    l.lambda_m
+                ),
+            ));
+        }
+        if !(l.mean_delay_ms.is_finite() && l.mean_delay_ms >= 0.0)
+            || l.mean_delay_ms * 1000.0 * 20.0 > (e.delay_cap_ms * 1000) as f64
+        {
+            return Err(bad(
+                "loops.mean_delay_ms",
+                format!(
+                    "is {}; use a mean delay in milliseconds, 0 or more and at most \
+                     engine.delay_cap_ms / 20 ({}) so that almost no loop hop is over the cap",
+                    l.mean_delay_ms,
+                    e.delay_cap_ms / 20
+                ),
+            ));
+        }
+        if !(100..=10_000).contains(&l.lead_ms) {
+            return Err(bad(
+                "loops.lead_ms",
+                format!(
+                    "is {}; use 100 to 10000 (the control plane builds loops every 100 ms)",
+                    l.lead_ms
+                ),
+            ));
+        }
         if self.shutdown.drain_ms > 600_000 {
             return Err(bad(
                 "shutdown.drain_ms",
@@ -491,6 +569,8 @@ operator_key = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a
         assert_eq!(c.engine.io, IoChoice::Auto);
         assert_eq!(c.replay.fp_rate, 1e-6);
         assert!(c.metrics.listen.is_none());
+        assert_eq!(c.loops.lambda_m, 10.0 / 60.0);
+        assert_eq!(c.loops.mean_delay_ms, 1.0);
     }
 
     #[test]
@@ -517,6 +597,27 @@ operator_key = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a
                 MINIMAL.replace("operator_key", "#operator_key"),
                 "`node.operator_key` is required",
             ),
+            (
+                format!("{MINIMAL}[loops]\nlambda_m = -1.0\n"),
+                "loops.lambda_m",
+            ),
+            (
+                format!("{MINIMAL}[loops]\nlambda_m = nan\n"),
+                "loops.lambda_m",
+            ),
+            (
+                format!("{MINIMAL}[loops]\nlambda_m = inf\n"),
+                "loops.lambda_m",
+            ),
+            (
+                format!("{MINIMAL}[loops]\nmean_delay_ms = -2.0\n"),
+                "loops.mean_delay_ms",
+            ),
+            (
+                format!("{MINIMAL}[engine]\ndelay_cap_ms = 100\n[loops]\nmean_delay_ms = 50.0\n"),
+                "loops.mean_delay_ms",
+            ),
+            (format!("{MINIMAL}[loops]\nlead_ms = 5\n"), "loops.lead_ms"),
         ];
         for (text, field) in cases {
             let err = parse(&text).expect_err("invalid").to_string();

@@ -6,8 +6,10 @@
 //! (verified, checked against the successor rule and this node's listing,
 //! then sent to every shard as new links), and a provider's client registry
 //! (rescanned when its directory changed, at once on SIGHUP, the new list
-//! handed to the inbox thread). Mix loops and the AQM controller join it
-//! here.
+//! handed to the inbox thread), and the node's own loops (the paper's λM:
+//! drawn and built here ahead of their departure by a
+//! [`crate::loops::LoopMaker`], handed to the shards round-robin to leave
+//! at their time). The AQM controller joins it here.
 //!
 //! `tick` takes the wall clock from its caller, so the same code runs under
 //! a test's clock. It talks to shards only through their bounded control
@@ -22,15 +24,18 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crossbeam_channel::Sender;
-use loopix_crypto::{NodeId, PublicKey, SecretKey};
+use loopix_crypto::{Geometry, NodeId, PublicKey, SecretKey};
 use loopix_directory::descriptor::epoch_at;
+use loopix_directory::routes::route_table;
 use loopix_directory::topology::{Role, Topology};
 
 use crate::config::MixConfig;
 use crate::keyfile::{self, unix_now_s, NodeSecrets};
-use crate::metrics::TopologyMetrics;
+use crate::loops::{LoopMaker, LoopPacket, LoopSettings};
+use crate::metrics::ControlMetrics;
 use crate::node::build_links;
 use crate::provider::RegistryWatch;
 use crate::replay::{BloomFilter, FilterSizing};
@@ -52,9 +57,11 @@ pub(crate) struct ControlPlane<'a> {
     pub(crate) sizing: FilterSizing,
     /// One bounded channel to each shard.
     pub(crate) controls: Vec<Sender<Control>>,
-    pub(crate) topology_metrics: Arc<TopologyMetrics>,
+    pub(crate) control_metrics: Arc<ControlMetrics>,
     /// A provider's watch on its client registry.
     pub(crate) registry: Option<RegistryWatch>,
+    /// The node's own loops.
+    pub(crate) loops: LoopSender,
 }
 
 impl ControlPlane<'_> {
@@ -78,6 +85,12 @@ impl ControlPlane<'_> {
         if let Some(watch) = &mut self.registry {
             watch.tick(now_unix_s, reload);
         }
+        self.loops.tick(
+            &self.topology,
+            now_unix_s,
+            &self.controls,
+            &self.control_metrics,
+        );
     }
 
     fn reload(&mut self, now_unix_s: u64) {
@@ -94,7 +107,7 @@ impl ControlPlane<'_> {
                 }
                 self.topology = next;
                 self.own_index = index;
-                let m = &self.topology_metrics;
+                let m = &self.control_metrics;
                 m.serial.store(self.topology.serial, Ordering::Relaxed);
                 m.reloads_ok.fetch_add(1, Ordering::Relaxed);
             }
@@ -103,7 +116,7 @@ impl ControlPlane<'_> {
                     "loopix {name}: topology reload refused, keeping serial {}: {why}",
                     self.topology.serial
                 );
-                self.topology_metrics
+                self.control_metrics
                     .reloads_refused
                     .fetch_add(1, Ordering::Relaxed);
             }
@@ -143,6 +156,126 @@ impl ControlPlane<'_> {
             let _ = tx.send(Control::Keys(epoch_keys(&self.secrets, &want), filters));
         }
         self.epochs = want;
+    }
+}
+
+/// The node's loop stream as the control plane runs it: a [`LoopMaker`] on
+/// the route table of the current epoch and topology (rebuilt when either
+/// changes), and the shards' control channels to hand loops to.
+pub(crate) struct LoopSender {
+    settings: LoopSettings,
+    geometry: Geometry,
+    own: NodeId,
+    /// The node's clock: shards count from the same instant.
+    start: Instant,
+    /// `None` until a route table could be built (and with λM = 0).
+    maker: Option<LoopMaker>,
+    /// The epoch and topology serial the routes were built for.
+    built_for: Option<(u64, u64)>,
+    next_shard: usize,
+    buf: Vec<LoopPacket>,
+}
+
+impl LoopSender {
+    /// A sender for node `own`, on the clock that starts at `start`.
+    pub(crate) fn new(config: &MixConfig, geometry: Geometry, own: NodeId, start: Instant) -> Self {
+        let l = &config.loops;
+        LoopSender {
+            settings: LoopSettings {
+                lambda_per_s: l.lambda_m,
+                mean_delay_us: l.mean_delay_ms * 1000.0,
+                lead_us: l.lead_ms * 1000,
+            },
+            geometry,
+            own,
+            start,
+            maker: None,
+            built_for: None,
+            next_shard: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Microseconds on the node's clock.
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Build the loops departing within the lead and hand them to the
+    /// shards, round-robin (any shard can send to any neighbour).
+    fn tick(
+        &mut self,
+        topology: &Topology,
+        now_unix_s: u64,
+        controls: &[Sender<Control>],
+        metrics: &ControlMetrics,
+    ) {
+        if self.settings.lambda_per_s <= 0.0 || controls.is_empty() {
+            return;
+        }
+        self.follow(topology, now_unix_s);
+        let now_us = self.now_us();
+        let Some(maker) = self.maker.as_mut() else {
+            return;
+        };
+        self.buf.clear();
+        let made = maker.due(now_us, &mut self.buf);
+        metrics
+            .loops_unbuilt
+            .fetch_add(made.failed, Ordering::Relaxed);
+        if self.buf.is_empty() {
+            return;
+        }
+        let mut per_shard: Vec<Vec<LoopPacket>> = vec![Vec::new(); controls.len()];
+        for p in self.buf.drain(..) {
+            per_shard[self.next_shard % controls.len()].push(p);
+            self.next_shard = self.next_shard.wrapping_add(1);
+        }
+        for (tx, batch) in controls.iter().zip(per_shard) {
+            let n = batch.len() as u64;
+            if n == 0 {
+                continue;
+            }
+            match tx.try_send(Control::Loops(batch)) {
+                Ok(()) => metrics.loops_built.fetch_add(n, Ordering::Relaxed),
+                Err(_) => metrics.loops_queue_full.fetch_add(n, Ordering::Relaxed),
+            };
+        }
+    }
+
+    /// Keep the maker's routes on the current epoch's keys and topology.
+    fn follow(&mut self, topology: &Topology, now_unix_s: u64) {
+        let epoch = epoch_at(now_unix_s, topology.epoch_s);
+        let want = (epoch, topology.serial);
+        if self.built_for == Some(want) {
+            return;
+        }
+        self.built_for = Some(want);
+        let routes = match route_table(topology, epoch) {
+            Ok(r) => Arc::new(r),
+            Err(why) => {
+                eprintln!(
+                    "loopix: no loops in epoch {epoch} (serial {}): {why}",
+                    topology.serial
+                );
+                return;
+            }
+        };
+        let result = match self.maker.as_mut() {
+            Some(m) => m.set_routes(routes),
+            None => LoopMaker::new(
+                self.settings,
+                self.geometry,
+                routes,
+                self.own,
+                self.now_us(),
+                Box::new(rand_core::OsRng),
+            )
+            .map(|m| self.maker = Some(m)),
+        };
+        if let Err(why) = result {
+            eprintln!("loopix: no loops in epoch {epoch}: {why}");
+        }
     }
 }
 

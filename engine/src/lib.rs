@@ -14,6 +14,7 @@ pub mod config;
 pub mod control;
 pub mod io;
 pub mod keyfile;
+pub mod loops;
 pub mod metrics;
 pub mod node;
 pub mod provider;

@@ -23,9 +23,15 @@
 //!   `loopix_pull_send_failed_total`, and the gauges
 //!   `loopix_inbox_messages`, `loopix_inbox_bytes`,
 //!   `loopix_registered_clients`;
-//! - topology (written by the control thread, `TopologyMetrics`):
-//!   `loopix_topology_serial` (the serial of the document in use) and
-//!   `loopix_topology_reloads_total{result=ok|refused}` (SIGHUP reloads).
+//! - own loops (the paper's λM), per shard: `loopix_loops_sent_total`
+//!   (put on the wheel; counted in `forwarded` too when they leave),
+//!   `loopix_loops_late_total` (reached the shard after their departure
+//!   time), and with `loopix_loops_received_total` the loops that came back;
+//! - control plane (written by the control thread, `ControlMetrics`):
+//!   `loopix_topology_serial` (the serial of the document in use),
+//!   `loopix_topology_reloads_total{result=ok|refused}` (SIGHUP reloads) and
+//!   `loopix_loops_missed_total{reason=unbuilt|queue_full|refused}` (loop
+//!   departures that passed without a loop).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -254,6 +260,15 @@ pub struct ShardMetrics {
     pub forwarded: AtomicU64,
     /// This node's own loops that came back.
     pub loops_received: AtomicU64,
+    /// This node's own loops put on the wheel to leave at their time
+    /// (they are counted in `forwarded` too when they leave).
+    pub loops_sent: AtomicU64,
+    /// Of those, loops that reached the shard after their departure time
+    /// and left at once (a gap an observer could see).
+    pub loops_late: AtomicU64,
+    /// Loops the shard could not send: pool full, or a reload removed the
+    /// first hop since the loop was built.
+    pub loops_refused: AtomicU64,
     /// (Provider) `Deliver` packets handed to the inbox thread.
     pub to_inbox: AtomicU64,
     /// (Provider) `Drop` cover packets discarded.
@@ -328,16 +343,22 @@ pub struct ProviderMetrics {
     pub registered_clients: AtomicU64,
 }
 
-/// The node's topology document and its reloads, written by the control
-/// thread alone.
+/// The control plane's counters (the topology document and its reloads,
+/// the loops it builds), written by the control thread alone.
 #[derive(Default)]
-pub struct TopologyMetrics {
+pub struct ControlMetrics {
     /// Serial of the document in use.
     pub serial: AtomicU64,
     /// Reloads that installed a new document.
     pub reloads_ok: AtomicU64,
     /// Reloads refused (the node kept the document it had).
     pub reloads_refused: AtomicU64,
+    /// Loops built and handed to a shard.
+    pub loops_built: AtomicU64,
+    /// Loop departures that passed without a loop (it could not be built).
+    pub loops_unbuilt: AtomicU64,
+    /// Loops built but not handed over (the shard's control queue was full).
+    pub loops_queue_full: AtomicU64,
 }
 
 /// Every series a node serves, by the name a scraper sees (counters end in
@@ -351,6 +372,13 @@ pub mod names {
     pub const FORWARDED_PACKETS: &str = "loopix_forwarded_packets_total";
     /// Own loop packets that came back, per shard.
     pub const LOOPS_RECEIVED: &str = "loopix_loops_received_total";
+    /// Own loop packets put on the wheel to leave at their time, per shard.
+    pub const LOOPS_SENT: &str = "loopix_loops_sent_total";
+    /// Own loops that reached their shard after their departure time.
+    pub const LOOPS_LATE: &str = "loopix_loops_late_total";
+    /// Loop departures that passed without a loop, by `reason`
+    /// (`unbuilt`, `queue_full`, `refused`), for the node.
+    pub const LOOPS_MISSED: &str = "loopix_loops_missed_total";
     /// Drops, per shard and `reason` (a [`super::DropReason`] label).
     pub const DROPPED: &str = "loopix_dropped_total";
     /// Packets held in a shard's pool (gauge).
@@ -414,8 +442,29 @@ fn counter(series: &'static str) -> &'static str {
 
 type Labels = Vec<(String, String)>;
 
-fn register_topology(registry: &mut Registry, base: &Labels, t: &TopologyMetrics) {
+fn register_control(
+    registry: &mut Registry,
+    base: &Labels,
+    t: &ControlMetrics,
+    shards: &[Arc<ShardMetrics>],
+) {
     let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
+    let missed = Family::<Labels, Counter>::default();
+    let refused: u64 = shards.iter().map(|s| load(&s.loops_refused)).sum();
+    for (reason, v) in [
+        ("unbuilt", load(&t.loops_unbuilt)),
+        ("queue_full", load(&t.loops_queue_full)),
+        ("refused", refused),
+    ] {
+        let mut l = base.clone();
+        l.push(("reason".into(), reason.into()));
+        missed.get_or_create(&l).inc_by(v);
+    }
+    registry.register(
+        counter(names::LOOPS_MISSED),
+        "Own loop departures that passed without a loop, by reason",
+        missed,
+    );
     let serial = Family::<Labels, Gauge>::default();
     serial
         .get_or_create(base)
@@ -553,7 +602,7 @@ pub fn render_node(
     shards: &[Arc<ShardMetrics>],
     io: &str,
     provider: Option<&ProviderMetrics>,
-    topology: Option<&TopologyMetrics>,
+    control: Option<&ControlMetrics>,
 ) -> String {
     let mut registry = Registry::default();
     let base: Labels = node_labels
@@ -565,8 +614,8 @@ pub fn render_node(
     if let Some(p) = provider {
         register_provider(&mut registry, &base, p);
     }
-    if let Some(t) = topology {
-        register_topology(&mut registry, &base, t);
+    if let Some(t) = control {
+        register_control(&mut registry, &base, t, shards);
     }
 
     let mut out = String::new();
@@ -584,6 +633,8 @@ struct ShardFamilies {
     received: Family<Labels, Counter>,
     forwarded: Family<Labels, Counter>,
     loops: Family<Labels, Counter>,
+    loops_sent: Family<Labels, Counter>,
+    loops_late: Family<Labels, Counter>,
     to_inbox: Family<Labels, Counter>,
     cover: Family<Labels, Counter>,
     dropped: Family<Labels, Counter>,
@@ -610,6 +661,8 @@ impl ShardFamilies {
             received: Family::default(),
             forwarded: Family::default(),
             loops: Family::default(),
+            loops_sent: Family::default(),
+            loops_late: Family::default(),
             to_inbox: Family::default(),
             cover: Family::default(),
             dropped: Family::default(),
@@ -633,6 +686,8 @@ impl ShardFamilies {
             f.received.get_or_create(&l).inc_by(load(&s.received));
             f.forwarded.get_or_create(&l).inc_by(load(&s.forwarded));
             f.loops.get_or_create(&l).inc_by(load(&s.loops_received));
+            f.loops_sent.get_or_create(&l).inc_by(load(&s.loops_sent));
+            f.loops_late.get_or_create(&l).inc_by(load(&s.loops_late));
             if provider {
                 f.to_inbox.get_or_create(&l).inc_by(load(&s.to_inbox));
                 f.cover.get_or_create(&l).inc_by(load(&s.cover_discarded));
@@ -687,6 +742,16 @@ impl ShardFamilies {
             counter(LOOPS_RECEIVED),
             "Own loop packets that came back",
             self.loops,
+        );
+        r.register(
+            counter(LOOPS_SENT),
+            "Own loop packets put on the wheel to leave at their time",
+            self.loops_sent,
+        );
+        r.register(
+            counter(LOOPS_LATE),
+            "Own loops that reached their shard after their departure time",
+            self.loops_late,
         );
         r.register(
             counter(DROPPED),

@@ -26,10 +26,10 @@ use std::time::Instant;
 use loopix_crypto::{Geometry, LinkKey, SecretKey};
 
 use crate::config::{IoChoice, MixConfig};
-use crate::control::{accepted_epochs, epoch_keys, ControlPlane, Own};
+use crate::control::{accepted_epochs, epoch_keys, ControlPlane, LoopSender, Own};
 use crate::io::{self, socket, IoKind};
 use crate::keyfile::{self, unix_now_s};
-use crate::metrics::{self, ProviderMetrics, ShardMetrics, TopologyMetrics};
+use crate::metrics::{self, ControlMetrics, ProviderMetrics, ShardMetrics};
 use crate::provider::registry::ClientTable;
 use crate::provider::{self, InboxThread, RegistryWatch};
 use crate::replay::FilterSizing;
@@ -198,6 +198,8 @@ struct ShardPlan<'a> {
     per_shard_items: u64,
     stop: &'a Arc<AtomicBool>,
     provider: Option<&'a ProviderStart>,
+    /// The node's clock, shared by its shards and its control plane.
+    start: Instant,
 }
 
 impl ShardPlan<'_> {
@@ -241,7 +243,8 @@ impl ShardPlan<'_> {
                 Arc::clone(self.stop),
                 Arc::clone(&m),
             )
-            .map_err(|err| format!("{err}; lower replay.rate_pps or raise replay.max_filter_mb"))?;
+            .map_err(|err| format!("{err}; lower replay.rate_pps or raise replay.max_filter_mb"))?
+            .with_start(self.start);
             let shard = match self.provider {
                 Some(p) => shard.with_provider(ProviderHooks {
                     clients: Arc::clone(&p.table),
@@ -384,11 +387,12 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
 
     let prov = ProviderStart::open(config)?;
     let signals = Signals::register()?;
-    let topology_metrics = Arc::new(TopologyMetrics::default());
-    topology_metrics
+    let control_metrics = Arc::new(ControlMetrics::default());
+    control_metrics
         .serial
         .store(topology.serial, Ordering::Relaxed);
     let accepted = accepted_epochs(now_s, topology.epoch_s, config.epochs.grace_s);
+    let start = Instant::now();
     let built = ShardPlan {
         config,
         io_kind,
@@ -399,6 +403,7 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
         per_shard_items,
         stop: &signals.stop,
         provider: prov.as_ref(),
+        start,
     }
     .build()?;
     // The shards' filter sizing (already checked when they were built), for
@@ -437,7 +442,7 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
         io_kind.name(),
         built.metrics.clone(),
         provider_metrics,
-        Arc::clone(&topology_metrics),
+        Arc::clone(&control_metrics),
         &signals.stop,
     )?;
 
@@ -453,8 +458,9 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
         epochs: accepted,
         sizing,
         controls: built.controls,
-        topology_metrics,
+        control_metrics,
         registry,
+        loops: LoopSender::new(config, geometry, own_id, start),
     };
     control.run(&signals.stop, &signals.reload);
     let stopping = Instant::now();
@@ -476,7 +482,7 @@ fn spawn_metrics(
     io_name: &'static str,
     shards: Vec<Arc<ShardMetrics>>,
     provider: Option<Arc<ProviderMetrics>>,
-    topology: Arc<TopologyMetrics>,
+    topology: Arc<ControlMetrics>,
     stop: &Arc<AtomicBool>,
 ) -> Result<Option<std::thread::JoinHandle<()>>, String> {
     let Some(addr) = config.metrics.listen else {

@@ -63,6 +63,7 @@ use loopix_crypto::{
 };
 
 use crate::io::{Backend, Datagram};
+use crate::loops::LoopPacket;
 use crate::metrics::{DropReason, ShardMetrics};
 use crate::provider::registry::ClientTable;
 use crate::replay::{BloomFilter, ReplayFilters};
@@ -146,6 +147,10 @@ pub enum Control {
     /// The neighbours from now on (a topology reload); packets already on
     /// the wheel are carried over by node id.
     Links(Arc<Links>),
+    /// This node's own loops, built by the control plane ahead of their
+    /// departure: each goes on the wheel at its time like a forwarded
+    /// packet (same slot, same frame, same send path).
+    Loops(Vec<LoopPacket>),
 }
 
 /// What a provider's shards hand its inbox thread.
@@ -389,6 +394,14 @@ impl Shard {
         })
     }
 
+    /// Count time from `start` (the node's start, which its control plane
+    /// shares, so that a loop's departure time means the same instant on
+    /// both sides).
+    pub fn with_start(mut self, start: Instant) -> Shard {
+        self.clock = Clock::Real(start);
+        self
+    }
+
     /// Make this a provider's shard: it takes client frames, stores
     /// `Deliver` packets and answers pulls through `hooks.inbox`.
     pub fn with_provider(mut self, hooks: ProviderHooks) -> Shard {
@@ -431,6 +444,13 @@ impl Shard {
                 Control::Keys(keys, filters) => self.state.set_keys(keys, filters),
                 Control::Clients(table) => self.state.set_clients(table),
                 Control::Links(links) => self.state.set_links(links, self.clock.now_us()),
+                Control::Loops(loops) => {
+                    let now = self.clock.now_us();
+                    for p in &loops {
+                        self.state.inject_loop(p, now);
+                    }
+                    self.state.check_accounting();
+                }
             }
         }
     }
@@ -624,6 +644,40 @@ fn open_link(
 }
 
 impl State {
+    /// Put one of this node's loops on the wheel to leave at its departure
+    /// time (at once, counted late, if that has passed). It then takes the
+    /// forwarded packets' path: the frame on the wire is the same.
+    fn inject_loop(&mut self, p: &LoopPacket, now: u64) {
+        let g = self.settings.geometry;
+        let m = &self.metrics;
+        let range = FRAME_HEADER_LEN..g.frame_len() - TAG_LEN;
+        let Some(&peer) = self.links.next_hop.get(&p.first_hop) else {
+            // A reload removed the first hop after the loop was built.
+            m.loops_refused.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if p.packet.len() != range.len() {
+            debug_assert!(false, "a loop of {} bytes", p.packet.len());
+            m.loops_refused.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let Some(idx) = self.pool.free.pop() else {
+            m.loops_refused.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        self.pool.slot(idx)[range].copy_from_slice(&p.packet);
+        self.pool.next_peer[idx as usize] = peer;
+        if self.wheel.insert(p.depart_us.max(now), idx).is_err() {
+            self.pool.free.push(idx);
+            m.loops_refused.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        m.loops_sent.fetch_add(1, Ordering::Relaxed);
+        if p.depart_us < now {
+            m.loops_late.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn set_keys(&mut self, keys: Vec<EpochKey>, filters: Vec<(u64, BloomFilter)>) {
         if let Some(oldest) = keys.iter().map(|k| k.epoch).min() {
             self.filters.retire_before(oldest);

@@ -176,6 +176,60 @@ fn short_run_delivers_every_message_and_writes_the_summary() {
     }
 }
 
+/// The "an idle network is not silent": with no clients at all,
+/// every mix and provider sends its own loops (λM) through the network
+/// and gets them back, and the summary says so per node.
+#[test]
+fn a_network_without_clients_is_not_silent() {
+    let v = run_json(
+        &[
+            "--duration-s",
+            "12",
+            "--clients",
+            "0",
+            "--layers",
+            "2",
+            "--mixes-per-layer",
+            "2",
+            "--providers",
+            "2",
+            "--lambda-m",
+            "5",
+            "--mu-ms",
+            "5",
+        ],
+        Duration::from_secs(60),
+    );
+    let nodes = v["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 2 + 2 * 2, "{v}");
+    for n in nodes {
+        let name = &n["name"];
+        // 5 loops a second for about 12 s: about 60; Poisson, so at least
+        // 25 with overwhelming probability (P < 1e-7).
+        let sent = num(n, "loops_sent");
+        let back = num(n, "loops_returned");
+        assert!(sent >= 25.0, "{name} sent only {sent} loops: {n}");
+        // Round trips take tens of milliseconds; only the loops in flight
+        // when the nodes stopped may be missing.
+        assert!(
+            back >= sent - 5.0,
+            "{name}: {back} of {sent} loops came back: {n}"
+        );
+        assert!(num(n, "loops_ratio") >= 0.8, "{n}");
+        assert_eq!(num(n, "loops_missed"), 0.0, "{n}");
+        // Every node carries others' loops as well as its own.
+        assert!(
+            num(n, "received") > back,
+            "{name} only saw its own loops: {n}"
+        );
+        assert!(num(n, "forwarded") > 0.0, "{n}");
+        let drops = n["drops"].as_object().expect("drops");
+        for (reason, count) in drops {
+            assert_eq!(reason, "shutting_down", "{name} dropped {count}");
+        }
+    }
+}
+
 /// The paper's Figure 11 as a test: with per-hop delays large against
 /// processing time (mean 250 ms, processing well under 10 ms end to end),
 /// loop round trips follow Erlang(layers + 1, 250 ms) plus a uniform wait

@@ -60,6 +60,12 @@ pub struct LocalNetSpec {
     pub pull_frames: u16,
     /// Providers: `provider.max_messages_per_client`.
     pub max_messages_per_client: u32,
+    /// `loops.lambda_m` of every node: 0 (no loops) by default, so that
+    /// tests counting packets see only their own; `loopix testnet` sets
+    /// the node default.
+    pub lambda_m: f64,
+    /// `loops.mean_delay_ms` of every node.
+    pub loop_delay_ms: f64,
 }
 
 impl Default for LocalNetSpec {
@@ -81,6 +87,8 @@ impl Default for LocalNetSpec {
             key_epochs: 2,
             pull_frames: 8,
             max_messages_per_client: 10_000,
+            lambda_m: 0.0,
+            loop_delay_ms: 1.0,
         }
     }
 }
@@ -225,7 +233,8 @@ impl LocalNet {
             let config = format!(
                 "[node]\nkey_dir = {:?}\ntopology = {:?}\nlisten = \"{}\"\noperator_key = \"{operator}\"\n\n\
                  [engine]\nshards = {}\npin_cores = {}\nfirst_core = {}\nio = \"{io}\"\npool_packets = {}\ndelay_cap_ms = {}\n\n\
-                 [replay]\nrate_pps = {}\n\n[epochs]\ngrace_s = {}\n\n[metrics]\nlisten = \"{}\"\n\n[shutdown]\ndrain_ms = {}\n",
+                 [replay]\nrate_pps = {}\n\n[epochs]\ngrace_s = {}\n\n[metrics]\nlisten = \"{}\"\n\n[shutdown]\ndrain_ms = {}\n\n\
+                 [loops]\nlambda_m = {:?}\nmean_delay_ms = {:?}\n",
                 n.key_dir.display().to_string(),
                 topology_path.display().to_string(),
                 n.address,
@@ -238,6 +247,8 @@ impl LocalNet {
                 spec.grace_s,
                 n.metrics,
                 spec.drain_ms,
+                spec.lambda_m,
+                spec.loop_delay_ms,
             );
             let config = if n.role == Role::Provider {
                 let data_dir = n.key_dir.with_extension("data");

@@ -34,8 +34,10 @@ use loopix_client::{
 use loopix_crypto::identity::IdentityKey;
 use loopix_crypto::{Geometry, MailboxId, NodeId, SecretKey};
 use loopix_directory::descriptor::{self, epoch_at, node_id_of, NodeDescriptor};
+use loopix_directory::routes::route_table;
 use loopix_directory::topology::{BuildParams, Role, Topology, TopologyFile};
 use loopix_engine::io::sim::SimNet;
+use loopix_engine::loops::{LoopMaker, LoopSettings};
 use loopix_engine::metrics::{DropReason, ShardMetrics};
 use loopix_engine::node::build_links;
 use loopix_engine::provider::inbox::{Inbox, InboxConfig, MessageId};
@@ -75,6 +77,10 @@ pub struct SimConfig {
     pub pull_frames: u16,
     /// Simulated time per step.
     pub step_us: u64,
+    /// Every node's own loops per second (λM), built by the engine's
+    /// `LoopMaker` as the control plane does and handed to the node's shard
+    /// on its control channel; 0: none.
+    pub lambda_m: f64,
 }
 
 impl SimConfig {
@@ -96,6 +102,9 @@ impl SimConfig {
             },
             pull_frames: 4,
             step_us: 250,
+            // The scenarios count clients' packets; a run that wants the
+            // nodes' loops sets a rate.
+            lambda_m: 0.0,
         }
     }
 }
@@ -126,6 +135,7 @@ pub struct SimNode {
     control: Sender<Control>,
     link_secret: SecretKey,
     inbox: Option<SimInbox>,
+    loops: Option<LoopMaker>,
 }
 
 impl SimNode {
@@ -360,6 +370,7 @@ impl SimNetwork {
                     frames: Vec::new(),
                 });
             }
+            let loops = self.loop_maker(id, epoch, u64::from(own));
             self.nodes.push(SimNode {
                 id,
                 addr,
@@ -370,6 +381,7 @@ impl SimNetwork {
                 control,
                 link_secret: link,
                 inbox,
+                loops,
             });
         }
     }
@@ -508,7 +520,49 @@ impl SimNetwork {
         }
     }
 
+    /// Node `id`'s loop maker, if the network has loops; its randomness is
+    /// its own stream of the seed, so turning loops on changes nothing else.
+    fn loop_maker(&self, id: NodeId, epoch: u64, stream: u64) -> Option<LoopMaker> {
+        if self.config.lambda_m <= 0.0 {
+            return None;
+        }
+        let routes = Arc::new(route_table(&self.topology, epoch).expect("every node has a key"));
+        let mut rng = ChaCha20Rng::seed_from_u64(self.config.seed);
+        rng.set_stream(0x6c6f_6f70 + stream);
+        let settings = LoopSettings {
+            lambda_per_s: self.config.lambda_m,
+            mean_delay_us: self.config.rates.mean_delay_us,
+            lead_us: 100_000,
+        };
+        let maker = LoopMaker::new(settings, Geometry::DEFAULT, routes, id, 0, Box::new(rng));
+        Some(maker.expect("a node of the table, sane settings"))
+    }
+
+    /// Hand every node's loops due within their lead to its shard.
+    fn loops_turn(&mut self) {
+        let t = self.t_us;
+        for n in &mut self.nodes {
+            let Some(maker) = n.loops.as_mut() else {
+                continue;
+            };
+            if maker.next_departure_us() > t + 100_000 {
+                continue;
+            }
+            let mut out = Vec::new();
+            maker.due(t, &mut out);
+            if !out.is_empty() {
+                // One message per node per step, taken at its next turn:
+                // the queue never fills (and a full one must not block the
+                // only thread).
+                n.control
+                    .try_send(Control::Loops(out))
+                    .expect("the shard's control queue has room");
+            }
+        }
+    }
+
     fn nodes_turn(&mut self) {
+        self.loops_turn();
         let t = self.t_us;
         // Datagrams a node sends in its turn reach nodes later in the list
         // in the same step and earlier ones in the next: bounded rounds let

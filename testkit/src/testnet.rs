@@ -56,6 +56,9 @@ pub struct TestnetOptions {
     pub lambda_d: f64,
     /// Pull period, milliseconds.
     pub pull_ms: u64,
+    /// `lambda_M`, every node's own loops per second (the node default is
+    /// the paper's 10 per minute).
+    pub lambda_m: f64,
     /// Frames in a pull answer (`k`).
     pub pull_frames: u16,
     /// Real messages each client writes per second (a Poisson process).
@@ -92,6 +95,7 @@ impl Default for TestnetOptions {
             lambda_l: 2.0,
             lambda_d: 2.0,
             pull_ms: 100,
+            lambda_m: 10.0 / 60.0,
             pull_frames: 16,
             message_rate: 0.5,
             message_bytes: 200,
@@ -128,6 +132,7 @@ impl TestnetOptions {
             ("lambda-p", self.lambda_p),
             ("lambda-l", self.lambda_l),
             ("lambda-d", self.lambda_d),
+            ("lambda-m", self.lambda_m),
             ("message-rate", self.message_rate),
         ] {
             if !(0.0..=1000.0).contains(&v) || v.is_nan() {
@@ -218,6 +223,15 @@ pub struct NodeReport {
     pub pps: f64,
     /// Drops by reason (only reasons with drops).
     pub drops: BTreeMap<String, u64>,
+    /// The node's own loops sent (`lambda_M`).
+    pub loops_sent: u64,
+    /// Of its own loops, those that came back.
+    pub loops_returned: u64,
+    /// `loops_returned / loops_sent` (loops still in flight at the end
+    /// count as not returned), or `None` before the first loop.
+    pub loops_ratio: Option<f64>,
+    /// Loop departures that passed without a loop (any reason).
+    pub loops_missed: u64,
 }
 
 /// What `loopix testnet` reports.
@@ -444,12 +458,14 @@ fn client_thread(
 /// reason; `None` if it does not answer.
 fn scrape_node(addr: SocketAddr) -> Option<(u64, u64, BTreeMap<String, u64>)> {
     let m = Metrics::scrape(addr)?;
-    let drops = m
-        .nonzero_drops()
+    Some((m.received() as u64, m.forwarded() as u64, drops_of(&m)))
+}
+
+fn drops_of(m: &Metrics) -> BTreeMap<String, u64> {
+    m.nonzero_drops()
         .into_iter()
         .map(|(reason, n)| (reason.to_string(), n as u64))
-        .collect();
-    Some((m.received() as u64, m.forwarded() as u64, drops))
+        .collect()
 }
 
 /// The file `loopix testnet` writes in its directory, so that other tools
@@ -605,6 +621,8 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
         mixes_per_layer: opts.mixes_per_layer,
         io: opts.io,
         pull_frames: opts.pull_frames,
+        lambda_m: opts.lambda_m,
+        loop_delay_ms: opts.mu_ms,
         ..LocalNetSpec::default()
     };
     let net = LocalNet::create(&dir, &spec)?;
@@ -881,15 +899,23 @@ fn node_reports(net: &LocalNet, elapsed_s: f64) -> Vec<NodeReport> {
     net.nodes
         .iter()
         .map(|n| {
-            let (received, forwarded, drops) = scrape_node(n.metrics).unwrap_or_default();
+            let m = Metrics::scrape(n.metrics).unwrap_or_default();
+            let received = m.received() as u64;
+            let sum = |name: &str| m.sum(name, &[]) as u64;
+            let loops_sent = sum(names::LOOPS_SENT);
+            let loops_returned = sum(names::LOOPS_RECEIVED);
             NodeReport {
                 name: n.name(),
                 role: n.role.name().into(),
                 layer: n.layer,
                 received,
-                forwarded,
+                forwarded: m.forwarded() as u64,
                 pps: received as f64 / elapsed_s,
-                drops,
+                drops: drops_of(&m),
+                loops_sent,
+                loops_returned,
+                loops_ratio: (loops_sent > 0).then(|| loops_returned as f64 / loops_sent as f64),
+                loops_missed: sum(names::LOOPS_MISSED),
             }
         })
         .collect()
@@ -940,8 +966,8 @@ pub fn render(s: &Summary) -> String {
     );
     let _ = writeln!(
         out,
-        "  rates per client: lambda_P {} lambda_L {} lambda_D {} /s, messages {} /s; mean delay {} ms per hop; pull every {} ms",
-        o.lambda_p, o.lambda_l, o.lambda_d, o.message_rate, o.mu_ms, o.pull_ms
+        "  rates per client: lambda_P {} lambda_L {} lambda_D {} /s, messages {} /s; mean delay {} ms per hop; pull every {} ms; node loops lambda_M {:.4} /s",
+        o.lambda_p, o.lambda_l, o.lambda_d, o.message_rate, o.mu_ms, o.pull_ms, o.lambda_m
     );
     let _ = writeln!(
         out,
@@ -995,17 +1021,23 @@ pub fn render(s: &Summary) -> String {
     }
     let _ = writeln!(
         out,
-        "nodes:{:>22} {:>10} {:>10}  drops",
-        "pps", "received", "forwarded"
+        "nodes:{:>22} {:>10} {:>10}  {:>17}  drops",
+        "pps", "received", "forwarded", "loops sent/back"
     );
     for n in &s.nodes {
+        let ratio = n
+            .loops_ratio
+            .map_or("-".to_string(), |r| format!("{:.2}", r));
         let _ = writeln!(
             out,
-            "  {:<20} {:>7.1} {:>10} {:>10}  {}",
+            "  {:<20} {:>7.1} {:>10} {:>10}  {:>6}/{:<5} {:>4}  {}",
             n.name,
             n.pps,
             n.received,
             n.forwarded,
+            n.loops_sent,
+            n.loops_returned,
+            ratio,
             if n.drops.is_empty() {
                 "none".to_string()
             } else {
@@ -1023,11 +1055,13 @@ pub fn render(s: &Summary) -> String {
 /// The usage text of `loopix testnet`.
 pub const USAGE: &str = "  loopix testnet [--layers N] [--mixes-per-layer N] [--providers N]
                  [--clients N] [--mu-ms MS] [--lambda-p R] [--lambda-l R]
-                 [--lambda-d R] [--pull-ms MS] [--pull-frames K]
+                 [--lambda-d R] [--lambda-m R] [--pull-ms MS] [--pull-frames K]
                  [--message-rate R] [--message-bytes N] [--duration-s S]
                  [--io auto|uring|portable] [--keep DIR] [--json FILE] [--quiet]
       start a whole network on loopback (default 2 providers, 3 layers of 2
-      mixes, 24 clients, 30 s), exchange real messages, print a summary;
+      mixes, 24 clients, 30 s; every node sends its own loops at
+      --lambda-m per second, default 10 per minute), exchange real
+      messages, print a summary with each node's loops sent and returned;
       with --clients 0 --keep DIR it serves the network alone for
       loopix-loadgen --testnet DIR until the duration ends or Ctrl-C";
 
@@ -1057,6 +1091,7 @@ pub fn parse_args(args: &[String]) -> Result<TestnetOptions, String> {
             "lambda-p" => o.lambda_p = num(name, v)?,
             "lambda-l" => o.lambda_l = num(name, v)?,
             "lambda-d" => o.lambda_d = num(name, v)?,
+            "lambda-m" => o.lambda_m = num(name, v)?,
             "pull-ms" => o.pull_ms = num(name, v)?,
             "pull-frames" => o.pull_frames = num(name, v)?,
             "message-rate" => o.message_rate = num(name, v)?,
