@@ -324,6 +324,152 @@ impl Default for LoopsSection {
     }
 }
 
+/// A config field and what is wrong with it.
+type Invalid = (&'static str, String);
+
+impl EngineSection {
+    /// Check `[engine]`.
+    fn check(&self) -> Result<(), Invalid> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let e = self;
+        if e.shards == 0 || e.shards > 256 {
+            return Err((
+                "engine.shards",
+                format!(
+                    "is {}; use 1 to 256 (this host has {cores} cores)",
+                    e.shards
+                ),
+            ));
+        }
+        if e.pin_cores && e.first_core + e.shards > cores {
+            return Err((
+                "engine.first_core",
+                format!(
+                    "{} plus {} shards needs cores up to {}, this host has {cores}; \
+                     lower engine.shards or set engine.pin_cores = false",
+                    e.first_core,
+                    e.shards,
+                    e.first_core + e.shards - 1
+                ),
+            ));
+        }
+        if !(16..=16_777_216).contains(&e.pool_packets) {
+            return Err((
+                "engine.pool_packets",
+                format!("is {}; use 16 to 16777216", e.pool_packets),
+            ));
+        }
+        if !(1..=1024).contains(&e.batch) {
+            return Err(("engine.batch", format!("is {}; use 1 to 1024", e.batch)));
+        }
+        if e.delay_cap_ms == 0 || e.delay_cap_ms > 3_600_000 {
+            return Err((
+                "engine.delay_cap_ms",
+                format!("is {}; use 1 to 3600000 (one hour)", e.delay_cap_ms),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl LoopsSection {
+    /// Check `[loops]` (hop delays against `engine.delay_cap_ms`).
+    fn check(&self, delay_cap_ms: u64) -> Result<(), Invalid> {
+        let l = self;
+        // At most 10^5 loops per second: far above any sane cover rate,
+        // low enough that the control thread can build them.
+        if !(l.lambda_m.is_finite() && (0.0..=100_000.0).contains(&l.lambda_m)) {
+            return Err((
+                "loops.lambda_m",
+                format!(
+                    "is {}; use a rate in loops per second from 0 (none) to 100000, \
+                     e.g. 0.1667 (the paper's 10 per minute)",
+                    l.lambda_m
+                ),
+            ));
+        }
+        if !(l.mean_delay_ms.is_finite() && l.mean_delay_ms >= 0.0)
+            || l.mean_delay_ms * 1000.0 * 20.0 > (delay_cap_ms * 1000) as f64
+        {
+            return Err((
+                "loops.mean_delay_ms",
+                format!(
+                    "is {}; use a mean delay in milliseconds, 0 or more and at most \
+                     engindelay_cap_ms / 20 ({}) so that almost no loop hop is over the cap",
+                    l.mean_delay_ms,
+                    delay_cap_ms / 20
+                ),
+            ));
+        }
+        if !(100..=10_000).contains(&l.lead_ms) {
+            return Err((
+                "loops.lead_ms",
+                format!(
+                    "is {}; use 100 to 10000 (the control plane builds loops every 100 ms)",
+                    l.lead_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ProviderSection {
+    /// Check `[provider]`.
+    fn check(&self) -> Result<(), Invalid> {
+        let p = self;
+        if p.data_dir.as_os_str().is_empty() {
+            return Err((
+                "provider.data_dir",
+                "is empty; name the directory for the inbox and the client registry".into(),
+            ));
+        }
+        if !(1..=1024).contains(&p.pull_frames) {
+            return Err((
+                "provider.pull_frames",
+                format!("is {}; use 1 to 1024", p.pull_frames),
+            ));
+        }
+        if p.max_messages_per_client == 0 {
+            return Err((
+                "provider.max_messages_per_client",
+                "must be at least 1".into(),
+            ));
+        }
+        if p.max_bytes_per_client < 4096 {
+            return Err((
+                "provider.max_bytes_per_client",
+                format!(
+                    "is {}; use at least 4096 (one packet is about 1.4 KB)",
+                    p.max_bytes_per_client
+                ),
+            ));
+        }
+        if p.max_age_s == 0 {
+            return Err(("provider.max_age_s", "must be at least 1".into()));
+        }
+        if !(1..=65_536).contains(&p.commit_max_batch) {
+            return Err((
+                "provider.commit_max_batch",
+                format!("is {}; use 1 to 65536", p.commit_max_batch),
+            ));
+        }
+        if p.commit_max_wait_ms > 1000 {
+            return Err((
+                "provider.commit_max_wait_ms",
+                format!("is {}; use 0 to 1000", p.commit_max_wait_ms),
+            ));
+        }
+        if !(1..=1_048_576).contains(&p.store_queue) {
+            return Err((
+                "provider.store_queue",
+                format!("is {}; use 1 to 1048576", p.store_queue),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The whole node configuration (the name is historical: a provider's is
 /// the same plus `[provider]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -397,47 +543,8 @@ impl MixConfig {
             field,
             problem,
         };
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let e = &self.engine;
-        if e.shards == 0 || e.shards > 256 {
-            return Err(bad(
-                "engine.shards",
-                format!(
-                    "is {}; use 1 to 256 (this host has {cores} cores)",
-                    e.shards
-                ),
-            ));
-        }
-        if e.pin_cores && e.first_core + e.shards > cores {
-            return Err(bad(
-                "engine.first_core",
-                format!(
-                    "{} plus {} shards needs cores up to {}, this host has {cores}; \
-                     lower engine.shards or set engine.pin_cores = false",
-                    e.first_core,
-                    e.shards,
-                    e.first_core + e.shards - 1
-                ),
-            ));
-        }
-        if !(16..=16_777_216).contains(&e.pool_packets) {
-            return Err(bad(
-                "engine.pool_packets",
-                format!("is {}; use 16 to 16777216", e.pool_packets),
-            ));
-        }
-        if !(1..=1024).contains(&e.batch) {
-            return Err(bad(
-                "engine.batch",
-                format!("is {}; use 1 to 1024", e.batch),
-            ));
-        }
-        if e.delay_cap_ms == 0 || e.delay_cap_ms > 3_600_000 {
-            return Err(bad(
-                "engine.delay_cap_ms",
-                format!("is {}; use 1 to 3600000 (one hour)", e.delay_cap_ms),
-            ));
-        }
+        let invalid = |(field, problem): Invalid| bad(field, problem);
+        self.engine.check().map_err(invalid)?;
         let r = &self.replay;
         if r.rate_pps == 0 {
             return Err(bad("replay.rate_pps", "must be at least 1".into()));
@@ -448,41 +555,9 @@ impl MixConfig {
                 format!("is {}; use a probability in (0, 0.5), e.g. 1e-6", r.fp_rate),
             ));
         }
-        let l = &self.loops;
-        // At most 10^5 loops per second: far above any sane cover rate,
-        // low enough that the control thread can build them.
-        if !(l.lambda_m.is_finite() && (0.0..=100_000.0).contains(&l.lambda_m)) {
-            return Err(bad(
-                "loops.lambda_m",
-                format!(
-                    "is {}; use a rate in loops per second from 0 (none) to 100000, \
-                     e.g. 0.1667 (the paper's 10 per minute)",
-                    l.lambda_m
-                ),
-            ));
-        }
-        if !(l.mean_delay_ms.is_finite() && l.mean_delay_ms >= 0.0)
-            || l.mean_delay_ms * 1000.0 * 20.0 > (e.delay_cap_ms * 1000) as f64
-        {
-            return Err(bad(
-                "loops.mean_delay_ms",
-                format!(
-                    "is {}; use a mean delay in milliseconds, 0 or more and at most \
-                     engine.delay_cap_ms / 20 ({}) so that almost no loop hop is over the cap",
-                    l.mean_delay_ms,
-                    e.delay_cap_ms / 20
-                ),
-            ));
-        }
-        if !(100..=10_000).contains(&l.lead_ms) {
-            return Err(bad(
-                "loops.lead_ms",
-                format!(
-                    "is {}; use 100 to 10000 (the control plane builds loops every 100 ms)",
-                    l.lead_ms
-                ),
-            ));
-        }
+        self.loops
+            .check(self.engine.delay_cap_ms)
+            .map_err(invalid)?;
         if self.shutdown.drain_ms > 600_000 {
             return Err(bad(
                 "shutdown.drain_ms",
@@ -493,54 +568,7 @@ impl MixConfig {
             ));
         }
         if let Some(p) = &self.provider {
-            if p.data_dir.as_os_str().is_empty() {
-                return Err(bad(
-                    "provider.data_dir",
-                    "is empty; name the directory for the inbox and the client registry".into(),
-                ));
-            }
-            if !(1..=1024).contains(&p.pull_frames) {
-                return Err(bad(
-                    "provider.pull_frames",
-                    format!("is {}; use 1 to 1024", p.pull_frames),
-                ));
-            }
-            if p.max_messages_per_client == 0 {
-                return Err(bad(
-                    "provider.max_messages_per_client",
-                    "must be at least 1".into(),
-                ));
-            }
-            if p.max_bytes_per_client < 4096 {
-                return Err(bad(
-                    "provider.max_bytes_per_client",
-                    format!(
-                        "is {}; use at least 4096 (one packet is about 1.4 KB)",
-                        p.max_bytes_per_client
-                    ),
-                ));
-            }
-            if p.max_age_s == 0 {
-                return Err(bad("provider.max_age_s", "must be at least 1".into()));
-            }
-            if !(1..=65_536).contains(&p.commit_max_batch) {
-                return Err(bad(
-                    "provider.commit_max_batch",
-                    format!("is {}; use 1 to 65536", p.commit_max_batch),
-                ));
-            }
-            if p.commit_max_wait_ms > 1000 {
-                return Err(bad(
-                    "provider.commit_max_wait_ms",
-                    format!("is {}; use 0 to 1000", p.commit_max_wait_ms),
-                ));
-            }
-            if !(1..=1_048_576).contains(&p.store_queue) {
-                return Err(bad(
-                    "provider.store_queue",
-                    format!("is {}; use 1 to 1048576", p.store_queue),
-                ));
-            }
+            p.check().map_err(invalid)?;
         }
         Ok(())
     }

@@ -361,6 +361,15 @@ pub struct ControlMetrics {
     pub loops_queue_full: AtomicU64,
 }
 
+impl ControlMetrics {
+    /// Counters at zero, with the document of `serial` in use.
+    pub fn serving(serial: u64) -> ControlMetrics {
+        let m = ControlMetrics::default();
+        m.serial.store(serial, Ordering::Relaxed);
+        m
+    }
+}
+
 /// Every series a node serves, by the name a scraper sees (counters end in
 /// `_total`). Tests, the test kit's metrics reader, the testnet and the
 /// benchmarks read metrics by these constants, so a rename is one edit and

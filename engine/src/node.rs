@@ -387,10 +387,7 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
 
     let prov = ProviderStart::open(config)?;
     let signals = Signals::register()?;
-    let control_metrics = Arc::new(ControlMetrics::default());
-    control_metrics
-        .serial
-        .store(topology.serial, Ordering::Relaxed);
+    let control_metrics = Arc::new(ControlMetrics::serving(topology.serial));
     let accepted = accepted_epochs(now_s, topology.epoch_s, config.epochs.grace_s);
     let start = Instant::now();
     let built = ShardPlan {

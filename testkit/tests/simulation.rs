@@ -13,6 +13,7 @@ use loopix_crypto::link::{FrameHeader, KIND_PACKET};
 use loopix_crypto::LinkKey;
 use loopix_engine::metrics::DropReason;
 use loopix_testkit::sim::{SimConfig, SimNetwork};
+use loopix_tuning::model::ks_statistic;
 
 /// The seeds a test runs: `LOOPIX_SIM_SEED` alone if set, else three fixed
 /// ones and one from the clock.
@@ -360,16 +361,8 @@ fn an_idle_mix_departs_as_a_poisson_process_of_loops() {
             "seed {seed}: {n} departures in {span} s, expected {expected}"
         );
         let mut gaps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
-        gaps.sort_by(f64::total_cmp);
         let m = gaps.len() as f64;
-        let d = gaps
-            .iter()
-            .enumerate()
-            .map(|(i, &x)| {
-                let f = 1.0 - (-rate * x).exp();
-                (f - i as f64 / m).abs().max(((i + 1) as f64 / m - f).abs())
-            })
-            .fold(0.0, f64::max);
+        let d = ks_statistic(&mut gaps, |x| 1.0 - (-rate * x).exp());
         // The departures are seen at step ends: a gap is off by at most one
         // step (0.5 ms against a mean of 67 ms), which moves D by < 0.01.
         let critical = 1.628 / m.sqrt() + 0.01;
