@@ -24,7 +24,7 @@
 //!   `loopix_inbox_messages`, `loopix_inbox_bytes`,
 //!   `loopix_registered_clients`;
 //! - own loops (the paper's λM), per shard: `loopix_loops_sent_total`
-//!   (put on the wheel; counted in `forwarded` too when they leave),
+//!   (left the node; counted in `forwarded` too),
 //!   `loopix_loops_late_total` (reached the shard after their departure
 //!   time), and with `loopix_loops_received_total` the loops that came back;
 //! - control plane (written by the control thread, `ControlMetrics`):
@@ -260,8 +260,7 @@ pub struct ShardMetrics {
     pub forwarded: AtomicU64,
     /// This node's own loops that came back.
     pub loops_received: AtomicU64,
-    /// This node's own loops put on the wheel to leave at their time
-    /// (they are counted in `forwarded` too when they leave).
+    /// This node's own loops that left (counted in `forwarded` too).
     pub loops_sent: AtomicU64,
     /// Of those, loops that reached the shard after their departure time
     /// and left at once (a gap an observer could see).
@@ -381,7 +380,7 @@ pub mod names {
     pub const FORWARDED_PACKETS: &str = "loopix_forwarded_packets_total";
     /// Own loop packets that came back, per shard.
     pub const LOOPS_RECEIVED: &str = "loopix_loops_received_total";
-    /// Own loop packets put on the wheel to leave at their time, per shard.
+    /// Own loop packets that left, per shard (also in `forwarded`).
     pub const LOOPS_SENT: &str = "loopix_loops_sent_total";
     /// Own loops that reached their shard after their departure time.
     pub const LOOPS_LATE: &str = "loopix_loops_late_total";
@@ -754,7 +753,7 @@ impl ShardFamilies {
         );
         r.register(
             counter(LOOPS_SENT),
-            "Own loop packets put on the wheel to leave at their time",
+            "Own loop packets that left (also counted as forwarded)",
             self.loops_sent,
         );
         r.register(

@@ -217,6 +217,8 @@ struct Pool {
     slot_len: usize,
     free: Vec<u32>,
     next_peer: Vec<u32>,
+    /// The slot holds one of this node's own loops (counted when it leaves).
+    is_loop: Vec<bool>,
 }
 
 impl Pool {
@@ -226,6 +228,7 @@ impl Pool {
             slot_len,
             free: (0..capacity).rev().collect(),
             next_peer: vec![0; capacity as usize],
+            is_loop: vec![false; capacity as usize],
         }
     }
     fn slot(&mut self, i: u32) -> &mut [u8] {
@@ -554,6 +557,7 @@ impl Shard {
     fn send_one(&mut self, idx: u32, deadline: u64) {
         let st = &mut self.state;
         let peer_index = st.pool.next_peer[idx as usize];
+        let own_loop = std::mem::take(&mut st.pool.is_loop[idx as usize]);
         let counter = st.counter;
         st.counter = st.counter.wrapping_add(1);
         let own = match &st.previous {
@@ -590,6 +594,9 @@ impl Shard {
         }
         let now = self.clock.now_us();
         st.metrics.lateness.record(now.saturating_sub(deadline));
+        if own_loop {
+            st.metrics.loops_sent.fetch_add(1, Ordering::Relaxed);
+        }
         st.pool.free.push(idx);
     }
 
@@ -601,6 +608,7 @@ impl Shard {
         let mut left = 0u64;
         let pool = &mut st.pool;
         st.wheel.drain(|idx, _| {
+            pool.is_loop[idx as usize] = false;
             pool.free.push(idx);
             left += 1;
         });
@@ -672,7 +680,7 @@ impl State {
             m.loops_refused.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        m.loops_sent.fetch_add(1, Ordering::Relaxed);
+        self.pool.is_loop[idx as usize] = true;
         if p.depart_us < now {
             m.loops_late.fetch_add(1, Ordering::Relaxed);
         }
