@@ -395,7 +395,7 @@ impl LoopsSection {
                 "loops.mean_delay_ms",
                 format!(
                     "is {}; use a mean delay in milliseconds, 0 or more and at most \
-                     engindelay_cap_ms / 20 ({}) so that almost no loop hop is over the cap",
+                     engine.delay_cap_ms / 20 ({}) so that almost no loop hop is over the cap",
                     l.mean_delay_ms,
                     delay_cap_ms / 20
                 ),

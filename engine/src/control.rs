@@ -236,10 +236,9 @@ impl LoopSender {
             if n == 0 {
                 continue;
             }
-            match tx.try_send(Control::Loops(batch)) {
-                Ok(()) => metrics.loops_built.fetch_add(n, Ordering::Relaxed),
-                Err(_) => metrics.loops_queue_full.fetch_add(n, Ordering::Relaxed),
-            };
+            if tx.try_send(Control::Loops(batch)).is_err() {
+                metrics.loops_queue_full.fetch_add(n, Ordering::Relaxed);
+            }
         }
     }
 

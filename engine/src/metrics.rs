@@ -352,8 +352,6 @@ pub struct ControlMetrics {
     pub reloads_ok: AtomicU64,
     /// Reloads refused (the node kept the document it had).
     pub reloads_refused: AtomicU64,
-    /// Loops built and handed to a shard.
-    pub loops_built: AtomicU64,
     /// Loop departures that passed without a loop (it could not be built).
     pub loops_unbuilt: AtomicU64,
     /// Loops built but not handed over (the shard's control queue was full).

@@ -479,7 +479,7 @@ fn spawn_metrics(
     io_name: &'static str,
     shards: Vec<Arc<ShardMetrics>>,
     provider: Option<Arc<ProviderMetrics>>,
-    topology: Arc<ControlMetrics>,
+    control: Arc<ControlMetrics>,
     stop: &Arc<AtomicBool>,
 ) -> Result<Option<std::thread::JoinHandle<()>>, String> {
     let Some(addr) = config.metrics.listen else {
@@ -492,7 +492,7 @@ fn spawn_metrics(
             &shards,
             io_name,
             provider.as_deref(),
-            Some(&topology),
+            Some(&control),
         )
     };
     metrics::serve(addr, render, Arc::clone(stop))

@@ -55,6 +55,8 @@ pub const START_UNIX_S: u64 = 1_800_000_000;
 pub const EPOCH_S: u64 = 3600;
 /// Inbox capacity of every simulated node, datagrams.
 const INBOX_DATAGRAMS: usize = 8192;
+/// How far ahead of its departure a node's loop reaches its shard.
+const LOOP_LEAD_US: u64 = 100_000;
 /// Largest per-hop delay a node accepts.
 const DELAY_CAP_US: u64 = 10_000_000;
 
@@ -532,7 +534,7 @@ impl SimNetwork {
         let settings = LoopSettings {
             lambda_per_s: self.config.lambda_m,
             mean_delay_us: self.config.rates.mean_delay_us,
-            lead_us: 100_000,
+            lead_us: LOOP_LEAD_US,
         };
         let maker = LoopMaker::new(settings, Geometry::DEFAULT, routes, id, 0, Box::new(rng));
         Some(maker.expect("a node of the table, sane settings"))
@@ -545,9 +547,6 @@ impl SimNetwork {
             let Some(maker) = n.loops.as_mut() else {
                 continue;
             };
-            if maker.next_departure_us() > t + 100_000 {
-                continue;
-            }
             let mut out = Vec::new();
             maker.due(t, &mut out);
             if !out.is_empty() {
