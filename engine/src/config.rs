@@ -69,8 +69,14 @@ pub struct NodeSection {
     pub key_dir: PathBuf,
     /// The topology file listing every node.
     pub topology: PathBuf,
-    /// UDP address to listen on; must be this node's address in the topology.
+    /// UDP address to listen on; must be this node's address in the
+    /// topology unless `public_address` is set.
     pub listen: SocketAddr,
+    /// The address the topology lists for this node, when datagrams reach
+    /// `listen` through something in between (a NAT, a port forward, a
+    /// proxy). Unset: the topology lists `listen`.
+    #[serde(default)]
+    pub public_address: Option<SocketAddr>,
     /// The operator's Ed25519 public key: a topology document must be
     /// signed by it.
     #[serde(deserialize_with = "operator_key")]
@@ -324,6 +330,236 @@ impl Default for LoopsSection {
     }
 }
 
+fn default_threshold() -> f64 {
+    0.3
+}
+fn default_hysteresis() -> f64 {
+    0.1
+}
+fn default_timeout_factor() -> f64 {
+    4.0
+}
+fn default_timeout_grace_ms() -> u64 {
+    1000
+}
+fn default_min_loops() -> u32 {
+    20
+}
+fn default_cover_multiple() -> f64 {
+    4.0
+}
+/// Returns a window must expect by default (`window_s = 0`).
+pub const AUTO_WINDOW_RETURNS: f64 = 50.0;
+
+/// What the node does while its loops do not come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponseChoice {
+    /// Loops at `cover_multiple` × λM until the fraction recovers.
+    #[default]
+    Cover,
+    /// Log and count only.
+    Log,
+    /// Stop forwarding until the fraction recovers (loops continue).
+    Halt,
+}
+
+/// `[detector]`: the (n−1) detector on this node's own loops.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorSection {
+    /// The public threshold `r` (the paper's §4.2): the alarm starts when
+    /// fewer than this fraction of loops come back.
+    #[serde(default = "default_threshold")]
+    pub threshold: f64,
+    /// The alarm ends when the fraction is back at `threshold + hysteresis`.
+    #[serde(default = "default_hysteresis")]
+    pub hysteresis: f64,
+    /// Sliding window of resolved loops, seconds; 0 (default): long enough
+    /// that 50 returns are expected at `loops.lambda_m`.
+    #[serde(default)]
+    pub window_s: u64,
+    /// A loop is lost after this many times the model's 99.9th percentile
+    /// of its round trip ...
+    #[serde(default = "default_timeout_factor")]
+    pub timeout_factor: f64,
+    /// ... plus this allowance for the wire and processing, milliseconds.
+    #[serde(default = "default_timeout_grace_ms")]
+    pub timeout_grace_ms: u64,
+    /// No decision on fewer resolved loops than this in the window.
+    #[serde(default = "default_min_loops")]
+    pub min_loops: u32,
+    /// `cover` (default), `log` or `halt`.
+    #[serde(default)]
+    pub response: ResponseChoice,
+    /// In alarm with `response = "cover"`, loops at this multiple of λM.
+    #[serde(default = "default_cover_multiple")]
+    pub cover_multiple: f64,
+}
+
+impl Default for DetectorSection {
+    fn default() -> Self {
+        DetectorSection {
+            threshold: default_threshold(),
+            hysteresis: default_hysteresis(),
+            window_s: 0,
+            timeout_factor: default_timeout_factor(),
+            timeout_grace_ms: default_timeout_grace_ms(),
+            min_loops: default_min_loops(),
+            response: ResponseChoice::default(),
+            cover_multiple: default_cover_multiple(),
+        }
+    }
+}
+
+impl DetectorSection {
+    /// The window in seconds: `window_s`, or the automatic one.
+    pub fn window_s_for(&self, lambda_m: f64) -> u64 {
+        if self.window_s > 0 || lambda_m <= 0.0 {
+            return self.window_s;
+        }
+        (AUTO_WINDOW_RETURNS / lambda_m).ceil().max(1.0) as u64
+    }
+
+    /// Check `[detector]` against the loop rate.
+    fn check(&self, lambda_m: f64) -> Result<(), Invalid> {
+        let d = self;
+        if !(d.threshold.is_finite() && d.threshold > 0.0 && d.threshold < 1.0) {
+            return Err((
+                "detector.threshold",
+                format!(
+                    "is {}; use a fraction of loops expected back, strictly between 0 and 1 \
+                     (the paper's r; default 0.3)",
+                    d.threshold
+                ),
+            ));
+        }
+        if !(d.hysteresis.is_finite() && d.hysteresis >= 0.0 && d.threshold + d.hysteresis <= 1.0) {
+            return Err((
+                "detector.hysteresis",
+                format!(
+                    "is {}; use 0 or more with threshold + hysteresis at most 1",
+                    d.hysteresis
+                ),
+            ));
+        }
+        if !(d.timeout_factor.is_finite() && (1.0..=100.0).contains(&d.timeout_factor)) {
+            return Err((
+                "detector.timeout_factor",
+                format!("is {}; use 1 to 100 (default 4)", d.timeout_factor),
+            ));
+        }
+        if d.timeout_grace_ms > 600_000 {
+            return Err((
+                "detector.timeout_grace_ms",
+                format!("is {}; use at most 600000", d.timeout_grace_ms),
+            ));
+        }
+        if d.min_loops == 0 {
+            return Err(("detector.min_loops", "must be at least 1".into()));
+        }
+        if !(d.cover_multiple.is_finite() && (1.0..=100.0).contains(&d.cover_multiple))
+            || lambda_m * d.cover_multiple > 100_000.0
+        {
+            return Err((
+                "detector.cover_multiple",
+                format!(
+                    "is {}; use 1 to 100, with loops.lambda_m × cover_multiple at most 100000",
+                    d.cover_multiple
+                ),
+            ));
+        }
+        let window_s = d.window_s_for(lambda_m);
+        let expected = lambda_m * window_s as f64;
+        if lambda_m > 0.0 && expected < f64::from(d.min_loops) {
+            return Err((
+                "detector.window_s",
+                format!(
+                    "is {window_s} s, in which loops.lambda_m = {lambda_m}/s sends {expected:.1} loops, \
+                     fewer than detector.min_loops ({}); use at least {} s, or 0 for the default",
+                    d.min_loops,
+                    (f64::from(d.min_loops) / lambda_m).ceil()
+                ),
+            ));
+        }
+        if window_s > 86_400 {
+            return Err((
+                "detector.window_s",
+                format!("is {window_s} s; use at most 86400 (a day), or raise loops.lambda_m"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_aqm_target_ms() -> f64 {
+    5.0
+}
+fn default_aqm_interval_ms() -> u64 {
+    100
+}
+fn default_aqm_max_drop() -> f64 {
+    0.95
+}
+
+/// `[aqm]`: active queue management on each shard's lateness.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AqmSection {
+    /// The lateness (departure after deadline) each shard is held under,
+    /// milliseconds; 0 turns the AQM off (the pool-full drop remains).
+    #[serde(default = "default_aqm_target_ms")]
+    pub target_ms: f64,
+    /// How often the controller updates its drop probability, milliseconds.
+    #[serde(default = "default_aqm_interval_ms")]
+    pub interval_ms: u64,
+    /// The highest drop probability it sets.
+    #[serde(default = "default_aqm_max_drop")]
+    pub max_drop: f64,
+}
+
+impl Default for AqmSection {
+    fn default() -> Self {
+        AqmSection {
+            target_ms: default_aqm_target_ms(),
+            interval_ms: default_aqm_interval_ms(),
+            max_drop: default_aqm_max_drop(),
+        }
+    }
+}
+
+impl AqmSection {
+    /// Check `[aqm]`.
+    fn check(&self) -> Result<(), Invalid> {
+        let a = self;
+        if !(a.target_ms.is_finite() && (0.0..=60_000.0).contains(&a.target_ms)) {
+            return Err((
+                "aqm.target_ms",
+                format!(
+                    "is {}; use 0 (off) to 60000 milliseconds (default 5)",
+                    a.target_ms
+                ),
+            ));
+        }
+        if !(1..=60_000).contains(&a.interval_ms) {
+            return Err((
+                "aqm.interval_ms",
+                format!("is {}; use 1 to 60000 (default 100)", a.interval_ms),
+            ));
+        }
+        if !(a.max_drop.is_finite() && a.max_drop > 0.0 && a.max_drop <= 1.0) {
+            return Err((
+                "aqm.max_drop",
+                format!(
+                    "is {}; use a probability in (0, 1] (default 0.95)",
+                    a.max_drop
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A config field and what is wrong with it.
 type Invalid = (&'static str, String);
 
@@ -495,6 +731,12 @@ pub struct MixConfig {
     /// `[loops]`
     #[serde(default)]
     pub loops: LoopsSection,
+    /// `[detector]`
+    #[serde(default)]
+    pub detector: DetectorSection,
+    /// `[aqm]`
+    #[serde(default)]
+    pub aqm: AqmSection,
     /// `[provider]`: present for providers, absent for mixes.
     pub provider: Option<ProviderSection>,
 }
@@ -558,6 +800,8 @@ impl MixConfig {
         self.loops
             .check(self.engine.delay_cap_ms)
             .map_err(invalid)?;
+        self.detector.check(self.loops.lambda_m).map_err(invalid)?;
+        self.aqm.check().map_err(invalid)?;
         if self.shutdown.drain_ms > 600_000 {
             return Err(bad(
                 "shutdown.drain_ms",
@@ -598,6 +842,10 @@ operator_key = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a
         assert_eq!(c.replay.fp_rate, 1e-6);
         assert!(c.metrics.listen.is_none());
         assert_eq!(c.loops.lambda_m, 10.0 / 60.0);
+        // 50 returns at 10 per minute: five minutes.
+        assert_eq!(c.detector.window_s_for(c.loops.lambda_m), 300);
+        assert_eq!(c.detector.response, ResponseChoice::Cover);
+        assert!(c.node.public_address.is_none());
         assert_eq!(c.loops.mean_delay_ms, 1.0);
     }
 
@@ -646,6 +894,48 @@ operator_key = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a
                 "loops.mean_delay_ms",
             ),
             (format!("{MINIMAL}[loops]\nlead_ms = 5\n"), "loops.lead_ms"),
+            (
+                format!("{MINIMAL}[detector]\nthreshold = 0.0\n"),
+                "detector.threshold",
+            ),
+            (
+                format!("{MINIMAL}[detector]\nthreshold = 1.0\n"),
+                "detector.threshold",
+            ),
+            (
+                format!("{MINIMAL}[detector]\nthreshold = nan\n"),
+                "detector.threshold",
+            ),
+            (
+                format!("{MINIMAL}[detector]\nthreshold = 0.95\n"),
+                "detector.hysteresis",
+            ),
+            (
+                // 10 per minute for 60 s: 10 loops, fewer than 20.
+                format!("{MINIMAL}[detector]\nwindow_s = 60\n"),
+                "detector.window_s",
+            ),
+            (
+                format!("{MINIMAL}[detector]\ntimeout_factor = 0.5\n"),
+                "detector.timeout_factor",
+            ),
+            (
+                format!("{MINIMAL}[detector]\nmin_loops = 0\n"),
+                "detector.min_loops",
+            ),
+            (
+                format!("{MINIMAL}[detector]\ncover_multiple = 0.5\n"),
+                "detector.cover_multiple",
+            ),
+            (
+                format!("{MINIMAL}[aqm]\ntarget_ms = -1.0\n"),
+                "aqm.target_ms",
+            ),
+            (
+                format!("{MINIMAL}[aqm]\ninterval_ms = 0\n"),
+                "aqm.interval_ms",
+            ),
+            (format!("{MINIMAL}[aqm]\nmax_drop = 0.0\n"), "aqm.max_drop"),
         ];
         for (text, field) in cases {
             let err = parse(&text).expect_err("invalid").to_string();

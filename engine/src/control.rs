@@ -9,7 +9,10 @@
 //! handed to the inbox thread), and the node's own loops (the paper's λM:
 //! drawn and built here ahead of their departure by a
 //! [`crate::loops::LoopMaker`], handed to the shards round-robin to leave
-//! at their time). The AQM controller joins it here.
+//! at their time), and the (n−1) detector on those loops (their ids come
+//! back from the shards on a bounded channel; see [`crate::detector`]),
+//! which logs an alarm once and responds with more cover, a halt or only
+//! the log.
 //!
 //! `tick` takes the wall clock from its caller, so the same code runs under
 //! a test's clock. It talks to shards only through their bounded control
@@ -20,26 +23,27 @@
 //! an epoch's key only with that epoch's filter; a reload is logged with
 //! what it changed.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 use loopix_crypto::{Geometry, NodeId, PublicKey, SecretKey};
 use loopix_directory::descriptor::epoch_at;
 use loopix_directory::routes::route_table;
 use loopix_directory::topology::{Role, Topology};
 
-use crate::config::MixConfig;
+use crate::config::{MixConfig, ResponseChoice};
+use crate::detector::{loop_timeout_us, Detector, DetectorSettings, Figures, Response, Transition};
 use crate::keyfile::{self, unix_now_s, NodeSecrets};
 use crate::loops::{LoopMaker, LoopPacket, LoopSettings};
-use crate::metrics::ControlMetrics;
+use crate::metrics::{ControlMetrics, DropReason, ShardMetrics};
 use crate::node::build_links;
 use crate::provider::RegistryWatch;
 use crate::replay::{BloomFilter, FilterSizing};
-use crate::shard::{Control, EpochKey, Links};
+use crate::shard::{Control, EpochKey, Links, LoopReturn};
 
 /// A node's control plane (see the module documentation).
 pub(crate) struct ControlPlane<'a> {
@@ -161,7 +165,8 @@ impl ControlPlane<'_> {
 
 /// The node's loop stream as the control plane runs it: a [`LoopMaker`] on
 /// the route table of the current epoch and topology (rebuilt when either
-/// changes), and the shards' control channels to hand loops to.
+/// changes), the shards' control channels to hand loops to, and the (n−1)
+/// [`Guard`] that watches them come back.
 pub(crate) struct LoopSender {
     settings: LoopSettings,
     geometry: Geometry,
@@ -174,11 +179,111 @@ pub(crate) struct LoopSender {
     built_for: Option<(u64, u64)>,
     next_shard: usize,
     buf: Vec<LoopPacket>,
+    /// The detector, when the node sends loops and its shards report them.
+    guard: Option<Guard>,
+}
+
+/// The (n−1) detector with what it reads and how the node responds.
+pub(crate) struct Guard {
+    detector: Detector,
+    response: Response,
+    cover_multiple: f64,
+    /// Loop ids the shards read on return.
+    returns: Receiver<LoopReturn>,
+    /// The shards' counters, for this node's own congestion drops.
+    shards: Vec<Arc<ShardMetrics>>,
+    /// (time, arrivals, congestion drops) samples over the window.
+    congestion: VecDeque<(u64, u64, u64)>,
+    /// For the time-out: the factor, the allowance and the mean hop delay.
+    timeout_factor: f64,
+    timeout_grace_us: u64,
+    mean_delay_us: f64,
+    /// Whether the shards were last told to halt.
+    halted: bool,
+}
+
+impl Guard {
+    /// A guard from `[detector]`, reading returns from `returns` and drops
+    /// from `shards`.
+    pub(crate) fn new(
+        config: &MixConfig,
+        returns: Receiver<LoopReturn>,
+        shards: Vec<Arc<ShardMetrics>>,
+    ) -> Guard {
+        let d = &config.detector;
+        let mean_delay_us = config.loops.mean_delay_ms * 1000.0;
+        let window_s = d.window_s_for(config.loops.lambda_m);
+        Guard {
+            detector: Detector::new(DetectorSettings {
+                threshold: d.threshold,
+                hysteresis: d.hysteresis,
+                window_us: window_s.saturating_mul(1_000_000),
+                // Set from the path length when the routes are known.
+                timeout_us: loop_timeout_us(
+                    3,
+                    mean_delay_us,
+                    d.timeout_factor,
+                    d.timeout_grace_ms * 1000,
+                ),
+                min_loops: d.min_loops,
+            }),
+            response: match d.response {
+                ResponseChoice::Cover => Response::Cover,
+                ResponseChoice::Log => Response::Log,
+                ResponseChoice::Halt => Response::Halt,
+            },
+            cover_multiple: d.cover_multiple,
+            returns,
+            shards,
+            congestion: VecDeque::new(),
+            timeout_factor: d.timeout_factor,
+            timeout_grace_us: d.timeout_grace_ms * 1000,
+            mean_delay_us,
+            halted: false,
+        }
+    }
+
+    /// The loops of the current routes have `relays` relaying hops.
+    fn set_path_length(&mut self, relays: u32) {
+        self.detector.set_timeout_us(loop_timeout_us(
+            relays,
+            self.mean_delay_us,
+            self.timeout_factor,
+            self.timeout_grace_us,
+        ));
+    }
+
+    /// The fraction of arrivals this node's AQM and full pool dropped over
+    /// the window (a sample per tick; the oldest inside the window is the
+    /// base).
+    fn congestion_at(&mut self, now_us: u64) -> f64 {
+        let load =
+            |f: &dyn Fn(&ShardMetrics) -> u64| -> u64 { self.shards.iter().map(|s| f(s)).sum() };
+        let arrivals = load(&|s| s.received.load(Ordering::Relaxed));
+        let drops = load(&|s| s.drops(DropReason::Aqm) + s.drops(DropReason::PoolFull));
+        self.congestion.push_back((now_us, arrivals, drops));
+        let since = now_us.saturating_sub(self.detector.settings().window_us);
+        while self.congestion.len() > 1 && self.congestion[1].0 <= since {
+            self.congestion.pop_front();
+        }
+        let (_, a0, d0) = self.congestion[0];
+        let arrived = arrivals.saturating_sub(a0);
+        if arrived == 0 {
+            return 0.0;
+        }
+        drops.saturating_sub(d0) as f64 / arrived as f64
+    }
 }
 
 impl LoopSender {
     /// A sender for node `own`, on the clock that starts at `start`.
-    pub(crate) fn new(config: &MixConfig, geometry: Geometry, own: NodeId, start: Instant) -> Self {
+    pub(crate) fn new(
+        config: &MixConfig,
+        geometry: Geometry,
+        own: NodeId,
+        start: Instant,
+        guard: Option<Guard>,
+    ) -> Self {
         let l = &config.loops;
         LoopSender {
             settings: LoopSettings {
@@ -193,6 +298,7 @@ impl LoopSender {
             built_for: None,
             next_shard: 0,
             buf: Vec::new(),
+            guard,
         }
     }
 
@@ -202,7 +308,8 @@ impl LoopSender {
     }
 
     /// Build the loops departing within the lead and hand them to the
-    /// shards, round-robin (any shard can send to any neighbour).
+    /// shards, round-robin (any shard can send to any neighbour); then let
+    /// the detector read what came back and decide.
     fn tick(
         &mut self,
         topology: &Topology,
@@ -223,9 +330,6 @@ impl LoopSender {
         metrics
             .loops_unbuilt
             .fetch_add(made.failed, Ordering::Relaxed);
-        if self.buf.is_empty() {
-            return;
-        }
         let mut per_shard: Vec<Vec<LoopPacket>> = vec![Vec::new(); controls.len()];
         for p in self.buf.drain(..) {
             per_shard[self.next_shard % controls.len()].push(p);
@@ -236,10 +340,76 @@ impl LoopSender {
             if n == 0 {
                 continue;
             }
+            let ids: Vec<([u8; 16], u64)> = batch.iter().map(|p| (p.id, p.depart_us)).collect();
             if tx.try_send(Control::Loops(batch)).is_err() {
                 metrics.loops_queue_full.fetch_add(n, Ordering::Relaxed);
+            } else if let Some(g) = self.guard.as_mut() {
+                for (id, depart_us) in ids {
+                    g.detector.sent(id, depart_us);
+                }
             }
         }
+        self.watch(now_us, controls, metrics);
+    }
+
+    /// The detector's turn: returns, congestion, time-outs, a decision and
+    /// the response to it.
+    fn watch(&mut self, now_us: u64, controls: &[Sender<Control>], metrics: &ControlMetrics) {
+        let Some(g) = self.guard.as_mut() else {
+            return;
+        };
+        while let Ok(back) = g.returns.try_recv() {
+            g.detector.returned(&back.id, back.at_us);
+        }
+        let congestion = g.congestion_at(now_us);
+        g.detector.set_congestion(congestion);
+        let transition = g.detector.tick(now_us);
+        let base = self.settings.lambda_per_s;
+        if let Some(t) = transition {
+            let window_s = g.detector.settings().window_us / 1_000_000;
+            let threshold = g.detector.settings().threshold;
+            let (alarm, f) = match t {
+                Transition::Alarm(f) => (true, f),
+                Transition::Calm(f) => (false, f),
+            };
+            eprintln!(
+                "loopix: {} {}",
+                if alarm {
+                    "(n-1) ALARM:"
+                } else {
+                    "(n-1) alarm over:"
+                },
+                describe_figures(&f, window_s, threshold, g.response)
+            );
+            match g.response {
+                Response::Cover => {
+                    if let Some(m) = self.maker.as_mut() {
+                        m.set_rate(if alarm { base * g.cover_multiple } else { base });
+                    }
+                }
+                Response::Halt => {
+                    g.halted = alarm;
+                    for tx in controls {
+                        let _ = tx.send(Control::Halt(alarm));
+                    }
+                }
+                Response::Log => {}
+            }
+        }
+        let totals = g.detector.totals();
+        let m = metrics;
+        m.loops_returned.store(totals.returned, Ordering::Relaxed);
+        m.loops_lost.store(totals.lost, Ordering::Relaxed);
+        m.loops_unmatched.store(totals.unmatched, Ordering::Relaxed);
+        m.alarms.store(totals.alarms, Ordering::Relaxed);
+        m.alarm
+            .store(u64::from(g.detector.in_alarm()), Ordering::Relaxed);
+        let ratio = g.detector.figures().map_or(f64::NAN, |f| f.ratio);
+        m.loops_ratio_bits.store(ratio.to_bits(), Ordering::Relaxed);
+        m.congestion_bits
+            .store(congestion.to_bits(), Ordering::Relaxed);
+        let rate = self.maker.as_ref().map_or(base, |mk| mk.rate());
+        m.loops_rate_bits.store(rate.to_bits(), Ordering::Relaxed);
     }
 
     /// Keep the maker's routes on the current epoch's keys and topology.
@@ -260,6 +430,11 @@ impl LoopSender {
                 return;
             }
         };
+        if let Some(g) = self.guard.as_mut() {
+            // Every hop of a loop but the last (the node itself) relays:
+            // one per layer.
+            g.set_path_length(routes.layers.len() as u32);
+        }
         let result = match self.maker.as_mut() {
             Some(m) => m.set_routes(routes),
             None => LoopMaker::new(
@@ -276,6 +451,20 @@ impl LoopSender {
             eprintln!("loopix: no loops in epoch {epoch}: {why}");
         }
     }
+}
+
+/// The figures of an alarm or its end, for the one log line each.
+fn describe_figures(f: &Figures, window_s: u64, threshold: f64, response: Response) -> String {
+    format!(
+        "{} of {} own loops came back in the last {window_s} s (fraction {:.3}; \
+         own congestion drops {:.3} divided out: {:.3}; threshold r = {threshold}); response: {}",
+        f.returned,
+        f.returned + f.lost,
+        f.ratio,
+        f.congestion,
+        f.effective,
+        response.name()
+    )
 }
 
 /// The epochs whose keys a node accepts at `unix_s`: the current one, the

@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod control;
+pub mod detector;
 pub mod io;
 pub mod keyfile;
 pub mod loops;

@@ -78,6 +78,8 @@ pub struct LoopMaker {
     position: Position,
     /// The next departure on the node's clock.
     next_us: u64,
+    /// Departures up to here have been drawn (and built).
+    drawn_until: u64,
     rng: Box<dyn RngSource>,
 }
 
@@ -117,6 +119,7 @@ impl LoopMaker {
             own: info,
             position,
             next_us: start_us,
+            drawn_until: start_us,
             rng,
         };
         m.next_us = start_us.saturating_add(m.gap_us());
@@ -132,6 +135,27 @@ impl LoopMaker {
         Ok(())
     }
 
+    /// Send loops at `lambda_per_s` from the departures not drawn yet on
+    /// (the (n−1) detector's `cover` response, and its end). The pending
+    /// next departure is drawn again at the new rate from the last time
+    /// already drawn, which a Poisson process allows (it is memoryless), so
+    /// the stream is Poisson at the old rate up to there and at the new
+    /// one after.
+    pub fn set_rate(&mut self, lambda_per_s: f64) {
+        if !(lambda_per_s.is_finite() && lambda_per_s >= 0.0)
+            || lambda_per_s == self.settings.lambda_per_s
+        {
+            return;
+        }
+        self.settings.lambda_per_s = lambda_per_s;
+        self.next_us = self.drawn_until.saturating_add(self.gap_us());
+    }
+
+    /// The loop rate in use, per second.
+    pub fn rate(&self) -> f64 {
+        self.settings.lambda_per_s
+    }
+
     /// The next departure, on the node's clock (`u64::MAX`: never).
     pub fn next_departure_us(&self) -> u64 {
         self.next_us
@@ -142,6 +166,7 @@ impl LoopMaker {
     pub fn due(&mut self, now_us: u64, out: &mut Vec<LoopPacket>) -> Made {
         let mut made = Made::default();
         let until = now_us.saturating_add(self.settings.lead_us);
+        self.drawn_until = self.drawn_until.max(until);
         // `u64::MAX` is "never" (λM = 0), even when `until` saturates.
         while self.next_us != u64::MAX && self.next_us <= until {
             let depart_us = self.next_us;
@@ -429,6 +454,40 @@ mod tests {
             })
             .fold(0.0, f64::max);
         assert!(d < 1.63 / n.sqrt(), "KS D = {d} over {n} gaps");
+    }
+
+    #[test]
+    fn a_rate_change_takes_effect_after_what_is_drawn() {
+        let mut rng = ChaCha20Rng::seed_from_u64(4);
+        let (routes, _) = net(1, &mut rng);
+        let own = routes.layers[0][1].id;
+        let mut m = maker(&routes, own, 100.0, 11);
+        let mut out = Vec::new();
+        let mut now = 0u64;
+        while now < 20_000_000 {
+            m.due(now, &mut out);
+            now += 100_000;
+        }
+        let drawn = now - 100_000 + m.settings.lead_us;
+        assert!(out.iter().all(|p| p.depart_us <= drawn));
+        let before = out.len();
+        m.set_rate(400.0);
+        assert_eq!(m.rate(), 400.0);
+        assert!(m.next_departure_us() > drawn, "nothing already drawn moves");
+        while now < 40_000_000 {
+            m.due(now, &mut out);
+            now += 100_000;
+        }
+        let after = out.len() - before;
+        // 20 s at 100/s then 20 s at 400/s: within 5 standard deviations.
+        let near = |n: usize, mean: f64| (n as f64 - mean).abs() < 5.0 * mean.sqrt();
+        assert!(near(before, 100.0 * drawn as f64 / 1e6), "{before}");
+        let span = (now - 100_000 + m.settings.lead_us - drawn) as f64 / 1e6;
+        assert!(near(after, 400.0 * span), "{after} in {span} s");
+        assert!(out.windows(2).all(|w| w[0].depart_us < w[1].depart_us));
+        // And back to zero: nothing more after what is drawn.
+        m.set_rate(0.0);
+        assert_eq!(m.next_departure_us(), u64::MAX);
     }
 
     #[test]

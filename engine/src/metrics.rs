@@ -31,7 +31,13 @@
 //!   `loopix_topology_serial` (the serial of the document in use),
 //!   `loopix_topology_reloads_total{result=ok|refused}` (SIGHUP reloads) and
 //!   `loopix_loops_missed_total{reason=unbuilt|queue_full|refused}` (loop
-//!   departures that passed without a loop).
+//!   departures that passed without a loop), and the (n−1) detector's
+//!   `loopix_loops_returned_total`, `loopix_loops_lost_total`,
+//!   `loopix_loops_unmatched_total`, `loopix_loops_return_ratio`,
+//!   `loopix_detector_congestion_ratio`, `loopix_loops_rate_per_second`,
+//!   `loopix_nminus1_alarm` and `loopix_nminus1_alarms_total`;
+//! - AQM, per shard: `loopix_aqm_drop_probability` and
+//!   `loopix_dropped_total{reason="aqm"}`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -88,11 +94,16 @@ pub enum DropReason {
     /// A topology reload removed the next hop of a packet waiting on the
     /// wheel (or it is no longer a next-layer neighbour).
     NextHopRemoved,
+    /// The shard's AQM dropped it at arrival (see `docs/aqm.md`).
+    Aqm,
+    /// The node is in (n−1) alarm with `detector.response = "halt"`: it
+    /// emits nothing but its own loops.
+    Halted,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 20] = [
+    pub const ALL: [DropReason; 22] = [
         DropReason::BadLength,
         DropReason::BadFrame,
         DropReason::Unauthenticated,
@@ -113,6 +124,8 @@ impl DropReason {
         DropReason::InboxQueueFull,
         DropReason::NotAProvider,
         DropReason::NextHopRemoved,
+        DropReason::Aqm,
+        DropReason::Halted,
     ];
 
     /// The label value.
@@ -138,6 +151,8 @@ impl DropReason {
             DropReason::InboxQueueFull => "inbox_queue_full",
             DropReason::NotAProvider => "not_a_provider",
             DropReason::NextHopRemoved => "next_hop_removed",
+            DropReason::Aqm => "aqm",
+            DropReason::Halted => "halted",
         }
     }
 
@@ -268,6 +283,11 @@ pub struct ShardMetrics {
     /// Loops the shard could not send: pool full, or a reload removed the
     /// first hop since the loop was built.
     pub loops_refused: AtomicU64,
+    /// Returned loops the control plane was not told of (its queue of
+    /// returns was full): they will count as lost.
+    pub loop_returns_queue_full: AtomicU64,
+    /// The AQM's drop probability now, as `f64::to_bits`.
+    pub aqm_drop_bits: AtomicU64,
     /// (Provider) `Deliver` packets handed to the inbox thread.
     pub to_inbox: AtomicU64,
     /// (Provider) `Drop` cover packets discarded.
@@ -356,6 +376,22 @@ pub struct ControlMetrics {
     pub loops_unbuilt: AtomicU64,
     /// Loops built but not handed over (the shard's control queue was full).
     pub loops_queue_full: AtomicU64,
+    /// Loops back before their time-out.
+    pub loops_returned: AtomicU64,
+    /// Loops whose time-out passed first.
+    pub loops_lost: AtomicU64,
+    /// Returns with an id not awaited.
+    pub loops_unmatched: AtomicU64,
+    /// The window's return fraction as `f64::to_bits` (NaN: undecided).
+    pub loops_ratio_bits: AtomicU64,
+    /// The congestion fraction divided out, as `f64::to_bits`.
+    pub congestion_bits: AtomicU64,
+    /// 1 in alarm, else 0.
+    pub alarm: AtomicU64,
+    /// Times the alarm started.
+    pub alarms: AtomicU64,
+    /// The loop rate now, as `f64::to_bits`.
+    pub loops_rate_bits: AtomicU64,
 }
 
 impl ControlMetrics {
@@ -363,6 +399,8 @@ impl ControlMetrics {
     pub fn serving(serial: u64) -> ControlMetrics {
         let m = ControlMetrics::default();
         m.serial.store(serial, Ordering::Relaxed);
+        m.loops_ratio_bits
+            .store(f64::NAN.to_bits(), Ordering::Relaxed);
         m
     }
 }
@@ -385,6 +423,26 @@ pub mod names {
     /// Loop departures that passed without a loop, by `reason`
     /// (`unbuilt`, `queue_full`, `refused`), for the node.
     pub const LOOPS_MISSED: &str = "loopix_loops_missed_total";
+    /// Own loops back before their time-out, for the node.
+    pub const LOOPS_RETURNED: &str = "loopix_loops_returned_total";
+    /// Own loops whose time-out passed first, for the node.
+    pub const LOOPS_LOST: &str = "loopix_loops_lost_total";
+    /// Loop returns with an id not awaited (forged, repeated or too late).
+    pub const LOOPS_UNMATCHED: &str = "loopix_loops_unmatched_total";
+    /// Returned fraction of the loops resolved in the detector's window
+    /// (gauge; absent until the window holds `detector.min_loops`).
+    pub const LOOPS_RETURN_RATIO: &str = "loopix_loops_return_ratio";
+    /// The node's own congestion drop fraction the detector divides out.
+    pub const DETECTOR_CONGESTION: &str = "loopix_detector_congestion_ratio";
+    /// 1 while the node is in (n−1) alarm (gauge).
+    pub const NMINUS1_ALARM: &str = "loopix_nminus1_alarm";
+    /// Times the (n−1) alarm started.
+    pub const NMINUS1_ALARMS: &str = "loopix_nminus1_alarms_total";
+    /// The loop rate in use now, loops per second (λM, or its multiple in
+    /// alarm with the `cover` response).
+    pub const LOOPS_RATE: &str = "loopix_loops_rate_per_second";
+    /// A shard's AQM drop probability (gauge).
+    pub const AQM_DROP_PROBABILITY: &str = "loopix_aqm_drop_probability";
     /// Drops, per shard and `reason` (a [`super::DropReason`] label).
     pub const DROPPED: &str = "loopix_dropped_total";
     /// Packets held in a shard's pool (gauge).
@@ -471,6 +529,65 @@ fn register_control(
         "Own loop departures that passed without a loop, by reason",
         missed,
     );
+    for (name, help, v) in [
+        (
+            names::LOOPS_RETURNED,
+            "Own loops back before their time-out",
+            &t.loops_returned,
+        ),
+        (
+            names::LOOPS_LOST,
+            "Own loops whose time-out passed first",
+            &t.loops_lost,
+        ),
+        (
+            names::LOOPS_UNMATCHED,
+            "Loop returns with an id not awaited (forged, repeated or too late)",
+            &t.loops_unmatched,
+        ),
+        (
+            names::NMINUS1_ALARMS,
+            "Times the (n-1) alarm started",
+            &t.alarms,
+        ),
+    ] {
+        let f = Family::<Labels, Counter>::default();
+        f.get_or_create(base).inc_by(load(v));
+        registry.register(counter(name), help, f);
+    }
+    let alarm = Family::<Labels, Gauge>::default();
+    alarm
+        .get_or_create(base)
+        .set(i64::try_from(load(&t.alarm)).unwrap_or(1));
+    registry.register(
+        names::NMINUS1_ALARM,
+        "1 while the node is in (n-1) alarm",
+        alarm,
+    );
+    for (name, help, v) in [
+        (
+            names::LOOPS_RETURN_RATIO,
+            "Returned fraction of the loops resolved in the detector's window",
+            &t.loops_ratio_bits,
+        ),
+        (
+            names::DETECTOR_CONGESTION,
+            "Own congestion drop fraction the detector divides out",
+            &t.congestion_bits,
+        ),
+        (
+            names::LOOPS_RATE,
+            "Loop rate in use now, loops per second",
+            &t.loops_rate_bits,
+        ),
+    ] {
+        let value = f64::from_bits(load(v));
+        if value.is_finite() {
+            let f = Family::<Labels, FloatGauge>::default();
+            f.get_or_create(base).set(value);
+            registry.register(name, help, f);
+        }
+    }
     let serial = Family::<Labels, Gauge>::default();
     serial
         .get_or_create(base)
@@ -648,6 +765,7 @@ struct ShardFamilies {
     pool_capacity: Family<Labels, Gauge>,
     filter_bytes: Family<Labels, Gauge>,
     filter_fill: Family<Labels, FloatGauge>,
+    aqm_drop: Family<Labels, FloatGauge>,
     overhead_q: Family<Labels, FloatGauge>,
     lateness_q: Family<Labels, FloatGauge>,
     info: Family<Labels, Gauge>,
@@ -676,6 +794,7 @@ impl ShardFamilies {
             pool_capacity: Family::default(),
             filter_bytes: Family::default(),
             filter_fill: Family::default(),
+            aqm_drop: Family::default(),
             overhead_q: Family::default(),
             lateness_q: Family::default(),
             info: Family::default(),
@@ -715,6 +834,9 @@ impl ShardFamilies {
             f.filter_fill
                 .get_or_create(&l)
                 .set(f64::from_bits(load(&s.filter_fill_bits)));
+            f.aqm_drop
+                .get_or_create(&l)
+                .set(f64::from_bits(load(&s.aqm_drop_bits)));
             s.overhead.add_to(&mut overhead_all);
             s.lateness.add_to(&mut lateness_all);
         }
@@ -783,6 +905,11 @@ impl ShardFamilies {
             REPLAY_FILTER_FILL,
             "Fraction of the current epoch filter's bits set",
             self.filter_fill,
+        );
+        r.register(
+            AQM_DROP_PROBABILITY,
+            "The shard's AQM drop probability at arrival now",
+            self.aqm_drop,
         );
         r.register(
             PROCESSING_OVERHEAD_US,

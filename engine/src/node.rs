@@ -26,16 +26,20 @@ use std::time::Instant;
 use loopix_crypto::{Geometry, LinkKey, SecretKey};
 
 use crate::config::{IoChoice, MixConfig};
-use crate::control::{accepted_epochs, epoch_keys, ControlPlane, LoopSender, Own};
+use crate::control::{accepted_epochs, epoch_keys, ControlPlane, Guard, LoopSender, Own};
 use crate::io::{self, socket, IoKind};
 use crate::keyfile::{self, unix_now_s};
 use crate::metrics::{self, ControlMetrics, ProviderMetrics, ShardMetrics};
 use crate::provider::registry::ClientTable;
 use crate::provider::{self, InboxThread, RegistryWatch};
 use crate::replay::FilterSizing;
-use crate::shard::{Links, Peer, ProviderHooks, Shard, ShardSettings};
+use crate::shard::{Links, LoopReturn, Peer, ProviderHooks, Shard, ShardSettings};
+use crossbeam_channel::Sender;
 use loopix_directory::descriptor::{epoch_at, node_id_of};
 use loopix_directory::topology::{Role, Topology};
+
+/// Returned loops queued from the shards to the detector.
+const LOOP_RETURNS_QUEUE: usize = 1 << 16;
 
 /// Decide the backend for `choice`, logging why `auto` fell back.
 pub fn choose_io(choice: IoChoice) -> Result<IoKind, String> {
@@ -200,6 +204,8 @@ struct ShardPlan<'a> {
     provider: Option<&'a ProviderStart>,
     /// The node's clock, shared by its shards and its control plane.
     start: Instant,
+    /// Where shards report returned loops (the control plane's detector).
+    loop_returns: Sender<LoopReturn>,
 }
 
 impl ShardPlan<'_> {
@@ -244,7 +250,8 @@ impl ShardPlan<'_> {
                 Arc::clone(&m),
             )
             .map_err(|err| format!("{err}; lower replay.rate_pps or raise replay.max_filter_mb"))?
-            .with_start(self.start);
+            .with_start(self.start)
+            .with_loop_returns(self.loop_returns.clone());
             let shard = match self.provider {
                 Some(p) => shard.with_provider(ProviderHooks {
                     clients: Arc::clone(&p.table),
@@ -365,7 +372,7 @@ fn identify(
     let whoami = Own {
         id: node_id_of(&secrets.link.public_key()),
         role,
-        listen: config.node.listen,
+        listen: config.node.public_address.unwrap_or(config.node.listen),
         link_public: secrets.link.public_key(),
         config,
     };
@@ -390,6 +397,9 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
     let control_metrics = Arc::new(ControlMetrics::serving(topology.serial));
     let accepted = accepted_epochs(now_s, topology.epoch_s, config.epochs.grace_s);
     let start = Instant::now();
+    // Returned loops: a few seconds' worth at the highest loop rate a node
+    // may run; the control plane drains it every 100 ms.
+    let (returns_tx, returns_rx) = crossbeam_channel::bounded(LOOP_RETURNS_QUEUE);
     let built = ShardPlan {
         config,
         io_kind,
@@ -401,6 +411,7 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
         stop: &signals.stop,
         provider: prov.as_ref(),
         start,
+        loop_returns: returns_tx,
     }
     .build()?;
     // The shards' filter sizing (already checked when they were built), for
@@ -457,7 +468,13 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
         controls: built.controls,
         control_metrics,
         registry,
-        loops: LoopSender::new(config, geometry, own_id, start),
+        loops: LoopSender::new(
+            config,
+            geometry,
+            own_id,
+            start,
+            Some(Guard::new(config, returns_rx, built.metrics.clone())),
+        ),
     };
     control.run(&signals.stop, &signals.reload);
     let stopping = Instant::now();

@@ -151,6 +151,20 @@ pub enum Control {
     /// departure: each goes on the wheel at its time like a forwarded
     /// packet (same slot, same frame, same send path).
     Loops(Vec<LoopPacket>),
+    /// (n−1) alarm with `response = "halt"`: while `true`, send nothing
+    /// but this node's own loops (the rest is dropped as `halted` when it
+    /// falls due).
+    Halt(bool),
+}
+
+/// One of this node's loops came back: its id and the shard-clock time it
+/// arrived, for the control plane's detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoopReturn {
+    /// The id its last hop command carried.
+    pub id: [u8; 16],
+    /// Arrival time, on the node's clock (microseconds since its start).
+    pub at_us: u64,
 }
 
 /// What a provider's shards hand its inbox thread.
@@ -294,6 +308,10 @@ struct State {
     scheduled: u64,
     provider: Option<ProviderState>,
     previous: Option<Previous>,
+    /// Where returned loops go (the control plane's detector).
+    loop_returns: Option<Sender<LoopReturn>>,
+    /// In (n−1) alarm with the `halt` response.
+    halted: bool,
 }
 
 /// Where a shard's time comes from.
@@ -385,6 +403,8 @@ impl Shard {
             scheduled: 0,
             provider: None,
             previous: None,
+            loop_returns: None,
+            halted: false,
         };
         let batch = state.settings.batch;
         Ok(Shard {
@@ -414,6 +434,13 @@ impl Shard {
             windows: HashMap::new(),
             scratch: vec![0u8; self.state.settings.geometry.frame_len()],
         });
+        self
+    }
+
+    /// Tell the control plane of every returned loop through `returns`
+    /// (bounded; a full queue is counted and the loop will look lost).
+    pub fn with_loop_returns(mut self, returns: Sender<LoopReturn>) -> Shard {
+        self.state.loop_returns = Some(returns);
         self
     }
 
@@ -454,6 +481,7 @@ impl Shard {
                     }
                     self.state.check_accounting();
                 }
+                Control::Halt(on) => self.state.halted = on,
             }
         }
     }
@@ -569,6 +597,11 @@ impl Shard {
             }
             _ => st.links.own_index,
         };
+        if st.halted && !own_loop {
+            st.metrics.count_drop(DropReason::Halted);
+            st.pool.free.push(idx);
+            return;
+        }
         let frame = st.pool.slot(idx);
         let Some(peer) = st.links.peer(peer_index) else {
             // NO_PEER: a reload removed the next hop while the packet waited.
@@ -991,9 +1024,20 @@ impl State {
             }
             RoutingCommand::Recipient {
                 kind: RecipientKind::Loop,
-                ..
+                id,
             } if !from_client => {
                 self.metrics.loops_received.fetch_add(1, Ordering::Relaxed);
+                if let Some(tx) = &self.loop_returns {
+                    let back = LoopReturn {
+                        id,
+                        at_us: arrival_us,
+                    };
+                    if tx.try_send(back).is_err() {
+                        self.metrics
+                            .loop_returns_queue_full
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 // Consumed: give the slot back.
                 self.pool.free.push(idx);
                 Ok(())

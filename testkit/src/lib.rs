@@ -21,6 +21,7 @@ pub mod fake_provider;
 pub mod localnet;
 pub mod metrics;
 pub mod process;
+pub mod proxy;
 pub mod sim;
 pub mod supervise;
 pub mod testnet;

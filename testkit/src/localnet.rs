@@ -66,6 +66,12 @@ pub struct LocalNetSpec {
     pub lambda_m: f64,
     /// `loops.mean_delay_ms` of every node.
     pub loop_delay_ms: f64,
+    /// `detector.window_s` of every node (0: the node default).
+    pub detector_window_s: u64,
+    /// Names of nodes (`mix-l2-0`) placed behind a front: the topology
+    /// lists a front address (where a proxy listens), the node listens on
+    /// another (`node.public_address` is the front).
+    pub fronted: Vec<String>,
 }
 
 impl Default for LocalNetSpec {
@@ -89,6 +95,8 @@ impl Default for LocalNetSpec {
             max_messages_per_client: 10_000,
             lambda_m: 0.0,
             loop_delay_ms: 1.0,
+            detector_window_s: 0,
+            fronted: Vec::new(),
         }
     }
 }
@@ -106,8 +114,10 @@ pub struct LocalNode {
     pub config: Option<PathBuf>,
     /// A provider's `provider.data_dir` (`None` for mixes).
     pub data_dir: Option<PathBuf>,
-    /// UDP address.
+    /// UDP address, as the topology lists it.
     pub address: SocketAddr,
+    /// Where the node listens: `address`, unless it is fronted.
+    pub listen: SocketAddr,
     /// Metrics address.
     pub metrics: SocketAddr,
     /// Public descriptor.
@@ -202,6 +212,11 @@ impl LocalNet {
                 key_dir,
                 config: None,
                 data_dir: None,
+                listen: if spec.fronted.contains(&name) {
+                    free_udp_addr().map_err(|e| e.to_string())?
+                } else {
+                    address
+                },
                 address,
                 metrics,
                 descriptor: report.descriptor,
@@ -224,6 +239,17 @@ impl LocalNet {
         let text = file.to_toml().map_err(|e| e.to_string())?;
         std::fs::write(&topology_path, text)
             .map_err(|e| format!("{}: {e}", topology_path.display()))?;
+        if let Some(unknown) = spec
+            .fronted
+            .iter()
+            .find(|f| !nodes.iter().any(|n| &n.name() == *f))
+        {
+            let names: Vec<String> = nodes.iter().map(LocalNode::name).collect();
+            return Err(format!(
+                "no node named {unknown:?} to put behind a front; the nodes are {}",
+                names.join(", ")
+            ));
+        }
         for n in nodes.iter_mut() {
             let io = match spec.io {
                 IoChoice::Auto => "auto",
@@ -234,10 +260,10 @@ impl LocalNet {
                 "[node]\nkey_dir = {:?}\ntopology = {:?}\nlisten = \"{}\"\noperator_key = \"{operator}\"\n\n\
                  [engine]\nshards = {}\npin_cores = {}\nfirst_core = {}\nio = \"{io}\"\npool_packets = {}\ndelay_cap_ms = {}\n\n\
                  [replay]\nrate_pps = {}\n\n[epochs]\ngrace_s = {}\n\n[metrics]\nlisten = \"{}\"\n\n[shutdown]\ndrain_ms = {}\n\n\
-                 [loops]\nlambda_m = {:?}\nmean_delay_ms = {:?}\n",
+                 [loops]\nlambda_m = {:?}\nmean_delay_ms = {:?}\n\n[detector]\nwindow_s = {}\n",
                 n.key_dir.display().to_string(),
                 topology_path.display().to_string(),
-                n.address,
+                n.listen,
                 spec.shards,
                 spec.pin_cores,
                 spec.first_core,
@@ -249,7 +275,17 @@ impl LocalNet {
                 spec.drain_ms,
                 spec.lambda_m,
                 spec.loop_delay_ms,
+                spec.detector_window_s,
             );
+            let config = if n.listen == n.address {
+                config
+            } else {
+                config.replacen(
+                    "operator_key",
+                    &format!("public_address = \"{}\"\noperator_key", n.address),
+                    1,
+                )
+            };
             let config = if n.role == Role::Provider {
                 let data_dir = n.key_dir.with_extension("data");
                 let section = format!(

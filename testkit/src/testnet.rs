@@ -30,6 +30,7 @@ use serde::Serialize;
 
 use crate::localnet::{self, LocalNet, LocalNetSpec};
 use crate::metrics::Metrics;
+use crate::proxy::BlockingProxy;
 use crate::supervise::Supervisor;
 use loopix_directory::topology::Role;
 use loopix_engine::config::IoChoice;
@@ -59,6 +60,11 @@ pub struct TestnetOptions {
     /// `lambda_M`, every node's own loops per second (the node default is
     /// the paper's 10 per minute).
     pub lambda_m: f64,
+    /// Every node's `detector.window_s` (0: the node default, long enough
+    /// for 50 returns at `lambda_m`).
+    pub detector_window_s: u64,
+    /// An (n−1) attacker in front of one node (`--attack n-1:NODE[:F]`).
+    pub attack: Option<Attack>,
     /// Frames in a pull answer (`k`).
     pub pull_frames: u16,
     /// Real messages each client writes per second (a Poisson process).
@@ -96,6 +102,8 @@ impl Default for TestnetOptions {
             lambda_d: 2.0,
             pull_ms: 100,
             lambda_m: 10.0 / 60.0,
+            detector_window_s: 0,
+            attack: None,
             pull_frames: 16,
             message_rate: 0.5,
             message_bytes: 200,
@@ -106,6 +114,43 @@ impl Default for TestnetOptions {
             progress: true,
             node_program: None,
         }
+    }
+}
+
+/// A blocking proxy in front of one node for the whole run.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Attack {
+    /// The node's name (`mix-l2-0`).
+    pub node: String,
+    /// Fraction of its incoming datagrams blocked.
+    pub block: f64,
+}
+
+impl Attack {
+    /// Parse `n-1:NODE` or `n-1:NODE:FRACTION` (default 0.9).
+    pub fn parse(v: &str) -> Result<Attack, String> {
+        let usage = "--attack takes n-1:NODE or n-1:NODE:FRACTION (e.g. n-1:mix-l2-0:0.9)";
+        let rest = v
+            .strip_prefix("n-1:")
+            .ok_or_else(|| format!("{usage}, not {v:?}"))?;
+        let (node, block) = match rest.rsplit_once(':') {
+            Some((node, f)) => (
+                node,
+                f.parse::<f64>()
+                    .map_err(|_| format!("{usage}; {f:?} is not a fraction"))?,
+            ),
+            None => (rest, 0.9),
+        };
+        if node.is_empty() {
+            return Err(format!("{usage}; the node name is missing"));
+        }
+        if !(0.0..=1.0).contains(&block) {
+            return Err(format!("{usage}; the fraction {block} is not in [0, 1]"));
+        }
+        Ok(Attack {
+            node: node.to_string(),
+            block,
+        })
     }
 }
 
@@ -156,6 +201,15 @@ impl TestnetOptions {
         }
         if self.message_bytes == 0 || self.message_bytes > 100_000 {
             return bad("message-bytes", "must be 1 to 100000");
+        }
+        if self.detector_window_s > 86_400 {
+            return bad("detector-window-s", "must be 0 (the node default) to 86400");
+        }
+        if self.detector_window_s > 0 && self.lambda_m * (self.detector_window_s as f64) < 20.0 {
+            return bad(
+                "detector-window-s",
+                "must leave room for 20 loops at --lambda-m (window × rate ≥ 20)",
+            );
         }
         Ok(())
     }
@@ -232,6 +286,23 @@ pub struct NodeReport {
     pub loops_ratio: Option<f64>,
     /// Loop departures that passed without a loop (any reason).
     pub loops_missed: u64,
+    /// Of its own loops, those the detector counted lost (time-out passed).
+    pub loops_lost: u64,
+    /// (n−1) alarms the node raised.
+    pub alarms: u64,
+    /// Seconds from the start of the run to its first alarm.
+    pub first_alarm_s: Option<f64>,
+}
+
+/// What the (n−1) attacker did.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttackReport {
+    /// The attacked node and the fraction blocked.
+    pub attack: Attack,
+    /// Datagrams the proxy passed on.
+    pub forwarded: u64,
+    /// Datagrams it blocked.
+    pub blocked: u64,
 }
 
 /// What `loopix testnet` reports.
@@ -262,6 +333,8 @@ pub struct Summary {
     pub loop_latency: LatencyReport,
     /// Per node.
     pub nodes: Vec<NodeReport>,
+    /// The (n−1) attacker's counts, if there was one.
+    pub attack: Option<AttackReport>,
 }
 
 /// Shared between client threads and the main loop.
@@ -623,9 +696,23 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
         pull_frames: opts.pull_frames,
         lambda_m: opts.lambda_m,
         loop_delay_ms: opts.mu_ms,
+        detector_window_s: opts.detector_window_s,
+        fronted: opts.attack.iter().map(|a| a.node.clone()).collect(),
         ..LocalNetSpec::default()
     };
     let net = LocalNet::create(&dir, &spec)?;
+    // The attacker is in place before the nodes start.
+    let proxy = match &opts.attack {
+        Some(a) => {
+            let n = net
+                .nodes
+                .iter()
+                .find(|n| n.name() == a.node)
+                .ok_or_else(|| format!("--attack: no node {:?}", a.node))?;
+            Some(BlockingProxy::start(n.address, n.listen, a.block)?)
+        }
+        None => None,
+    };
     let manifest = toml::to_string(&Manifest::of(&net)).map_err(|e| e.to_string())?;
     std::fs::write(dir.join(MANIFEST), manifest)
         .map_err(|e| format!("{}: {e}", dir.join(MANIFEST).display()))?;
@@ -667,7 +754,16 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
         );
     }
 
-    let mut outcome = watch(opts, &net, &mut sup, &stop, &ledger, end);
+    let mut first_alarm = vec![None; net.nodes.len()];
+    let mut outcome = watch(
+        opts,
+        &net,
+        &mut sup,
+        &stop,
+        &ledger,
+        (started, end),
+        &mut first_alarm,
+    );
     let elapsed_s = started.elapsed().as_secs_f64();
     clients_stop.store(true, Ordering::Relaxed);
     for t in threads {
@@ -677,7 +773,15 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
             Err(_) => outcome = outcome.and(Err("a client thread panicked".into())),
         }
     }
-    let nodes = node_reports(&net, elapsed_s);
+    let nodes = node_reports(&net, elapsed_s, &first_alarm);
+    let attack = opts.attack.clone().zip(proxy).map(|(attack, p)| {
+        let (forwarded, blocked) = p.stop();
+        AttackReport {
+            attack,
+            forwarded,
+            blocked,
+        }
+    });
     for (name, status) in sup.stop_all(Duration::from_secs(10)) {
         match status {
             Some(s) if s.success() => {}
@@ -691,7 +795,8 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
         .map_err(|_| "client threads still hold the ledger")?
         .into_inner()
         .map_err(|_| "ledger lock poisoned")?;
-    let summary = summarize(opts, l, elapsed_s, nodes, model_quantiles(mq));
+    let mut summary = summarize(opts, l, elapsed_s, nodes, model_quantiles(mq));
+    summary.attack = attack;
     if let Some(path) = &opts.json {
         let text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
         std::fs::write(path, text).map_err(|e| format!("--json {}: {e}", path.display()))?;
@@ -850,19 +955,35 @@ fn start_clients(
     Ok((drivers, addresses))
 }
 
-/// Until `end`: notice a dead node or an interrupt, and print progress
-/// every second if asked.
+/// Until `end`: notice a dead node or an interrupt, note each node's first
+/// (n−1) alarm (seconds after `started`, read every half second), and print
+/// progress every second if asked.
 fn watch(
     opts: &TestnetOptions,
     net: &LocalNet,
     sup: &mut Supervisor,
     stop: &AtomicBool,
     ledger: &Mutex<Ledger>,
-    end: Instant,
+    (started, end): (Instant, Instant),
+    first_alarm: &mut [Option<f64>],
 ) -> Result<(), String> {
     let mut last: Vec<u64> = vec![0; net.nodes.len()];
     let mut tick = Instant::now();
+    let mut alarm_tick = Instant::now();
     loop {
+        if alarm_tick.elapsed() >= Duration::from_millis(500) {
+            alarm_tick = Instant::now();
+            for (i, n) in net.nodes.iter().enumerate() {
+                if first_alarm[i].is_some() {
+                    continue;
+                }
+                let alarms =
+                    Metrics::scrape(n.metrics).map_or(0.0, |m| m.sum(names::NMINUS1_ALARMS, &[]));
+                if alarms > 0.0 {
+                    first_alarm[i] = Some(started.elapsed().as_secs_f64());
+                }
+            }
+        }
         died(sup)?;
         if stop.load(Ordering::Relaxed) {
             return Err("interrupted".into());
@@ -895,15 +1016,16 @@ fn watch(
 }
 
 /// Every node's counters at the end.
-fn node_reports(net: &LocalNet, elapsed_s: f64) -> Vec<NodeReport> {
+fn node_reports(net: &LocalNet, elapsed_s: f64, first_alarm: &[Option<f64>]) -> Vec<NodeReport> {
     net.nodes
         .iter()
-        .map(|n| {
+        .zip(first_alarm)
+        .map(|(n, &first_alarm_s)| {
             let m = Metrics::scrape(n.metrics).unwrap_or_default();
             let received = m.received() as u64;
             let sum = |name: &str| m.sum(name, &[]) as u64;
             let loops_sent = sum(names::LOOPS_SENT);
-            let loops_returned = sum(names::LOOPS_RECEIVED);
+            let loops_returned = sum(names::LOOPS_RETURNED);
             NodeReport {
                 name: n.name(),
                 role: n.role.name().into(),
@@ -916,6 +1038,9 @@ fn node_reports(net: &LocalNet, elapsed_s: f64) -> Vec<NodeReport> {
                 loops_returned,
                 loops_ratio: (loops_sent > 0).then(|| loops_returned as f64 / loops_sent as f64),
                 loops_missed: sum(names::LOOPS_MISSED),
+                loops_lost: sum(names::LOOPS_LOST),
+                alarms: sum(names::NMINUS1_ALARMS),
+                first_alarm_s,
             }
         })
         .collect()
@@ -951,6 +1076,7 @@ fn summarize(
             Some(&loop_cdf),
         ),
         nodes,
+        attack: None,
     }
 }
 
@@ -1021,8 +1147,8 @@ pub fn render(s: &Summary) -> String {
     }
     let _ = writeln!(
         out,
-        "nodes:{:>22} {:>10} {:>10}  {:>17}  drops",
-        "pps", "received", "forwarded", "loops sent/back"
+        "nodes:{:>22} {:>10} {:>10}  {:>17}  {:>6}  drops",
+        "pps", "received", "forwarded", "loops sent/back", "alarms"
     );
     for n in &s.nodes {
         let ratio = n
@@ -1030,7 +1156,7 @@ pub fn render(s: &Summary) -> String {
             .map_or("-".to_string(), |r| format!("{:.2}", r));
         let _ = writeln!(
             out,
-            "  {:<20} {:>7.1} {:>10} {:>10}  {:>6}/{:<5} {:>4}  {}",
+            "  {:<20} {:>7.1} {:>10} {:>10}  {:>6}/{:<5} {:>4}  {:>6}  {}",
             n.name,
             n.pps,
             n.received,
@@ -1038,6 +1164,10 @@ pub fn render(s: &Summary) -> String {
             n.loops_sent,
             n.loops_returned,
             ratio,
+            match n.first_alarm_s {
+                Some(t) => format!("{}@{t:.0}s", n.alarms),
+                None => n.alarms.to_string(),
+            },
             if n.drops.is_empty() {
                 "none".to_string()
             } else {
@@ -1049,6 +1179,31 @@ pub fn render(s: &Summary) -> String {
             }
         );
     }
+    let alarmed: Vec<String> = s
+        .nodes
+        .iter()
+        .filter(|n| n.alarms > 0)
+        .map(|n| n.name.clone())
+        .collect();
+    let _ = writeln!(
+        out,
+        "(n-1) alarms: {}",
+        if alarmed.is_empty() {
+            "none".to_string()
+        } else {
+            alarmed.join(", ")
+        }
+    );
+    if let Some(a) = &s.attack {
+        let _ = writeln!(
+            out,
+            "attack: n-1 on {} blocking {:.0}% of its input: {} datagrams blocked, {} passed",
+            a.attack.node,
+            a.attack.block * 100.0,
+            a.blocked,
+            a.forwarded
+        );
+    }
     out
 }
 
@@ -1058,12 +1213,16 @@ pub const USAGE: &str = "  loopix testnet [--layers N] [--mixes-per-layer N] [--
                  [--lambda-d R] [--lambda-m R] [--pull-ms MS] [--pull-frames K]
                  [--message-rate R] [--message-bytes N] [--duration-s S]
                  [--io auto|uring|portable] [--keep DIR] [--json FILE] [--quiet]
+                 [--detector-window-s S] [--attack n-1:NODE[:FRACTION]]
       start a whole network on loopback (default 2 providers, 3 layers of 2
       mixes, 24 clients, 30 s; every node sends its own loops at
       --lambda-m per second, default 10 per minute), exchange real
       messages, print a summary with each node's loops sent and returned;
       with --clients 0 --keep DIR it serves the network alone for
-      loopix-loadgen --testnet DIR until the duration ends or Ctrl-C";
+      loopix-loadgen --testnet DIR until the duration ends or Ctrl-C;
+      --attack n-1:mix-l2-0:0.9 puts a proxy in front of that node that
+      blocks 90% of its input (an (n-1) attacker), and the summary shows
+      which nodes raised the (n-1) alarm and when";
 
 /// Parse `loopix testnet` options (after the word `testnet`).
 pub fn parse_args(args: &[String]) -> Result<TestnetOptions, String> {
@@ -1092,6 +1251,8 @@ pub fn parse_args(args: &[String]) -> Result<TestnetOptions, String> {
             "lambda-l" => o.lambda_l = num(name, v)?,
             "lambda-d" => o.lambda_d = num(name, v)?,
             "lambda-m" => o.lambda_m = num(name, v)?,
+            "detector-window-s" => o.detector_window_s = num(name, v)?,
+            "attack" => o.attack = Some(Attack::parse(v)?),
             "pull-ms" => o.pull_ms = num(name, v)?,
             "pull-frames" => o.pull_frames = num(name, v)?,
             "message-rate" => o.message_rate = num(name, v)?,
