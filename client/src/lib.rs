@@ -218,12 +218,9 @@ enum Queued {
 /// Prepared keys of recipients kept at once.
 const CONTACT_CACHE: usize = 1024;
 
-/// Draw an exponential variate with the given mean.
-pub fn exp_sample(rng: &mut impl CryptoRngCore, mean: f64) -> f64 {
-    // 53 random bits: u in [0, 1), so 1 - u in (0, 1] and ln is finite.
-    let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-    -(1.0 - u).ln() * mean
-}
+/// Draw an exponential variate with the given mean (the crypto crate's
+/// sampler, re-exported for the client's users).
+pub use loopix_crypto::exp_sample;
 
 fn next_after(rng: &mut impl CryptoRngCore, now_us: u64, rate_per_s: f64) -> Option<u64> {
     (rate_per_s > 0.0).then(|| now_us + exp_sample(rng, 1e6 / rate_per_s).round() as u64)
@@ -527,8 +524,7 @@ impl Client {
     }
 
     fn delay(&self, rng: &mut impl CryptoRngCore) -> Delay {
-        let us = exp_sample(rng, self.rates.mean_delay_us).round();
-        Delay::from_micros(us.min(f64::from(u32::MAX)) as u32)
+        Delay::sample_exp(rng, self.rates.mean_delay_us)
     }
 
     /// `first`, then one random mix from each layer.

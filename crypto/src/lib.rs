@@ -41,6 +41,6 @@ pub use geometry::Geometry;
 pub use identity::{IdentityKey, IdentityPublic, Signature};
 pub use keys::{MailboxId, NodeId, PublicKey, RouteKey, SecretKey};
 pub use link::{FrameHeader, LinkKey, ReplayWindow};
-pub use routing::{Delay, RecipientKind, RoutingCommand};
+pub use routing::{exp_sample, Delay, RecipientKind, RoutingCommand};
 pub use sphinx::{Hop, Processed, ReplayTag, Unwrapped};
 pub use surb::{Surb, SurbKeys};

@@ -43,6 +43,22 @@ impl Delay {
     pub fn as_duration(&self) -> core::time::Duration {
         core::time::Duration::from_micros(u64::from(self.0))
     }
+    /// A per-hop delay drawn from `Exp` of mean `mean_us` microseconds (the
+    /// paper's `Exp(mu)`), rounded to the microsecond; a draw above the
+    /// largest delay is the largest delay.
+    pub fn sample_exp<R: rand_core::RngCore + ?Sized>(rng: &mut R, mean_us: f64) -> Delay {
+        let us = exp_sample(rng, mean_us).round();
+        Delay(us.min(f64::from(u32::MAX)) as u32)
+    }
+}
+
+/// An exponential variate of mean `mean`, by inverse transform on 53
+/// random bits: `u` in `[0, 1)`, so `1 - u` is in `(0, 1]` and the
+/// logarithm is finite. The one sampler behind every Poisson departure and
+/// `Exp(mu)` delay (clients, load generator, a node's own loops).
+pub fn exp_sample<R: rand_core::RngCore + ?Sized>(rng: &mut R, mean: f64) -> f64 {
+    let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    -(1.0 - u).ln() * mean
 }
 
 /// What the recipient of a packet's last layer is looking at.
@@ -170,6 +186,24 @@ impl RoutingCommand {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exp_samples_have_their_mean_and_delays_saturate() {
+        use rand_chacha::rand_core::SeedableRng;
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+        let n = 200_000;
+        let xs: Vec<f64> = (0..n).map(|_| exp_sample(&mut rng, 1000.0)).collect();
+        assert!(xs.iter().all(|x| x.is_finite() && *x >= 0.0));
+        let mean = xs.iter().sum::<f64>() / n as f64;
+        // Standard error 1000 / sqrt(n) = 2.2: within 5 of them.
+        assert!((mean - 1000.0).abs() < 11.0, "{mean}");
+        // P(X > mean) = 1/e.
+        let above = xs.iter().filter(|&&x| x > 1000.0).count() as f64 / n as f64;
+        assert!((above - (-1.0f64).exp()).abs() < 0.005, "{above}");
+        assert_eq!(Delay::sample_exp(&mut rng, 0.0), Delay::ZERO);
+        let huge = Delay::sample_exp(&mut rng, 1e30);
+        assert_eq!(huge.as_micros(), u32::MAX);
+    }
 
     fn all() -> Vec<RoutingCommand> {
         vec![

@@ -26,7 +26,7 @@
 use std::sync::Arc;
 
 use loopix_crypto::sphinx::{self, Hop};
-use loopix_crypto::{Delay, Geometry, NodeId, RecipientKind, RoutingCommand};
+use loopix_crypto::{exp_sample, Delay, Geometry, NodeId, RecipientKind, RoutingCommand};
 use loopix_directory::routes::{NodeInfo, RouteTable};
 use rand_core::{CryptoRng, RngCore};
 
@@ -243,8 +243,7 @@ impl LoopMaker {
     }
 
     fn delay(&mut self) -> Delay {
-        let us = exp_sample(&mut *self.rng, self.settings.mean_delay_us).round();
-        Delay::from_micros(us.min(f64::from(u32::MAX)) as u32)
+        Delay::sample_exp(&mut *self.rng, self.settings.mean_delay_us)
     }
 
     /// The gap to the next departure: `Exp(λM)`, or never for λM = 0.
@@ -269,13 +268,6 @@ fn locate(routes: &RouteTable, own: NodeId) -> Result<(NodeInfo, Position), Stri
         }
     }
     Err(format!("node {own} is not in the route table"))
-}
-
-/// An `Exp` sample of mean `mean` (inverse transform on a 53-bit uniform).
-fn exp_sample(rng: &mut dyn RngSource, mean: f64) -> f64 {
-    // In (0, 1]: never ln(0).
-    let u = 1.0 - (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
-    -u.ln() * mean
 }
 
 /// A sized handle on a boxed random source, for APIs that take
