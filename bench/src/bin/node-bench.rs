@@ -5,7 +5,7 @@
 //! [--quick] [--io auto|uring|portable] [--step-s S] [--mean-delay-us N]
 //! [--start-pps N] [--growth F] [--precision F] [--budget-s N]
 //! [--filter-rate-pps N] [--floor-iters N] [--node-core N] [--gen-core N]
-//! [--sink-poll-us N] [--node-batch N]`.
+//! [--sink-poll-us N] [--node-batch N] [--lambda-m R]`.
 //!
 //! What it does:
 //! - lays out a loopback network with `LocalNet::create`: one provider and
@@ -64,6 +64,15 @@
 //!   gives the latency figures: `overhead_p50_us`, `overhead_p99_us`
 //!   (arrival to scheduled, from the node's histograms) and
 //!   `lateness_p99_us` (deadline to send).
+//!
+//! - with `--lambda-m R` the mix sends its own loops at R per second (its
+//!   `loops.lambda_m`; default 0, none), built on its control thread. In
+//!   this one-mix network a loop's path is [provider, mix]: the loop goes
+//!   to the sink, which does not send it on, so the sink counts the mix's
+//!   loops (read from its metrics) apart from the generator's packets, and
+//!   the mix's detector is set to `response = "log"` so that the loops it
+//!   will count lost do not change its loop rate during the search. This
+//!   measures what building and sending loops costs the forwarding path.
 //!
 //! Output: progress on stderr; on stdout a table of the steps and a
 //! summary, and with `--json` one JSON object as the last line.
@@ -139,7 +148,7 @@ usage: node-bench [--json] [--quick] [--io auto|uring|portable] [--step-s S]
                   [--mean-delay-us N] [--start-pps N] [--growth F]
                   [--precision F] [--budget-s N] [--filter-rate-pps N]
                   [--floor-iters N] [--node-core N] [--gen-core N]
-                  [--sink-poll-us N] [--node-batch N]
+                  [--sink-poll-us N] [--node-batch N] [--lambda-m R]
   --json               after the table, print one JSON object as the last line
   --quick              smoke run: 1 s steps, growth 1.6, precision 10%,
                        budget 60 s, 1000 floor iterations (explicit flags win)
@@ -161,7 +170,9 @@ usage: node-bench [--json] [--quick] [--io auto|uring|portable] [--step-s S]
                        on its socket (default 200); 0: it blocks, and every
                        send of the node may have to wake it
   --node-batch N       set engine.batch of the node (datagrams per receive or
-                       send call; default: the engine's default, 64)";
+                       send call; default: the engine's default, 64)
+  --lambda-m R         the mix's own loops per second (loops.lambda_m;
+                       default 0: none; the paper's rate is 0.1667)";
 
 /// Command-line options.
 #[derive(Debug, Clone)]
@@ -180,6 +191,7 @@ struct Options {
     gen_core: usize,
     sink_poll_us: u64,
     node_batch: Option<u64>,
+    lambda_m: f64,
 }
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
@@ -199,6 +211,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         gen_core: 1,
         sink_poll_us: 200,
         node_batch: None,
+        lambda_m: 0.0,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -246,6 +259,17 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--gen-core" => o.gen_core = whole(arg, value(arg)?)? as usize,
             "--sink-poll-us" => o.sink_poll_us = whole(arg, value(arg)?)?,
             "--node-batch" => o.node_batch = Some(whole(arg, value(arg)?)?),
+            "--lambda-m" => {
+                let v = value(arg)?;
+                o.lambda_m = match v.parse::<f64>() {
+                    Ok(x) if x.is_finite() && (0.0..=100_000.0).contains(&x) => x,
+                    _ => {
+                        return Err(format!(
+                            "--lambda-m needs a rate from 0 to 100000, got {v:?}"
+                        ))
+                    }
+                }
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -794,6 +818,8 @@ fn drain(backend: &mut Portable) -> u64 {
 struct NodeMetrics {
     received: f64,
     forwarded: f64,
+    /// The mix's own loops that left (they reach the sink too).
+    loops_sent: f64,
     drops: Vec<(&'static str, f64)>,
     overhead_p50_us: f64,
     overhead_p99_us: f64,
@@ -811,6 +837,7 @@ fn read_metrics(addr: SocketAddr) -> Option<NodeMetrics> {
     Some(NodeMetrics {
         received: m.received(),
         forwarded: m.forwarded(),
+        loops_sent: m.sum(names::LOOPS_SENT, &[]),
         drops: m.nonzero_drops(),
         overhead_p50_us: q(over, "0.5"),
         overhead_p99_us: q(over, "0.99"),
@@ -974,9 +1001,13 @@ impl Bench {
         if report.received > 0 && report.kept.is_empty() {
             return Err("the sink kept no frame to check".into());
         }
+        let mix_id = self.net.nodes[self.mix].descriptor.id.clone();
         for f in &report.kept {
             match driver.receive(f) {
                 Ok(RoutingCommand::Drop) => {}
+                // One of the mix's own loops, on its way back to it.
+                Ok(RoutingCommand::Relay { next, .. })
+                    if opts.lambda_m > 0.0 && next.to_string() == mix_id => {}
                 Ok(other) => return Err(format!("a forwarded frame reads {other:?}, not Drop")),
                 Err(e) => return Err(format!("a forwarded frame does not check: {e}")),
             }
@@ -1005,6 +1036,9 @@ impl Bench {
             .collect();
         extra.sort_by(f64::total_cmp);
         let sent = n as u64 - send_failed;
+        // The sink also counted the mix's own loops.
+        let received = (report.received as f64 - metrics.loops_sent).max(0.0) as u64;
+        let report = SinkReport { received, ..report };
         let loss = 1.0 - report.received as f64 / n as f64;
         let behind = behind_count / n as f64;
         let pass = loss < LOSS_MAX && behind < LOSS_MAX && metrics.received > 0.0;
@@ -1046,7 +1080,8 @@ fn drops_text(step: &Step) -> String {
     if step.node_socket_drops > 0.0 {
         parts.push(format!("node_socket={}", step.node_socket_drops));
     }
-    let lost_after = step.node.forwarded - step.received as f64;
+    // `forwarded` counts the mix's own loops; `received` does not.
+    let lost_after = step.node.forwarded - step.node.loops_sent - step.received as f64;
     if lost_after > 0.0 {
         parts.push(format!("fwd_not_received={lost_after}"));
     }
@@ -1191,10 +1226,23 @@ fn run(opts: &Options) -> Result<String, String> {
         rate_pps: opts.filter_rate_pps,
         drain_ms: 200,
         delay_cap_ms: 60_000,
+        lambda_m: opts.lambda_m,
         ..LocalNetSpec::default()
     };
     let net = LocalNet::create(dir.path(), &spec)?;
     let mix = *net.layer(1).first().ok_or("the network has no mix")?;
+    {
+        // The loops go to the sink and never return: keep the detector from
+        // changing the loop rate (see the module documentation).
+        let path = net.nodes[mix]
+            .config
+            .clone()
+            .ok_or("the mix has no config")?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = text.replacen("[detector]\n", "[detector]\nresponse = \"log\"\n", 1);
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     if let Some(batch) = opts.node_batch {
         // `LocalNetSpec` has no batch field: add the key to the config file.
         let path = net.nodes[mix]
@@ -1451,6 +1499,7 @@ fn run(opts: &Options) -> Result<String, String> {
             "filter_rate_pps": opts.filter_rate_pps,
             "sink_poll_us": opts.sink_poll_us,
             "node_batch": opts.node_batch,
+            "lambda_m": opts.lambda_m,
             "load_avg_before": load_before.map_or(Value::Null, num),
             "load_avg_after": load_after.map_or(Value::Null, num),
             "pps_max": num(pps_max),
