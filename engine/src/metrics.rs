@@ -506,29 +506,9 @@ fn counter(series: &'static str) -> &'static str {
 
 type Labels = Vec<(String, String)>;
 
-fn register_control(
-    registry: &mut Registry,
-    base: &Labels,
-    t: &ControlMetrics,
-    shards: &[Arc<ShardMetrics>],
-) {
+/// The (n−1) detector's series, from the control plane's figures.
+fn register_detector(registry: &mut Registry, base: &Labels, t: &ControlMetrics) {
     let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
-    let missed = Family::<Labels, Counter>::default();
-    let refused: u64 = shards.iter().map(|s| load(&s.loops_refused)).sum();
-    for (reason, v) in [
-        ("unbuilt", load(&t.loops_unbuilt)),
-        ("queue_full", load(&t.loops_queue_full)),
-        ("refused", refused),
-    ] {
-        let mut l = base.clone();
-        l.push(("reason".into(), reason.into()));
-        missed.get_or_create(&l).inc_by(v);
-    }
-    registry.register(
-        counter(names::LOOPS_MISSED),
-        "Own loop departures that passed without a loop, by reason",
-        missed,
-    );
     for (name, help, v) in [
         (
             names::LOOPS_RETURNED,
@@ -588,6 +568,32 @@ fn register_control(
             registry.register(name, help, f);
         }
     }
+}
+
+fn register_control(
+    registry: &mut Registry,
+    base: &Labels,
+    t: &ControlMetrics,
+    shards: &[Arc<ShardMetrics>],
+) {
+    let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
+    let missed = Family::<Labels, Counter>::default();
+    let refused: u64 = shards.iter().map(|s| load(&s.loops_refused)).sum();
+    for (reason, v) in [
+        ("unbuilt", load(&t.loops_unbuilt)),
+        ("queue_full", load(&t.loops_queue_full)),
+        ("refused", refused),
+    ] {
+        let mut l = base.clone();
+        l.push(("reason".into(), reason.into()));
+        missed.get_or_create(&l).inc_by(v);
+    }
+    registry.register(
+        counter(names::LOOPS_MISSED),
+        "Own loop departures that passed without a loop, by reason",
+        missed,
+    );
+    register_detector(registry, base, t);
     let serial = Family::<Labels, Gauge>::default();
     serial
         .get_or_create(base)

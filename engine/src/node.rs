@@ -34,7 +34,6 @@ use crate::provider::registry::ClientTable;
 use crate::provider::{self, InboxThread, RegistryWatch};
 use crate::replay::FilterSizing;
 use crate::shard::{Links, LoopReturn, Peer, ProviderHooks, Shard, ShardSettings};
-use crossbeam_channel::Sender;
 use loopix_directory::descriptor::{epoch_at, node_id_of};
 use loopix_directory::topology::{Role, Topology};
 
@@ -189,6 +188,8 @@ struct Shards {
     metrics: Vec<Arc<ShardMetrics>>,
     /// The first shard's socket, for steering and a provider's answers.
     first_socket: Option<std::net::UdpSocket>,
+    /// Where the shards report returned loops (the detector reads it).
+    loop_returns: crossbeam_channel::Receiver<LoopReturn>,
 }
 
 /// What building the shards needs.
@@ -204,8 +205,6 @@ struct ShardPlan<'a> {
     provider: Option<&'a ProviderStart>,
     /// The node's clock, shared by its shards and its control plane.
     start: Instant,
-    /// Where shards report returned loops (the control plane's detector).
-    loop_returns: Sender<LoopReturn>,
 }
 
 impl ShardPlan<'_> {
@@ -213,11 +212,15 @@ impl ShardPlan<'_> {
     fn build(self) -> Result<Shards, String> {
         let config = self.config;
         let e = &config.engine;
+        // Returned loops: seconds' worth at the highest loop rate a node may
+        // run; the control plane drains it every 100 ms.
+        let (returns_tx, loop_returns) = crossbeam_channel::bounded(LOOP_RETURNS_QUEUE);
         let mut out = Shards {
             shards: Vec::new(),
             controls: Vec::new(),
             metrics: Vec::new(),
             first_socket: None,
+            loop_returns,
         };
         for i in 0..e.shards {
             let sock = socket::bind_reuseport(config.node.listen, e.socket_buffer_bytes)
@@ -251,7 +254,7 @@ impl ShardPlan<'_> {
             )
             .map_err(|err| format!("{err}; lower replay.rate_pps or raise replay.max_filter_mb"))?
             .with_start(self.start)
-            .with_loop_returns(self.loop_returns.clone());
+            .with_loop_returns(returns_tx.clone());
             let shard = match self.provider {
                 Some(p) => shard.with_provider(ProviderHooks {
                     clients: Arc::clone(&p.table),
@@ -380,6 +383,17 @@ fn identify(
     Ok((topology, secrets, whoami, own))
 }
 
+/// The shards' filter sizing (already checked when they were built), for
+/// the filters of later epochs.
+fn filter_sizing(config: &MixConfig, per_shard_items: u64) -> Result<FilterSizing, String> {
+    FilterSizing::compute(
+        per_shard_items,
+        config.replay.fp_rate,
+        config.replay.max_filter_mb << 20,
+    )
+    .map_err(|e| format!("replay filter: {e}"))
+}
+
 fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
     let name = role.name();
     let now_s = unix_now_s();
@@ -397,9 +411,6 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
     let control_metrics = Arc::new(ControlMetrics::serving(topology.serial));
     let accepted = accepted_epochs(now_s, topology.epoch_s, config.epochs.grace_s);
     let start = Instant::now();
-    // Returned loops: a few seconds' worth at the highest loop rate a node
-    // may run; the control plane drains it every 100 ms.
-    let (returns_tx, returns_rx) = crossbeam_channel::bounded(LOOP_RETURNS_QUEUE);
     let built = ShardPlan {
         config,
         io_kind,
@@ -411,17 +422,9 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
         stop: &signals.stop,
         provider: prov.as_ref(),
         start,
-        loop_returns: returns_tx,
     }
     .build()?;
-    // The shards' filter sizing (already checked when they were built), for
-    // the filters of later epochs.
-    let sizing = FilterSizing::compute(
-        per_shard_items,
-        config.replay.fp_rate,
-        config.replay.max_filter_mb << 20,
-    )
-    .map_err(|e| format!("replay filter: {e}"))?;
+    let sizing = filter_sizing(config, per_shard_items)?;
     log_start(
         name,
         config,
@@ -456,6 +459,7 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
 
     // Control loop: key epochs, topology reloads and registry rescans until
     // told to stop.
+    let guard = Guard::new(config, built.loop_returns.clone(), built.metrics.clone());
     let mut control = ControlPlane {
         name,
         config,
@@ -468,13 +472,7 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
         controls: built.controls,
         control_metrics,
         registry,
-        loops: LoopSender::new(
-            config,
-            geometry,
-            own_id,
-            start,
-            Some(Guard::new(config, returns_rx, built.metrics.clone())),
-        ),
+        loops: LoopSender::new(config, geometry, own_id, start, Some(guard)),
     };
     control.run(&signals.stop, &signals.reload);
     let stopping = Instant::now();

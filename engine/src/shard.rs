@@ -941,6 +941,22 @@ impl State {
         }
     }
 
+    /// One of this node's loops came back: count it and tell the detector.
+    fn loop_returned(&self, id: [u8; 16], arrival_us: u64) {
+        self.metrics.loops_received.fetch_add(1, Ordering::Relaxed);
+        if let Some(tx) = &self.loop_returns {
+            let back = LoopReturn {
+                id,
+                at_us: arrival_us,
+            };
+            if tx.try_send(back).is_err() {
+                self.metrics
+                    .loop_returns_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Sphinx processing of the packet in pool slot `idx`, trying each
     /// accepted epoch key; schedules it on success (or, at a provider,
     /// stores or discards it). From a client only `Relay` is valid.
@@ -1026,18 +1042,7 @@ impl State {
                 kind: RecipientKind::Loop,
                 id,
             } if !from_client => {
-                self.metrics.loops_received.fetch_add(1, Ordering::Relaxed);
-                if let Some(tx) = &self.loop_returns {
-                    let back = LoopReturn {
-                        id,
-                        at_us: arrival_us,
-                    };
-                    if tx.try_send(back).is_err() {
-                        self.metrics
-                            .loop_returns_queue_full
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                self.loop_returned(id, arrival_us);
                 // Consumed: give the slot back.
                 self.pool.free.push(idx);
                 Ok(())

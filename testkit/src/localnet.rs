@@ -251,55 +251,8 @@ impl LocalNet {
             ));
         }
         for n in nodes.iter_mut() {
-            let io = match spec.io {
-                IoChoice::Auto => "auto",
-                IoChoice::Uring => "uring",
-                IoChoice::Portable => "portable",
-            };
-            let config = format!(
-                "[node]\nkey_dir = {:?}\ntopology = {:?}\nlisten = \"{}\"\noperator_key = \"{operator}\"\n\n\
-                 [engine]\nshards = {}\npin_cores = {}\nfirst_core = {}\nio = \"{io}\"\npool_packets = {}\ndelay_cap_ms = {}\n\n\
-                 [replay]\nrate_pps = {}\n\n[epochs]\ngrace_s = {}\n\n[metrics]\nlisten = \"{}\"\n\n[shutdown]\ndrain_ms = {}\n\n\
-                 [loops]\nlambda_m = {:?}\nmean_delay_ms = {:?}\n\n[detector]\nwindow_s = {}\n",
-                n.key_dir.display().to_string(),
-                topology_path.display().to_string(),
-                n.listen,
-                spec.shards,
-                spec.pin_cores,
-                spec.first_core,
-                spec.pool_packets,
-                spec.delay_cap_ms,
-                spec.rate_pps,
-                spec.grace_s,
-                n.metrics,
-                spec.drain_ms,
-                spec.lambda_m,
-                spec.loop_delay_ms,
-                spec.detector_window_s,
-            );
-            let config = if n.listen == n.address {
-                config
-            } else {
-                config.replacen(
-                    "operator_key",
-                    &format!("public_address = \"{}\"\noperator_key", n.address),
-                    1,
-                )
-            };
-            let config = if n.role == Role::Provider {
-                let data_dir = n.key_dir.with_extension("data");
-                let section = format!(
-                    "\n[provider]\ndata_dir = {:?}\npull_frames = {}\nmax_messages_per_client = {}\n",
-                    data_dir.display().to_string(),
-                    spec.pull_frames,
-                    spec.max_messages_per_client,
-                );
-                n.data_dir = Some(data_dir);
-                config + &section
-            } else {
-                config
-            };
             let path = n.key_dir.with_extension("toml");
+            let config = write_config(n, spec, &topology_path, &operator);
             std::fs::write(&path, config).map_err(|e| format!("{}: {e}", path.display()))?;
             n.config = Some(path);
         }
@@ -521,4 +474,60 @@ impl Driver {
         }
         Err(last)
     }
+}
+
+/// The config file text of node `n` (a provider's `data_dir` is set here).
+fn write_config(
+    n: &mut LocalNode,
+    spec: &LocalNetSpec,
+    topology_path: &Path,
+    operator: &IdentityPublic,
+) -> String {
+    let io = match spec.io {
+        IoChoice::Auto => "auto",
+        IoChoice::Uring => "uring",
+        IoChoice::Portable => "portable",
+    };
+    let config = format!(
+        "[node]\nkey_dir = {:?}\ntopology = {:?}\nlisten = \"{}\"\noperator_key = \"{operator}\"\n\n\
+         [engine]\nshards = {}\npin_cores = {}\nfirst_core = {}\nio = \"{io}\"\npool_packets = {}\ndelay_cap_ms = {}\n\n\
+         [replay]\nrate_pps = {}\n\n[epochs]\ngrace_s = {}\n\n[metrics]\nlisten = \"{}\"\n\n[shutdown]\ndrain_ms = {}\n\n\
+         [loops]\nlambda_m = {:?}\nmean_delay_ms = {:?}\n\n[detector]\nwindow_s = {}\n",
+        n.key_dir.display().to_string(),
+        topology_path.display().to_string(),
+        n.listen,
+        spec.shards,
+        spec.pin_cores,
+        spec.first_core,
+        spec.pool_packets,
+        spec.delay_cap_ms,
+        spec.rate_pps,
+        spec.grace_s,
+        n.metrics,
+        spec.drain_ms,
+        spec.lambda_m,
+        spec.loop_delay_ms,
+        spec.detector_window_s,
+    );
+    let config = if n.listen == n.address {
+        config
+    } else {
+        config.replacen(
+            "operator_key",
+            &format!("public_address = \"{}\"\noperator_key", n.address),
+            1,
+        )
+    };
+    if n.role != Role::Provider {
+        return config;
+    }
+    let data_dir = n.key_dir.with_extension("data");
+    let section = format!(
+        "\n[provider]\ndata_dir = {:?}\npull_frames = {}\nmax_messages_per_client = {}\n",
+        data_dir.display().to_string(),
+        spec.pull_frames,
+        spec.max_messages_per_client,
+    );
+    n.data_dir = Some(data_dir);
+    config + &section
 }

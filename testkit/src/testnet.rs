@@ -702,17 +702,7 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
     };
     let net = LocalNet::create(&dir, &spec)?;
     // The attacker is in place before the nodes start.
-    let proxy = match &opts.attack {
-        Some(a) => {
-            let n = net
-                .nodes
-                .iter()
-                .find(|n| n.name() == a.node)
-                .ok_or_else(|| format!("--attack: no node {:?}", a.node))?;
-            Some(BlockingProxy::start(n.address, n.listen, a.block)?)
-        }
-        None => None,
-    };
+    let proxy = start_attack(opts, &net)?;
     let manifest = toml::to_string(&Manifest::of(&net)).map_err(|e| e.to_string())?;
     std::fs::write(dir.join(MANIFEST), manifest)
         .map_err(|e| format!("{}: {e}", dir.join(MANIFEST).display()))?;
@@ -754,16 +744,7 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
         );
     }
 
-    let mut first_alarm = vec![None; net.nodes.len()];
-    let mut outcome = watch(
-        opts,
-        &net,
-        &mut sup,
-        &stop,
-        &ledger,
-        (started, end),
-        &mut first_alarm,
-    );
+    let (mut outcome, first_alarm) = watch(opts, &net, &mut sup, &stop, &ledger, (started, end));
     let elapsed_s = started.elapsed().as_secs_f64();
     clients_stop.store(true, Ordering::Relaxed);
     for t in threads {
@@ -774,14 +755,7 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
         }
     }
     let nodes = node_reports(&net, elapsed_s, &first_alarm);
-    let attack = opts.attack.clone().zip(proxy).map(|(attack, p)| {
-        let (forwarded, blocked) = p.stop();
-        AttackReport {
-            attack,
-            forwarded,
-            blocked,
-        }
-    });
+    let attack = finish_attack(opts, proxy);
     for (name, status) in sup.stop_all(Duration::from_secs(10)) {
         match status {
             Some(s) if s.success() => {}
@@ -802,6 +776,30 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
         std::fs::write(path, text).map_err(|e| format!("--json {}: {e}", path.display()))?;
     }
     Ok(summary)
+}
+
+/// The blocking proxy of `--attack`, in front of its node.
+fn start_attack(opts: &TestnetOptions, net: &LocalNet) -> Result<Option<BlockingProxy>, String> {
+    let Some(a) = &opts.attack else {
+        return Ok(None);
+    };
+    let n = net
+        .nodes
+        .iter()
+        .find(|n| n.name() == a.node)
+        .ok_or_else(|| format!("--attack: no node {:?}", a.node))?;
+    BlockingProxy::start(n.address, n.listen, a.block).map(Some)
+}
+
+/// Stop the proxy and report what it did.
+fn finish_attack(opts: &TestnetOptions, proxy: Option<BlockingProxy>) -> Option<AttackReport> {
+    let (attack, p) = opts.attack.clone().zip(proxy)?;
+    let (forwarded, blocked) = p.stop();
+    Some(AttackReport {
+        attack,
+        forwarded,
+        blocked,
+    })
 }
 
 /// The testnet's directory: `--keep`'s (which must be empty) or a fresh
@@ -959,6 +957,28 @@ fn start_clients(
 /// (n−1) alarm (seconds after `started`, read every half second), and print
 /// progress every second if asked.
 fn watch(
+    opts: &TestnetOptions,
+    net: &LocalNet,
+    sup: &mut Supervisor,
+    stop: &AtomicBool,
+    ledger: &Mutex<Ledger>,
+    (started, end): (Instant, Instant),
+) -> (Result<(), String>, Vec<Option<f64>>) {
+    let mut first_alarm = vec![None; net.nodes.len()];
+    let outcome = watch_until(
+        opts,
+        net,
+        sup,
+        stop,
+        ledger,
+        (started, end),
+        &mut first_alarm,
+    );
+    (outcome, first_alarm)
+}
+
+/// [`watch`]'s loop, writing each first alarm into `first_alarm`.
+fn watch_until(
     opts: &TestnetOptions,
     net: &LocalNet,
     sup: &mut Supervisor,
@@ -1145,6 +1165,13 @@ pub fn render(s: &Summary) -> String {
             );
         }
     }
+    render_nodes(&mut out, s);
+    out
+}
+
+/// The per-node table, the nodes in alarm and the attack's counts.
+fn render_nodes(out: &mut String, s: &Summary) {
+    use std::fmt::Write;
     let _ = writeln!(
         out,
         "nodes:{:>22} {:>10} {:>10}  {:>17}  {:>6}  drops",
@@ -1204,7 +1231,6 @@ pub fn render(s: &Summary) -> String {
             a.forwarded
         );
     }
-    out
 }
 
 /// The usage text of `loopix testnet`.
