@@ -10,6 +10,7 @@
 //! System calls and `unsafe` live in `io/` only.
 #![deny(unsafe_code)] // exceptions: io/ (sockets, io_uring), audited there
 
+pub mod aqm;
 pub mod config;
 pub mod control;
 pub mod detector;

@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use loopix_crypto::{Geometry, LinkKey, SecretKey};
 
+use crate::aqm::AqmSettings;
 use crate::config::{IoChoice, MixConfig};
 use crate::control::{accepted_epochs, epoch_keys, ControlPlane, Guard, LoopSender, Own};
 use crate::io::{self, socket, IoKind};
@@ -242,6 +243,11 @@ impl ShardPlan<'_> {
                 filter_items: self.per_shard_items,
                 filter_fp: config.replay.fp_rate,
                 filter_max_bytes: config.replay.max_filter_mb << 20,
+                aqm: AqmSettings {
+                    target_us: (config.aqm.target_ms * 1000.0).round() as u64,
+                    interval_us: config.aqm.interval_ms * 1000,
+                    max_drop: config.aqm.max_drop,
+                },
             };
             let shard = Shard::new(
                 settings,

@@ -62,6 +62,7 @@ use loopix_crypto::{
     ReplayWindow, RoutingCommand, SecretKey, SphinxError,
 };
 
+use crate::aqm::{Aqm, AqmSettings};
 use crate::io::{Backend, Datagram};
 use crate::loops::LoopPacket;
 use crate::metrics::{DropReason, ShardMetrics};
@@ -223,6 +224,8 @@ pub struct ShardSettings {
     pub filter_fp: f64,
     /// Cap on one filter's size.
     pub filter_max_bytes: u64,
+    /// The AQM on this shard's lateness ([`AqmSettings::OFF`]: none).
+    pub aqm: AqmSettings,
 }
 
 /// The buffer pool: `capacity` frame-sized slots allocated at start.
@@ -312,6 +315,10 @@ struct State {
     loop_returns: Option<Sender<LoopReturn>>,
     /// In (n−1) alarm with the `halt` response.
     halted: bool,
+    /// Drops arrivals at random while the shard runs late.
+    aqm: Aqm,
+    /// When a receive last found the input empty (less than a full batch).
+    input_empty_at_us: u64,
 }
 
 /// Where a shard's time comes from.
@@ -384,6 +391,10 @@ impl Shard {
         metrics
             .filter_bytes
             .store(filters.memory_bytes(), Ordering::Relaxed);
+        let aqm = Aqm::new(
+            settings.aqm,
+            rand_core::RngCore::next_u64(&mut rand_core::OsRng),
+        );
         let state = State {
             pool: Pool::new(settings.pool_packets, slot_len),
             wheel: TimingWheel::new(
@@ -405,6 +416,8 @@ impl Shard {
             previous: None,
             loop_returns: None,
             halted: false,
+            aqm,
+            input_empty_at_us: 0,
         };
         let batch = state.settings.batch;
         Ok(Shard {
@@ -448,6 +461,8 @@ impl Shard {
     /// starting at `first_counter` (deterministic frames for a seeded run).
     pub fn with_clock(mut self, clock: Clock, first_counter: u64) -> Shard {
         self.clock = clock;
+        let seed = first_counter ^ u64::from(self.state.settings.index);
+        self.state.aqm = Aqm::new(self.state.settings.aqm, seed);
         self.state.counter = (u64::from(self.state.settings.index) << COUNTER_SHARD_SHIFT)
             | (first_counter & ((1u64 << COUNTER_SHARD_SHIFT) - 1));
         self
@@ -492,7 +507,7 @@ impl Shard {
         let state = &mut self.state;
         let clock = &self.clock;
         let mut arrival = None;
-        self.backend.recv(Some(timeout), &mut |d: Datagram<'_>| {
+        let n = self.backend.recv(Some(timeout), &mut |d: Datagram<'_>| {
             // One arrival time per batch: the moment the kernel handed it over.
             let at = *arrival.get_or_insert_with(|| clock.now_us());
             let before = state.scheduled;
@@ -502,7 +517,16 @@ impl Shard {
                 let now = clock.now_us();
                 state.metrics.overhead.record(now.saturating_sub(at));
             }
-        })
+        })?;
+        // Less than a full batch: the input was empty when it was read. The
+        // time since then is the standing queue the AQM watches.
+        let now = clock.now_us();
+        if n < state.settings.batch {
+            state.input_empty_at_us = now;
+        }
+        let standing = now.saturating_sub(state.input_empty_at_us);
+        state.aqm.observe_backlog(standing, now);
+        Ok(n)
     }
 
     /// One turn of the loop without waiting, for a caller that owns time
@@ -576,10 +600,13 @@ impl Shard {
             }
         }
         self.state.check_accounting();
-        self.state
-            .metrics
-            .pool_in_use
-            .store(self.state.pool.in_use() as u64, Ordering::Relaxed);
+        let st = &mut self.state;
+        st.aqm.tick(now);
+        let m = &st.metrics;
+        m.pool_in_use
+            .store(st.pool.in_use() as u64, Ordering::Relaxed);
+        m.aqm_drop_bits
+            .store(st.aqm.drop_probability().to_bits(), Ordering::Relaxed);
     }
 
     fn send_one(&mut self, idx: u32, deadline: u64) {
@@ -626,7 +653,9 @@ impl Shard {
             }
         }
         let now = self.clock.now_us();
-        st.metrics.lateness.record(now.saturating_sub(deadline));
+        let lateness = now.saturating_sub(deadline);
+        st.metrics.lateness.record(lateness);
+        st.aqm.observe(lateness, now);
         if own_loop {
             st.metrics.loops_sent.fetch_add(1, Ordering::Relaxed);
         }
@@ -864,6 +893,11 @@ impl State {
         if let Err(reason) = self.authenticate(d.data, &header, arrival_us) {
             return self.drop(reason);
         }
+        // The AQM decides before any scalar multiplication, independently of
+        // the packet (docs/aqm.md).
+        if !self.aqm.admit() {
+            return self.drop(DropReason::Aqm);
+        }
 
         let Some(idx) = self.pool.free.pop() else {
             return self.drop(DropReason::PoolFull);
@@ -928,6 +962,9 @@ impl State {
             return metrics.count_drop(DropReason::ClientUnauthenticated);
         }
         p.windows.entry(slot).or_default().commit(header.counter);
+        if !self.aqm.admit() {
+            return self.drop(DropReason::Aqm);
+        }
         let g = self.settings.geometry;
         let Some(idx) = self.pool.free.pop() else {
             return self.drop(DropReason::PoolFull);

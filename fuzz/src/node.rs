@@ -53,6 +53,7 @@ fn settings() -> ShardSettings {
         filter_items: 4096,
         filter_fp: 1e-6,
         filter_max_bytes: 1 << 20,
+        aqm: loopix_engine::aqm::AqmSettings::OFF,
     }
 }
 

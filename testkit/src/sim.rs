@@ -330,6 +330,7 @@ impl SimNetwork {
                 // scenarios would report) is not a risk of any run.
                 filter_fp: 1e-12,
                 filter_max_bytes: 16 << 20,
+                aqm: loopix_engine::aqm::AqmSettings::OFF,
             };
             let (control, control_rx) = bounded(8);
             let metrics = Arc::new(ShardMetrics::default());
