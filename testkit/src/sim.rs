@@ -698,6 +698,15 @@ impl SimNetwork {
         self.client_events(j);
     }
 
+    /// Tell node `i`'s shard to halt (send nothing but its own loops) or
+    /// resume, as the (n−1) detector's `halt` response does.
+    pub fn halt(&mut self, i: usize, on: bool) {
+        self.nodes[i]
+            .control
+            .send(Control::Halt(on))
+            .expect("shard alive");
+    }
+
     /// Reload every node onto a topology that lists the mixes of each layer
     /// in reverse order (so their indices move), one node per `stagger_us`
     /// of simulated time while traffic keeps flowing.

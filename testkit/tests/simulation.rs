@@ -385,3 +385,55 @@ fn an_idle_mix_departs_as_a_poisson_process_of_loops() {
         }
     }
 }
+
+/// The (n−1) detector's `halt` response at the shard: a halted mix sends
+/// its own loops and nothing else (what it would forward is counted as
+/// `halted`), and after it resumes it forwards again with no more such
+/// drops. Clients' traffic gives it packets to forward.
+#[test]
+fn a_halted_mix_sends_only_its_own_loops() {
+    let config = SimConfig {
+        lambda_m: 5.0,
+        ..SimConfig::small(21)
+    };
+    let mut sim = SimNetwork::new(config);
+    let m = sim
+        .nodes
+        .iter()
+        .position(|n| n.layer == 1)
+        .expect("a layer-1 mix");
+    let load = |v: &std::sync::atomic::AtomicU64| v.load(std::sync::atomic::Ordering::Relaxed);
+    sim.run_until(1_000_000);
+    sim.halt(m, true);
+    sim.run_until(1_050_000);
+    let (fwd0, loops0) = (
+        load(&sim.nodes[m].metrics.forwarded),
+        load(&sim.nodes[m].metrics.loops_sent),
+    );
+    let halted0 = sim.nodes[m].drops(DropReason::Halted);
+    sim.run_until(4_000_000);
+    let node = &sim.nodes[m];
+    let forwarded = load(&node.metrics.forwarded) - fwd0;
+    let loops = load(&node.metrics.loops_sent) - loops0;
+    let halted = node.drops(DropReason::Halted) - halted0;
+    assert!(halted > 50, "too little traffic to mean anything: {halted}");
+    assert!(loops > 0, "no own loop left while halted");
+    assert_eq!(forwarded, loops, "a halted mix forwarded others' packets");
+    sim.halt(m, false);
+    sim.run_until(4_200_000);
+    let (fwd1, halted1) = (
+        load(&sim.nodes[m].metrics.forwarded),
+        sim.nodes[m].drops(DropReason::Halted),
+    );
+    sim.run_until(6_000_000);
+    let node = &sim.nodes[m];
+    assert_eq!(
+        node.drops(DropReason::Halted),
+        halted1,
+        "halted after resuming"
+    );
+    assert!(
+        load(&node.metrics.forwarded) - fwd1 > 50,
+        "nothing forwarded after resuming"
+    );
+}
