@@ -117,7 +117,9 @@ impl Aqm {
         self.settings.target_us > 0 && self.settings.interval_us > 0
     }
 
-    /// A packet left `lateness_us` after its deadline, at `now_us`.
+    /// A packet left `lateness_us` after its deadline, at `now_us` (shard
+    /// clock, µs). O(1) and no allocation (once per sent packet); closes the
+    /// interval if one has passed.
     pub fn observe(&mut self, lateness_us: u64, now_us: u64) {
         if !self.on() {
             return;
@@ -128,7 +130,7 @@ impl Aqm {
     }
 
     /// At a receive at `now_us`, the shard's input has not been empty for
-    /// `standing_us` (0 if it just was).
+    /// `standing_us` (0 if it just was). O(1), once per receive batch.
     pub fn observe_backlog(&mut self, standing_us: u64, now_us: u64) {
         if !self.on() {
             return;
@@ -188,14 +190,19 @@ impl Aqm {
             }
         }
         self.p = p;
-        self.cut = if p >= 1.0 {
+        // `cut == 0` exactly when `p == 0`, so `admit` draws once for any
+        // `p > 0` and never at 0.
+        self.cut = if p <= 0.0 {
+            0
+        } else if p >= 1.0 {
             u64::MAX
         } else {
-            (p * u64::MAX as f64) as u64
+            ((p * u64::MAX as f64) as u64).max(1)
         };
     }
 
     /// Whether to admit an arriving packet: false with the drop probability.
+    /// One generator draw when `p > 0`, none when `p == 0` (a comparison).
     pub fn admit(&mut self) -> bool {
         if self.cut == 0 {
             return true;
@@ -253,6 +260,55 @@ mod tests {
         }
         assert_eq!(admitted, 100_000);
         assert!(a.delay_estimate_us() > 0.0);
+    }
+
+    #[test]
+    fn under_a_fluctuating_delay_below_the_target_p_stays_zero() {
+        // The delay jumps between intervals (0 to 4.3 ms of lateness plus
+        // up to 0.5 ms of standing queue, some intervals idle), always under
+        // the 5 ms target. A rise of the error that stays negative must not
+        // lift p off 0 (the velocity form's proportional term would), and
+        // at p == 0 `admit` must not draw.
+        let mut a = Aqm::new(settings(), 5);
+        let rng = a.rng;
+        let mut admitted = 0u32;
+        for k in 0..1_000u64 {
+            let start = k * 100_000;
+            let level = (k.wrapping_mul(7_919) % 10) * 480;
+            if k % 13 == 0 {
+                a.tick(start + 50_000); // an idle interval
+            } else {
+                for i in 0..100u64 {
+                    let now = start + i * 1_000;
+                    a.observe(level + (i % 7) * 20, now);
+                    a.observe_backlog((i * 37) % 500, now);
+                }
+            }
+            for _ in 0..100 {
+                admitted += u32::from(a.admit());
+            }
+            assert_eq!(a.drop_probability(), 0.0, "interval {k}");
+        }
+        assert_eq!(admitted, 100_000);
+        assert_eq!(a.rng, rng, "admit drew at p == 0");
+    }
+
+    #[test]
+    fn admit_draws_once_when_p_is_above_zero() {
+        let mut a = Aqm::new(settings(), 11);
+        // Four intervals at 20 ms of lateness: four times the target.
+        for k in 0..=4u64 {
+            a.observe(20_000, k * 100_000);
+        }
+        assert!(a.drop_probability() > 0.0);
+        let before = a.rng;
+        for _ in 0..1_000 {
+            a.admit();
+        }
+        assert_eq!(
+            a.rng,
+            before.wrapping_add(1_000u64.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        );
     }
 
     #[test]

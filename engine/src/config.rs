@@ -493,8 +493,13 @@ impl DetectorSection {
 }
 
 fn default_aqm_target_ms() -> f64 {
-    5.0
+    // The standing queue overstates the wait near full load: node-bench saw
+    // drops at about 93% of a shard's CPU with 5 and 20 ms (docs/aqm.md).
+    // 100 ms keeps the AQM to overloads and is still far under the 0.7 s of
+    // work a full 8 MiB socket buffer holds, where the kernel drops.
+    100.0
 }
+
 fn default_aqm_interval_ms() -> u64 {
     100
 }
@@ -536,7 +541,7 @@ impl AqmSection {
             return Err((
                 "aqm.target_ms",
                 format!(
-                    "is {}; use 0 (off) to 60000 milliseconds (default 5)",
+                    "is {}; use 0 (off) to 60000 milliseconds (default 100)",
                     a.target_ms
                 ),
             ));

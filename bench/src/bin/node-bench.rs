@@ -5,7 +5,7 @@
 //! [--quick] [--io auto|uring|portable] [--step-s S] [--mean-delay-us N]
 //! [--start-pps N] [--growth F] [--precision F] [--budget-s N]
 //! [--filter-rate-pps N] [--floor-iters N] [--node-core N] [--gen-core N]
-//! [--sink-poll-us N] [--node-batch N] [--lambda-m R]`.
+//! [--sink-poll-us N] [--node-batch N] [--lambda-m R] [--aqm-target-ms MS]`.
 //!
 //! What it does:
 //! - lays out a loopback network with `LocalNet::create`: one provider and
@@ -149,6 +149,7 @@ usage: node-bench [--json] [--quick] [--io auto|uring|portable] [--step-s S]
                   [--precision F] [--budget-s N] [--filter-rate-pps N]
                   [--floor-iters N] [--node-core N] [--gen-core N]
                   [--sink-poll-us N] [--node-batch N] [--lambda-m R]
+                  [--aqm-target-ms MS]
   --json               after the table, print one JSON object as the last line
   --quick              smoke run: 1 s steps, growth 1.6, precision 10%,
                        budget 60 s, 1000 floor iterations (explicit flags win)
@@ -172,7 +173,10 @@ usage: node-bench [--json] [--quick] [--io auto|uring|portable] [--step-s S]
   --node-batch N       set engine.batch of the node (datagrams per receive or
                        send call; default: the engine's default, 64)
   --lambda-m R         the mix's own loops per second (loops.lambda_m;
-                       default 0: none; the paper's rate is 0.1667)";
+                       default 0: none; the paper's rate is 0.1667)
+  --aqm-target-ms MS   set aqm.target_ms of the node (0: AQM off; default:
+                       the engine's default). Near capacity the AQM drops
+                       arrivals, which counts as loss here";
 
 /// Command-line options.
 #[derive(Debug, Clone)]
@@ -192,6 +196,7 @@ struct Options {
     sink_poll_us: u64,
     node_batch: Option<u64>,
     lambda_m: f64,
+    aqm_target_ms: Option<f64>,
 }
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
@@ -212,6 +217,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         sink_poll_us: 200,
         node_batch: None,
         lambda_m: 0.0,
+        aqm_target_ms: None,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -259,6 +265,13 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--gen-core" => o.gen_core = whole(arg, value(arg)?)? as usize,
             "--sink-poll-us" => o.sink_poll_us = whole(arg, value(arg)?)?,
             "--node-batch" => o.node_batch = Some(whole(arg, value(arg)?)?),
+            "--aqm-target-ms" => {
+                let v = value(arg)?;
+                o.aqm_target_ms = match v.parse::<f64>() {
+                    Ok(x) if x.is_finite() && (0.0..=60_000.0).contains(&x) => Some(x),
+                    _ => return Err(format!("--aqm-target-ms needs 0 to 60000, got {v:?}")),
+                }
+            }
             "--lambda-m" => {
                 let v = value(arg)?;
                 o.lambda_m = match v.parse::<f64>() {
@@ -1240,7 +1253,10 @@ fn run(opts: &Options) -> Result<String, String> {
             .ok_or("the mix has no config")?;
         let text =
             std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let text = text.replacen("[detector]\n", "[detector]\nresponse = \"log\"\n", 1);
+        let mut text = text.replacen("[detector]\n", "[detector]\nresponse = \"log\"\n", 1);
+        if let Some(t) = opts.aqm_target_ms {
+            text.push_str(&format!("\n[aqm]\ntarget_ms = {t:?}\n"));
+        }
         std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     if let Some(batch) = opts.node_batch {
@@ -1500,6 +1516,7 @@ fn run(opts: &Options) -> Result<String, String> {
             "sink_poll_us": opts.sink_poll_us,
             "node_batch": opts.node_batch,
             "lambda_m": opts.lambda_m,
+            "aqm_target_ms": opts.aqm_target_ms,
             "load_avg_before": load_before.map_or(Value::Null, num),
             "load_avg_after": load_after.map_or(Value::Null, num),
             "pps_max": num(pps_max),
