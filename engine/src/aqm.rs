@@ -56,6 +56,17 @@ const P_FLOOR: f64 = 0.002;
 /// Intervals an idle shard catches up on at most (more means idle: reset).
 const MAX_CATCH_UP: u64 = 64;
 
+/// splitmix64 (Steele, Lea, Flood): the next 64 bits from `state`. Fast
+/// and well mixed, not cryptographic: the AQM's drops and the engine's
+/// seeded tests use it, nothing secret does.
+pub fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// Settings (from config `[aqm]`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AqmSettings {
@@ -207,13 +218,7 @@ impl Aqm {
         if self.cut == 0 {
             return true;
         }
-        // splitmix64
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        z >= self.cut
+        splitmix64(&mut self.rng) >= self.cut
     }
 
     /// The drop probability now.
@@ -339,13 +344,7 @@ mod tests {
         const ADMIT_US: f64 = 100.0; // capacity 10,000 packets/s
         const DROP_US: f64 = 2.0;
         let mut rng = seed;
-        let mut uniform = || {
-            rng = rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = rng;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64 + 1e-18
-        };
+        let mut uniform = || (splitmix64(&mut rng) >> 11) as f64 / (1u64 << 53) as f64 + 1e-18;
         let mut queue: VecDeque<f64> = VecDeque::new();
         let mut next_arrival = 0.0f64;
         let mut wheel: BinaryHeap<std::cmp::Reverse<u64>> = BinaryHeap::new();

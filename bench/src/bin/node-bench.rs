@@ -1244,32 +1244,23 @@ fn run(opts: &Options) -> Result<String, String> {
     };
     let net = LocalNet::create(dir.path(), &spec)?;
     let mix = *net.layer(1).first().ok_or("the network has no mix")?;
-    {
-        // The loops go to the sink and never return: keep the detector from
-        // changing the loop rate (see the module documentation).
-        let path = net.nodes[mix]
-            .config
-            .clone()
-            .ok_or("the mix has no config")?;
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut text = text.replacen("[detector]\n", "[detector]\nresponse = \"log\"\n", 1);
-        if let Some(t) = opts.aqm_target_ms {
-            text.push_str(&format!("\n[aqm]\ntarget_ms = {t:?}\n"));
-        }
-        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
-    }
+    // The mix's config: the loops go to the sink and never return, so keep
+    // the detector from changing the loop rate (see the module
+    // documentation); `LocalNetSpec` has no batch or AQM field.
+    let path = net.nodes[mix]
+        .config
+        .clone()
+        .ok_or("the mix has no config")?;
+    let mut text =
+        std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text = text.replacen("[detector]\n", "[detector]\nresponse = \"log\"\n", 1);
     if let Some(batch) = opts.node_batch {
-        // `LocalNetSpec` has no batch field: add the key to the config file.
-        let path = net.nodes[mix]
-            .config
-            .clone()
-            .ok_or("the mix has no config")?;
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let text = text.replacen("[engine]\n", &format!("[engine]\nbatch = {batch}\n"), 1);
-        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        text = text.replacen("[engine]\n", &format!("[engine]\nbatch = {batch}\n"), 1);
     }
+    if let Some(t) = opts.aqm_target_ms {
+        text.push_str(&format!("\n[aqm]\ntarget_ms = {t:?}\n"));
+    }
+    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
 
     // The floor, on the node's core, before any node runs.
