@@ -371,10 +371,6 @@ mod tests {
             }
             // Read one batch.
             let n = queue.len().min(BATCH);
-            if n < BATCH {
-                empty_at = now;
-            }
-            aqm.observe_backlog((now - empty_at) as u64, now as u64);
             if n == 0 {
                 now = next_arrival.min(
                     wheel
@@ -396,6 +392,12 @@ mod tests {
                     now += DROP_US;
                 }
             }
+            // As the shard, after the batch: less than a full one, or none
+            // arrived meanwhile, means the input is empty now.
+            if n < BATCH || (queue.is_empty() && next_arrival > now) {
+                empty_at = now;
+            }
+            aqm.observe_backlog((now - empty_at) as u64, now as u64);
             if now >= second_end {
                 let n = read.max(1) as f64;
                 out.push((wait_sum / n, admitted as f64 / n, aqm.drop_probability()));

@@ -518,10 +518,11 @@ impl Shard {
                 state.metrics.overhead.record(now.saturating_sub(at));
             }
         })?;
-        // Less than a full batch: the input was empty when it was read. The
-        // time since then is the standing queue the AQM watches.
+        // Less than a full batch, or nothing left after a full one: the input
+        // is empty now. The time since it last was is the standing queue the
+        // AQM watches.
         let now = clock.now_us();
-        if n < state.settings.batch {
+        if n < state.settings.batch || !self.backend.input_pending() {
             state.input_empty_at_us = now;
         }
         let standing = now.saturating_sub(state.input_empty_at_us);

@@ -83,6 +83,11 @@ pub trait Backend {
 
     /// Datagrams queued and not yet flushed.
     fn queued(&self) -> usize;
+
+    /// Whether more received datagrams wait to be handed over (checked
+    /// after a full batch: the shard's AQM needs to know when its input was
+    /// last empty). Cheap: a look at the completion queue, or one `ioctl`.
+    fn input_pending(&mut self) -> bool;
 }
 
 /// Create the backend `kind` over `socket`, with `batch` slots of

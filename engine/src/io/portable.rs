@@ -222,6 +222,16 @@ impl Backend for Portable {
         (sent, failed)
     }
 
+    fn input_pending(&mut self) -> bool {
+        let mut next: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int (for UDP, the length of the next
+        // datagram, 0 if none) through a pointer to a live local.
+        let rc = unsafe { libc::ioctl(self.socket.as_raw_fd(), libc::FIONREAD, &mut next) };
+        // On an error, assume input waits: the AQM then errs towards
+        // seeing a queue, never towards missing one.
+        rc != 0 || next > 0
+    }
+
     fn queued(&self) -> usize {
         self.tx_queued
     }

@@ -186,6 +186,10 @@ impl Backend for SimBackend {
         (sent, 0)
     }
 
+    fn input_pending(&mut self) -> bool {
+        self.net.waiting(self.addr) > 0
+    }
+
     fn queued(&self) -> usize {
         self.queue.len()
     }

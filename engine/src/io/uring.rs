@@ -786,6 +786,12 @@ impl Backend for Uring {
         (sent, failed)
     }
 
+    fn input_pending(&mut self) -> bool {
+        // Completions not handed over yet, or a receive that ended for want
+        // of buffers (datagrams may then wait in the socket).
+        !self.stash.is_empty() || !self.ring.completion().is_empty() || !self.armed
+    }
+
     fn queued(&self) -> usize {
         self.tx_queued
     }
