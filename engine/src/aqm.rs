@@ -12,7 +12,9 @@
 //! overload shows before the shard: datagrams wait in the socket (or the
 //! io_uring completion queue) until the shard reads them. The shard knows
 //! when it last found its input empty (a receive that returned less than a
-//! full batch); the time since then, the *standing queue*, bounds how long
+//! full batch, or after which the backend had nothing left,
+//! `Backend::input_pending`); the time since then, the *standing queue*,
+//! bounds how long
 //! the datagram it reads now has waited, and it grows without bound only
 //! when the input outruns the shard. The controlled delay is the sum of the
 //! two, each averaged over an interval: the mean lateness of the packets
