@@ -198,8 +198,6 @@ pub(crate) struct Guard {
     timeout_factor: f64,
     timeout_grace_us: u64,
     mean_delay_us: f64,
-    /// Whether the shards were last told to halt.
-    halted: bool,
 }
 
 impl Guard {
@@ -239,7 +237,6 @@ impl Guard {
             timeout_factor: d.timeout_factor,
             timeout_grace_us: d.timeout_grace_ms * 1000,
             mean_delay_us,
-            halted: false,
         }
     }
 
@@ -388,7 +385,6 @@ impl LoopSender {
                     }
                 }
                 Response::Halt => {
-                    g.halted = alarm;
                     for tx in controls {
                         let _ = tx.send(Control::Halt(alarm));
                     }

@@ -33,7 +33,8 @@
 //!   `loopix_loops_missed_total{reason=unbuilt|queue_full|refused}` (loop
 //!   departures that passed without a loop), and the (n−1) detector's
 //!   `loopix_loops_returned_total`, `loopix_loops_lost_total`,
-//!   `loopix_loops_unmatched_total`, `loopix_loops_return_ratio`,
+//!   `loopix_loops_unmatched_total`, `loopix_loop_returns_queue_full_total`,
+//!   `loopix_loops_return_ratio`,
 //!   `loopix_detector_congestion_ratio`, `loopix_loops_rate_per_second`,
 //!   `loopix_nminus1_alarm` and `loopix_nminus1_alarms_total`;
 //! - AQM, per shard: `loopix_aqm_drop_probability` and
@@ -429,6 +430,9 @@ pub mod names {
     pub const LOOPS_LOST: &str = "loopix_loops_lost_total";
     /// Loop returns with an id not awaited (forged, repeated or too late).
     pub const LOOPS_UNMATCHED: &str = "loopix_loops_unmatched_total";
+    /// Returned loops the shards could not pass to the detector (its queue
+    /// was full): they count as lost.
+    pub const LOOP_RETURNS_QUEUE_FULL: &str = "loopix_loop_returns_queue_full_total";
     /// Returned fraction of the loops resolved in the detector's window
     /// (gauge; absent until the window holds `detector.min_loops`).
     pub const LOOPS_RETURN_RATIO: &str = "loopix_loops_return_ratio";
@@ -594,6 +598,18 @@ fn register_control(
         missed,
     );
     register_detector(registry, base, t);
+    let queue_full = Family::<Labels, Counter>::default();
+    queue_full.get_or_create(base).inc_by(
+        shards
+            .iter()
+            .map(|s| load(&s.loop_returns_queue_full))
+            .sum(),
+    );
+    registry.register(
+        counter(names::LOOP_RETURNS_QUEUE_FULL),
+        "Returned loops not passed to the detector (its queue was full)",
+        queue_full,
+    );
     let serial = Family::<Labels, Gauge>::default();
     serial
         .get_or_create(base)

@@ -224,7 +224,7 @@ pub struct ShardSettings {
     pub filter_fp: f64,
     /// Cap on one filter's size.
     pub filter_max_bytes: u64,
-    /// The AQM on this shard's lateness ([`AqmSettings::OFF`]: none).
+    /// The AQM on this shard's queueing delay ([`AqmSettings::OFF`]: none).
     pub aqm: AqmSettings,
 }
 
@@ -317,7 +317,8 @@ struct State {
     halted: bool,
     /// Drops arrivals at random while the shard runs late.
     aqm: Aqm,
-    /// When a receive last found the input empty (less than a full batch).
+    /// When a receive last found the input empty (less than a full batch,
+    /// or nothing left after one).
     input_empty_at_us: u64,
 }
 
