@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use loopix_crypto::IdentityPublic;
 use serde::Deserialize;
 
+use crate::detector::Response;
+
 /// What to do about `node.operator_key`, for every error about it.
 const OPERATOR_KEY_FIX: &str =
     "set `node.operator_key` to the operator's public key (64 hex digits), \
@@ -351,19 +353,6 @@ fn default_cover_multiple() -> f64 {
 /// Returns a window must expect by default (`window_s = 0`).
 pub const AUTO_WINDOW_RETURNS: f64 = 50.0;
 
-/// What the node does while its loops do not come back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum ResponseChoice {
-    /// Loops at `cover_multiple` × λM until the fraction recovers.
-    #[default]
-    Cover,
-    /// Log and count only.
-    Log,
-    /// Stop forwarding until the fraction recovers (loops continue).
-    Halt,
-}
-
 /// `[detector]`: the (n−1) detector on this node's own loops.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -391,7 +380,7 @@ pub struct DetectorSection {
     pub min_loops: u32,
     /// `cover` (default), `log` or `halt`.
     #[serde(default)]
-    pub response: ResponseChoice,
+    pub response: Response,
     /// In alarm with `response = "cover"`, loops at this multiple of λM.
     #[serde(default = "default_cover_multiple")]
     pub cover_multiple: f64,
@@ -406,7 +395,7 @@ impl Default for DetectorSection {
             timeout_factor: default_timeout_factor(),
             timeout_grace_ms: default_timeout_grace_ms(),
             min_loops: default_min_loops(),
-            response: ResponseChoice::default(),
+            response: Response::default(),
             cover_multiple: default_cover_multiple(),
         }
     }
@@ -849,7 +838,7 @@ operator_key = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a
         assert_eq!(c.loops.lambda_m, 10.0 / 60.0);
         // 50 returns at 10 per minute: five minutes.
         assert_eq!(c.detector.window_s_for(c.loops.lambda_m), 300);
-        assert_eq!(c.detector.response, ResponseChoice::Cover);
+        assert_eq!(c.detector.response, Response::Cover);
         assert!(c.node.public_address.is_none());
         assert_eq!(c.loops.mean_delay_ms, 1.0);
     }

@@ -35,7 +35,7 @@ use loopix_directory::descriptor::epoch_at;
 use loopix_directory::routes::route_table;
 use loopix_directory::topology::{Role, Topology};
 
-use crate::config::{MixConfig, ResponseChoice};
+use crate::config::MixConfig;
 use crate::detector::{loop_timeout_us, Detector, DetectorSettings, Figures, Response, Transition};
 use crate::keyfile::{self, unix_now_s, NodeSecrets};
 use crate::loops::{LoopMaker, LoopPacket, LoopSettings};
@@ -225,11 +225,7 @@ impl Guard {
                 ),
                 min_loops: d.min_loops,
             }),
-            response: match d.response {
-                ResponseChoice::Cover => Response::Cover,
-                ResponseChoice::Log => Response::Log,
-                ResponseChoice::Halt => Response::Halt,
-            },
+            response: d.response,
             cover_multiple: d.cover_multiple,
             returns,
             shards,

@@ -46,11 +46,14 @@ use std::collections::{HashMap, VecDeque};
 /// oldest as lost rather than grow.
 pub const MAX_OUTSTANDING: usize = 1 << 20;
 
-/// What the node does in alarm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the node does in alarm (config `detector.response`, spelled in
+/// lower case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Response {
     /// More cover traffic: loops at `cover_multiple` × λM until the return
     /// fraction recovers (the paper's gentler approach).
+    #[default]
     Cover,
     /// Only log and count.
     Log,
