@@ -252,7 +252,7 @@ impl LocalNet {
         }
         for n in nodes.iter_mut() {
             let path = n.key_dir.with_extension("toml");
-            let config = write_config(n, spec, &topology_path, &operator);
+            let config = config_text(n, spec, &topology_path, &operator);
             std::fs::write(&path, config).map_err(|e| format!("{}: {e}", path.display()))?;
             n.config = Some(path);
         }
@@ -477,7 +477,7 @@ impl Driver {
 }
 
 /// The config file text of node `n` (a provider's `data_dir` is set here).
-fn write_config(
+fn config_text(
     n: &mut LocalNode,
     spec: &LocalNetSpec,
     topology_path: &Path,
@@ -488,8 +488,14 @@ fn write_config(
         IoChoice::Uring => "uring",
         IoChoice::Portable => "portable",
     };
+    // A fronted node listens on its own address behind the one listed.
+    let public = if n.listen == n.address {
+        String::new()
+    } else {
+        format!("public_address = \"{}\"\n", n.address)
+    };
     let config = format!(
-        "[node]\nkey_dir = {:?}\ntopology = {:?}\nlisten = \"{}\"\noperator_key = \"{operator}\"\n\n\
+        "[node]\nkey_dir = {:?}\ntopology = {:?}\nlisten = \"{}\"\n{public}operator_key = \"{operator}\"\n\n\
          [engine]\nshards = {}\npin_cores = {}\nfirst_core = {}\nio = \"{io}\"\npool_packets = {}\ndelay_cap_ms = {}\n\n\
          [replay]\nrate_pps = {}\n\n[epochs]\ngrace_s = {}\n\n[metrics]\nlisten = \"{}\"\n\n[shutdown]\ndrain_ms = {}\n\n\
          [loops]\nlambda_m = {:?}\nmean_delay_ms = {:?}\n\n[detector]\nwindow_s = {}\n",
@@ -509,15 +515,6 @@ fn write_config(
         spec.loop_delay_ms,
         spec.detector_window_s,
     );
-    let config = if n.listen == n.address {
-        config
-    } else {
-        config.replacen(
-            "operator_key",
-            &format!("public_address = \"{}\"\noperator_key", n.address),
-            1,
-        )
-    };
     if n.role != Role::Provider {
         return config;
     }

@@ -955,7 +955,7 @@ fn start_clients(
 
 /// Until `end`: notice a dead node or an interrupt, note each node's first
 /// (n−1) alarm (seconds after `started`, read every half second), and print
-/// progress every second if asked.
+/// progress every second if asked. Returns the outcome and the first alarms.
 fn watch(
     opts: &TestnetOptions,
     net: &LocalNet,
@@ -965,32 +965,10 @@ fn watch(
     (started, end): (Instant, Instant),
 ) -> (Result<(), String>, Vec<Option<f64>>) {
     let mut first_alarm = vec![None; net.nodes.len()];
-    let outcome = watch_until(
-        opts,
-        net,
-        sup,
-        stop,
-        ledger,
-        (started, end),
-        &mut first_alarm,
-    );
-    (outcome, first_alarm)
-}
-
-/// [`watch`]'s loop, writing each first alarm into `first_alarm`.
-fn watch_until(
-    opts: &TestnetOptions,
-    net: &LocalNet,
-    sup: &mut Supervisor,
-    stop: &AtomicBool,
-    ledger: &Mutex<Ledger>,
-    (started, end): (Instant, Instant),
-    first_alarm: &mut [Option<f64>],
-) -> Result<(), String> {
     let mut last: Vec<u64> = vec![0; net.nodes.len()];
     let mut tick = Instant::now();
     let mut alarm_tick = Instant::now();
-    loop {
+    let outcome = loop {
         if alarm_tick.elapsed() >= Duration::from_millis(500) {
             alarm_tick = Instant::now();
             for (i, n) in net.nodes.iter().enumerate() {
@@ -1004,13 +982,15 @@ fn watch_until(
                 }
             }
         }
-        died(sup)?;
+        if let Err(e) = died(sup) {
+            break Err(e);
+        }
         if stop.load(Ordering::Relaxed) {
-            return Err("interrupted".into());
+            break Err("interrupted".into());
         }
         let now = Instant::now();
         if now >= end {
-            return Ok(());
+            break Ok(());
         }
         if opts.progress && now >= tick + Duration::from_secs(1) {
             tick = now;
@@ -1032,7 +1012,8 @@ fn watch_until(
             );
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
+    (outcome, first_alarm)
 }
 
 /// Every node's counters at the end.
