@@ -88,6 +88,17 @@ fn header(id: [u8; 16], index: u16, count: u16, surb_len: u16) -> Vec<u8> {
     v
 }
 
+/// Fragments a message of `len` bytes takes (the first one smaller by a
+/// SURB with `with_surb`).
+pub fn fragments_needed(g: &Geometry, len: usize, with_surb: bool) -> usize {
+    let first_cap = data_capacity(g, with_surb);
+    if len <= first_cap {
+        1
+    } else {
+        1 + (len - first_cap).div_ceil(data_capacity(g, false))
+    }
+}
+
 /// Split `data` into fragments; with `with_surb` the first one reserves
 /// room for a SURB (filled by [`attach_surb`]). `Err(needed)` if more than
 /// `max` fragments would be needed.
@@ -100,11 +111,7 @@ pub fn split(
 ) -> Result<Vec<Vec<u8>>, usize> {
     let first_cap = data_capacity(g, with_surb);
     let cap = data_capacity(g, false);
-    let needed = if data.len() <= first_cap {
-        1
-    } else {
-        1 + (data.len() - first_cap).div_ceil(cap)
-    };
+    let needed = fragments_needed(g, data.len(), with_surb);
     if needed > usize::from(max) {
         return Err(needed);
     }

@@ -388,6 +388,26 @@ impl Client {
         fragment::data_capacity(&self.geometry, false)
     }
 
+    /// Whether a message of `len` bytes can be sent in one [`send`](Self::send)
+    /// under `limits`: checked before going online, so that a message that
+    /// can never leave is refused without a trace on the wire.
+    pub fn check_length(
+        geometry: &Geometry,
+        limits: &ClientLimits,
+        len: usize,
+        with_surb: bool,
+    ) -> Result<(), ClientError> {
+        let needed = fragment::fragments_needed(geometry, len, with_surb);
+        if needed > usize::from(limits.fragments_per_message) {
+            return Err(ClientError::TooLong {
+                len,
+                needed,
+                max: limits.fragments_per_message,
+            });
+        }
+        Ok(())
+    }
+
     /// Queue `data` for `to`, split into fragments; with `with_surb`, the
     /// first fragment carries a SURB so the recipient can reply. Fragments
     /// leave one per `lambda_p` event, in order.

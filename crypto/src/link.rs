@@ -284,6 +284,21 @@ impl ReplayWindow {
         Self::default()
     }
 
+    /// A window that refuses every counter at or below `top` (a restart's
+    /// saved top: what came before is unknown, so all of it counts as seen)
+    /// and accepts any above it.
+    pub fn resume_above(top: u64) -> Self {
+        Self {
+            highest: Some(top),
+            bits: [u64::MAX; WINDOW_WORDS],
+        }
+    }
+
+    /// The highest counter committed, if any.
+    pub fn highest(&self) -> Option<u64> {
+        self.highest
+    }
+
     fn slot(counter: u64) -> (usize, u64) {
         let pos = counter % REPLAY_WINDOW;
         ((pos / 64) as usize, 1u64 << (pos % 64))
@@ -408,6 +423,20 @@ mod tests {
     fn low_order_peer_refused() {
         let a = SecretKey::from_bytes([1; 32]);
         assert!(LinkKey::derive(&a, &PublicKey::from_bytes([0; 32])).is_none());
+    }
+
+    #[test]
+    fn resumed_window_refuses_everything_up_to_its_top() {
+        let mut w = ReplayWindow::resume_above(5000);
+        assert_eq!(w.highest(), Some(5000));
+        for c in [0, 1, 3000, 3976, 3977, 4999, 5000] {
+            assert!(w.check(c).is_err(), "counter {c} accepted");
+        }
+        assert!(w.check(5001).is_ok());
+        w.commit(5003);
+        assert!(w.check(5001).is_ok() && w.check(5002).is_ok());
+        assert!(w.check(5000).is_err() && w.check(5003).is_err());
+        assert_eq!(ReplayWindow::new().highest(), None);
     }
 
     #[test]

@@ -83,6 +83,20 @@ pub struct NodeSection {
     /// signed by it.
     #[serde(deserialize_with = "operator_key")]
     pub operator_key: IdentityPublic,
+    /// Where the node keeps what must outlive a restart: the replay
+    /// filters and the link state (docs/restarts.md). Unset: `state` inside
+    /// `key_dir`. Locked, like `key_dir`, by the one running node.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl NodeSection {
+    /// `state_dir`, or its default `<key_dir>/state`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| self.key_dir.join("state"))
+    }
 }
 
 fn operator_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<IdentityPublic, D::Error> {
@@ -181,9 +195,18 @@ pub struct ReplaySection {
     /// Target false-positive rate at that rate over one epoch.
     #[serde(default = "default_fp")]
     pub fp_rate: f64,
-    /// Refuse to start if one shard's filter for one epoch would exceed this.
+    /// Refuse to start if the node's filter for one epoch would exceed this.
     #[serde(default = "default_filter_mb")]
     pub max_filter_mb: u64,
+    /// Write the filters and the link state to the disk at least this
+    /// often: what a power loss can forget (a crashed process forgets
+    /// nothing). Each sync writes up to the filters' size.
+    #[serde(default = "default_sync_s")]
+    pub sync_s: u64,
+}
+
+fn default_sync_s() -> u64 {
+    10
 }
 
 impl Default for ReplaySection {
@@ -192,6 +215,7 @@ impl Default for ReplaySection {
             rate_pps: default_rate(),
             fp_rate: default_fp(),
             max_filter_mb: default_filter_mb(),
+            sync_s: default_sync_s(),
         }
     }
 }
@@ -201,12 +225,31 @@ fn default_grace_s() -> u64 {
 }
 
 /// `[epochs]`: key rotation.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EpochSection {
     /// Accept the previous epoch's key for this long after the change.
     #[serde(default = "default_grace_s")]
     pub grace_s: u64,
+    /// Warn (and say so in `loopix_future_keys`) when fewer mix keys than
+    /// this remain for the epochs after the current one.
+    #[serde(default = "default_min_future_keys")]
+    pub min_future_keys: u64,
+}
+
+fn default_min_future_keys() -> u64 {
+    3
+}
+
+// Written out: a derived `Default` gave a config without `[epochs]` a grace
+// of 0 s instead of the documented 300 s.
+impl Default for EpochSection {
+    fn default() -> Self {
+        EpochSection {
+            grace_s: default_grace_s(),
+            min_future_keys: default_min_future_keys(),
+        }
+    }
 }
 
 /// `[metrics]`: the Prometheus endpoint.
@@ -785,6 +828,12 @@ impl MixConfig {
         if r.rate_pps == 0 {
             return Err(bad("replay.rate_pps", "must be at least 1".into()));
         }
+        if r.sync_s == 0 || r.sync_s > 3600 {
+            return Err(bad(
+                "replay.sync_s",
+                format!("is {}; use 1 to 3600 seconds (default 10)", r.sync_s),
+            ));
+        }
         if !(r.fp_rate > 0.0 && r.fp_rate < 0.5) {
             return Err(bad(
                 "replay.fp_rate",
@@ -834,6 +883,9 @@ operator_key = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a
         assert_eq!(c.engine.shards, 1);
         assert_eq!(c.engine.io, IoChoice::Auto);
         assert_eq!(c.replay.fp_rate, 1e-6);
+        assert_eq!(c.replay.sync_s, 10);
+        assert_eq!((c.epochs.grace_s, c.epochs.min_future_keys), (300, 3));
+        assert_eq!(c.node.state_dir(), Path::new("keys").join("state"));
         assert!(c.metrics.listen.is_none());
         assert_eq!(c.loops.lambda_m, 10.0 / 60.0);
         // 50 returns at 10 per minute: five minutes.

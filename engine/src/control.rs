@@ -42,8 +42,8 @@ use crate::loops::{LoopMaker, LoopPacket, LoopSettings};
 use crate::metrics::{ControlMetrics, DropReason, ShardMetrics};
 use crate::node::build_links;
 use crate::provider::RegistryWatch;
-use crate::replay::{BloomFilter, FilterSizing};
 use crate::shard::{Control, EpochKey, Links, LoopReturn};
+use crate::state::ReplayFiles;
 
 /// A node's control plane (see the module documentation).
 pub(crate) struct ControlPlane<'a> {
@@ -57,8 +57,8 @@ pub(crate) struct ControlPlane<'a> {
     pub(crate) secrets: NodeSecrets,
     /// The epochs whose keys the shards accept now, current first.
     pub(crate) epochs: Vec<u64>,
-    /// The shards' filter sizing, for the filters of later epochs.
-    pub(crate) sizing: FilterSizing,
+    /// The replay filter files: later epochs' filters are opened there.
+    pub(crate) replay: ReplayFiles,
     /// One bounded channel to each shard.
     pub(crate) controls: Vec<Sender<Control>>,
     pub(crate) control_metrics: Arc<ControlMetrics>,
@@ -145,21 +145,57 @@ impl ControlPlane<'_> {
         if !self.secrets.mix.contains_key(&want[0]) {
             eprintln!("loopix: no key for the current epoch {}; packets will be dropped (bad_mac) until one is added", want[0]);
         }
-        // Build and fault in the new epochs' filters here, on the control
-        // thread, so that no shard stalls on page faults.
-        let fresh: Vec<u64> = want
-            .iter()
-            .copied()
-            .filter(|e| !self.epochs.contains(e))
-            .collect();
+        // Open (resume or create) and fault in the new epochs' filters
+        // here, on the control thread, so that no shard stalls on page
+        // faults; retired epochs' files go.
+        let (fresh, failed) = self.replay.open_epochs(&want);
+        for (epoch, why) in failed {
+            eprintln!("loopix: epoch {epoch}: {why}; its shards keep an in-memory filter, which a restart forgets");
+        }
         for tx in &self.controls {
-            let filters = fresh
-                .iter()
-                .map(|&e| (e, BloomFilter::with_sizing(self.sizing)))
-                .collect();
-            let _ = tx.send(Control::Keys(epoch_keys(&self.secrets, &want), filters));
+            let _ = tx.send(Control::Keys(
+                epoch_keys(&self.secrets, &want),
+                fresh.clone(),
+            ));
         }
         self.epochs = want;
+        self.key_hygiene();
+    }
+
+    /// Delete the mix keys of retired epochs (from the disk and from
+    /// memory), count the keys left for later epochs and warn when fewer
+    /// than `epochs.min_future_keys` remain. Run at start and at every
+    /// change of the accepted epochs.
+    pub(crate) fn key_hygiene(&mut self) {
+        let (Some(&current), Some(&oldest)) = (self.epochs.first(), self.epochs.iter().min())
+        else {
+            return;
+        };
+        let dir = &self.config.node.key_dir;
+        match keyfile::remove_mix_keys_before(dir, oldest) {
+            Ok(gone) if !gone.is_empty() => {
+                eprintln!("loopix: deleted the retired mix keys of epochs {gone:?}");
+                self.control_metrics
+                    .retired_keys_deleted
+                    .fetch_add(gone.len() as u64, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("loopix: cannot delete retired mix keys: {e}"),
+        }
+        self.secrets.mix.retain(|&e, _| e >= oldest);
+        let future = keyfile::read_mix_keys(dir)
+            .map(|k| k.range(current + 1..).count() as u64)
+            .unwrap_or(0);
+        self.control_metrics
+            .future_keys
+            .store(future, Ordering::Relaxed);
+        let min = self.config.epochs.min_future_keys;
+        if future < min {
+            eprintln!(
+                "loopix: only {future} mix key(s) left after the current epoch {current} (warning below {min}); run `loopix keygen --dir {} --epochs N` and publish the new descriptor",
+                dir.display()
+            );
+        }
     }
 }
 

@@ -49,6 +49,13 @@ pub enum KeyError {
         /// Its mode.
         mode: u32,
     },
+    /// No link key: the directory was never set up by `loopix keygen` (or
+    /// `node.key_dir` names the wrong one).
+    #[error("{dir}: no link.key; this is not a node key directory yet: run `loopix keygen --dir {dir} --address HOST:PORT` to create the node's keys (or point node.key_dir at the directory it made)")]
+    MissingLinkKey {
+        /// The key directory.
+        dir: PathBuf,
+    },
     /// A key directory from before identity keys.
     #[error("{dir}: no identity.key (this key directory predates signed topologies); run `loopix keygen --dir {dir}` again to add one, then rebuild the topology")]
     MissingIdentity {
@@ -251,6 +258,21 @@ pub fn read_mix_keys(dir: &Path) -> Result<BTreeMap<u64, SecretKey>, KeyError> {
     Ok(keys)
 }
 
+/// Delete the mix keys of epochs below `oldest_kept` from `dir` (their
+/// grace period is over: kept on disk, a later seizure would decrypt
+/// recorded traffic of their epochs). Returns the epochs deleted.
+pub fn remove_mix_keys_before(dir: &Path, oldest_kept: u64) -> Result<Vec<u64>, KeyError> {
+    let mut gone = Vec::new();
+    for epoch in read_mix_keys(dir)?.into_keys() {
+        if epoch < oldest_kept {
+            let p = mix_key_path(dir, epoch);
+            fs::remove_file(&p).map_err(io_err(&p))?;
+            gone.push(epoch);
+        }
+    }
+    Ok(gone)
+}
+
 /// The node's secrets as loaded at start.
 pub struct NodeSecrets {
     /// Ed25519 identity key.
@@ -264,7 +286,13 @@ pub struct NodeSecrets {
 /// Load `link.key`, `identity.key` and every mix key from `dir`;
 /// `need_epoch` must be present.
 pub fn load_node_secrets(dir: &Path, need_epoch: u64) -> Result<NodeSecrets, KeyError> {
-    let link = read_secret(&dir.join("link.key"))?;
+    let link_path = dir.join("link.key");
+    if !link_path.exists() {
+        return Err(KeyError::MissingLinkKey {
+            dir: dir.to_owned(),
+        });
+    }
+    let link = read_secret(&link_path)?;
     let identity_path = dir.join("identity.key");
     if !identity_path.exists() {
         return Err(KeyError::MissingIdentity {
@@ -346,6 +374,34 @@ mod tests {
         *s = format!("{}{}", if s.starts_with('0') { '1' } else { '0' }, &s[1..]);
         let err = flipped.verify("d").expect_err("flipped");
         assert!(err.contains("mix key for epoch 8"), "{err}");
+    }
+
+    #[test]
+    fn missing_link_key_points_at_keygen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = load_node_secrets(dir.path(), 1).err().expect("no keys");
+        let text = e.to_string();
+        assert!(text.contains("no link.key"), "{text}");
+        assert!(text.contains("loopix keygen --dir"), "{text}");
+    }
+
+    #[test]
+    fn retired_mix_keys_are_removed_and_the_rest_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        keygen(dir.path(), 3600, 5, 4).expect("keygen");
+        assert_eq!(
+            remove_mix_keys_before(dir.path(), 7).expect("removed"),
+            vec![5, 6]
+        );
+        let left: Vec<u64> = read_mix_keys(dir.path())
+            .expect("read")
+            .into_keys()
+            .collect();
+        assert_eq!(left, vec![7, 8]);
+        assert!(dir.path().join("link.key").exists());
+        assert!(remove_mix_keys_before(dir.path(), 7)
+            .expect("again")
+            .is_empty());
     }
 
     #[test]

@@ -22,4 +22,5 @@ pub mod node;
 pub mod provider;
 pub mod replay;
 pub mod shard;
+pub mod state;
 pub mod wheel;

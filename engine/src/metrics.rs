@@ -36,7 +36,10 @@
 //!   `loopix_loops_unmatched_total`, `loopix_loop_returns_queue_full_total`,
 //!   `loopix_loops_return_ratio`,
 //!   `loopix_detector_congestion_ratio`, `loopix_loops_rate_per_second`,
-//!   `loopix_nminus1_alarm` and `loopix_nminus1_alarms_total`;
+//!   `loopix_nminus1_alarm` and `loopix_nminus1_alarms_total`; restart
+//!   safety's `loopix_state_syncs_total`, `loopix_state_sync_errors_total`,
+//!   `loopix_state_sync_seconds`, `loopix_future_keys` and
+//!   `loopix_retired_keys_deleted_total`;
 //! - AQM, per shard: `loopix_aqm_drop_probability` and
 //!   `loopix_dropped_total{reason="aqm"}`.
 
@@ -100,11 +103,14 @@ pub enum DropReason {
     /// The node is in (n−1) alarm with `detector.response = "halt"`: it
     /// emits nothing but its own loops.
     Halted,
+    /// Dropped by the kernel before the node read it: the socket's receive
+    /// queue was full (overload), or its socket filter refused it.
+    Kernel,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 22] = [
+    pub const ALL: [DropReason; 23] = [
         DropReason::BadLength,
         DropReason::BadFrame,
         DropReason::Unauthenticated,
@@ -127,6 +133,7 @@ impl DropReason {
         DropReason::NextHopRemoved,
         DropReason::Aqm,
         DropReason::Halted,
+        DropReason::Kernel,
     ];
 
     /// The label value.
@@ -154,6 +161,7 @@ impl DropReason {
             DropReason::NextHopRemoved => "next_hop_removed",
             DropReason::Aqm => "aqm",
             DropReason::Halted => "halted",
+            DropReason::Kernel => "kernel",
         }
     }
 
@@ -393,6 +401,16 @@ pub struct ControlMetrics {
     pub alarms: AtomicU64,
     /// The loop rate now, as `f64::to_bits`.
     pub loops_rate_bits: AtomicU64,
+    /// Replay state made durable (link state written, filters synced).
+    pub state_syncs: AtomicU64,
+    /// Syncs that failed in part.
+    pub state_sync_errors: AtomicU64,
+    /// The last sync's duration, µs.
+    pub state_sync_last_us: AtomicU64,
+    /// Mix keys of epochs after the current one on disk.
+    pub future_keys: AtomicU64,
+    /// Retired mix keys deleted.
+    pub retired_keys_deleted: AtomicU64,
 }
 
 impl ControlMetrics {
@@ -499,6 +517,16 @@ pub mod names {
     pub const TOPOLOGY_SERIAL: &str = "loopix_topology_serial";
     /// SIGHUP reloads, by `result` (`ok`, `refused`).
     pub const TOPOLOGY_RELOADS: &str = "loopix_topology_reloads_total";
+    /// Replay state written to the disk (link state and filters synced).
+    pub const STATE_SYNCS: &str = "loopix_state_syncs_total";
+    /// State syncs that failed in part.
+    pub const STATE_SYNC_ERRORS: &str = "loopix_state_sync_errors_total";
+    /// The last state sync's duration (gauge).
+    pub const STATE_SYNC_SECONDS: &str = "loopix_state_sync_seconds";
+    /// Mix keys on disk for epochs after the current one (gauge).
+    pub const FUTURE_KEYS: &str = "loopix_future_keys";
+    /// Retired mix keys deleted.
+    pub const RETIRED_KEYS_DELETED: &str = "loopix_retired_keys_deleted_total";
 }
 
 /// The name to register a counter under: the client library adds `_total`.
@@ -574,6 +602,49 @@ fn register_detector(registry: &mut Registry, base: &Labels, t: &ControlMetrics)
     }
 }
 
+/// The restart-safety series: state syncs and key hygiene.
+fn register_state(registry: &mut Registry, base: &Labels, t: &ControlMetrics) {
+    let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
+    for (name, help, v) in [
+        (
+            names::STATE_SYNCS,
+            "Replay state written to the disk",
+            &t.state_syncs,
+        ),
+        (
+            names::STATE_SYNC_ERRORS,
+            "Replay state syncs that failed in part",
+            &t.state_sync_errors,
+        ),
+        (
+            names::RETIRED_KEYS_DELETED,
+            "Retired mix keys deleted",
+            &t.retired_keys_deleted,
+        ),
+    ] {
+        let f = Family::<Labels, Counter>::default();
+        f.get_or_create(base).inc_by(load(v));
+        registry.register(counter(name), help, f);
+    }
+    let future = Family::<Labels, Gauge>::default();
+    future
+        .get_or_create(base)
+        .set(i64::try_from(load(&t.future_keys)).unwrap_or(i64::MAX));
+    registry.register(
+        names::FUTURE_KEYS,
+        "Mix keys on disk for epochs after the current one",
+        future,
+    );
+    let took = Family::<Labels, FloatGauge>::default();
+    took.get_or_create(base)
+        .set(load(&t.state_sync_last_us) as f64 / 1e6);
+    registry.register(
+        names::STATE_SYNC_SECONDS,
+        "The last replay state sync's duration",
+        took,
+    );
+}
+
 fn register_control(
     registry: &mut Registry,
     base: &Labels,
@@ -598,6 +669,7 @@ fn register_control(
         missed,
     );
     register_detector(registry, base, t);
+    register_state(registry, base, t);
     let queue_full = Family::<Labels, Counter>::default();
     queue_full.get_or_create(base).inc_by(
         shards

@@ -33,8 +33,9 @@ use crate::keyfile::{self, unix_now_s};
 use crate::metrics::{self, ControlMetrics, ProviderMetrics, ShardMetrics};
 use crate::provider::registry::ClientTable;
 use crate::provider::{self, InboxThread, RegistryWatch};
-use crate::replay::FilterSizing;
+use crate::replay::{BloomFilter, FilterSizing};
 use crate::shard::{Links, LoopReturn, Peer, ProviderHooks, Shard, ShardSettings};
+use crate::state::{LinkSnapshot, LinkState, ReplayFiles, StateDir, Syncer};
 use loopix_directory::descriptor::{epoch_at, node_id_of};
 use loopix_directory::topology::{Role, Topology};
 
@@ -159,6 +160,60 @@ impl ProviderStart {
     }
 }
 
+/// What makes a node one process and carries its replay state across
+/// restarts (docs/restarts.md), all taken before any socket is bound:
+/// exclusive locks on its key, state and (a provider's) data directories,
+/// the replay filters of the accepted epochs resumed from their files, and
+/// the saved link state.
+struct Persist {
+    /// Held until the process ends.
+    _locks: Vec<io::lock::DirLock>,
+    files: ReplayFiles,
+    filters: Vec<(u64, BloomFilter)>,
+    saved: LinkState,
+    /// Tags a filter is sized for: `replay.rate_pps` over one epoch.
+    items: u64,
+}
+
+impl Persist {
+    fn open(config: &MixConfig, epoch_s: u64, accepted: &[u64]) -> Result<Persist, String> {
+        let state_dir = StateDir::create(&config.node.state_dir())?;
+        let mut dirs = vec![config.node.key_dir.clone(), state_dir.root().to_owned()];
+        if let Some(p) = &config.provider {
+            std::fs::create_dir_all(&p.data_dir).map_err(|e| {
+                format!(
+                    "provider.data_dir {}: cannot create: {e}",
+                    p.data_dir.display()
+                )
+            })?;
+            dirs.push(p.data_dir.clone());
+        }
+        let mut locks = Vec::new();
+        for d in &dirs {
+            locks.push(io::lock::DirLock::acquire(d).map_err(|e| e.to_string())?);
+        }
+        let r = &config.replay;
+        let items = r.rate_pps.saturating_mul(epoch_s).max(1);
+        let sizing =
+            FilterSizing::compute(items, r.fp_rate, r.max_filter_mb << 20).map_err(|e| {
+                format!("replay filter: {e}; lower replay.rate_pps or raise replay.max_filter_mb")
+            })?;
+        let files = ReplayFiles::new(state_dir, sizing);
+        let (filters, failed) = files.open_epochs(accepted);
+        if let Some((_, why)) = failed.into_iter().next() {
+            return Err(why.to_string());
+        }
+        let saved = LinkState::load(&files.dir)?;
+        Ok(Persist {
+            _locks: locks,
+            files,
+            filters,
+            saved,
+            items,
+        })
+    }
+}
+
 /// The process-wide flags the signals set.
 struct Signals {
     /// SIGTERM or SIGINT: stop.
@@ -191,6 +246,8 @@ struct Shards {
     first_socket: Option<std::net::UdpSocket>,
     /// Where the shards report returned loops (the detector reads it).
     loop_returns: crossbeam_channel::Receiver<LoopReturn>,
+    /// Where each shard publishes its link state.
+    link_state: Vec<Arc<std::sync::Mutex<LinkSnapshot>>>,
 }
 
 /// What building the shards needs.
@@ -201,7 +258,7 @@ struct ShardPlan<'a> {
     links: &'a Arc<Links>,
     secrets: &'a keyfile::NodeSecrets,
     accepted: &'a [u64],
-    per_shard_items: u64,
+    persist: &'a Persist,
     stop: &'a Arc<AtomicBool>,
     provider: Option<&'a ProviderStart>,
     /// The node's clock, shared by its shards and its control plane.
@@ -222,6 +279,7 @@ impl ShardPlan<'_> {
             metrics: Vec::new(),
             first_socket: None,
             loop_returns,
+            link_state: Vec::new(),
         };
         for i in 0..e.shards {
             let sock = socket::bind_reuseport(config.node.listen, e.socket_buffer_bytes)
@@ -240,7 +298,9 @@ impl ShardPlan<'_> {
                 batch: e.batch,
                 delay_cap_us: e.delay_cap_ms * 1000,
                 drain_us: config.shutdown.drain_ms * 1000,
-                filter_items: self.per_shard_items,
+                // Only for an epoch whose shared filter could not be
+                // opened: the shard then builds one in memory.
+                filter_items: self.persist.items,
                 filter_fp: config.replay.fp_rate,
                 filter_max_bytes: config.replay.max_filter_mb << 20,
                 aqm: AqmSettings {
@@ -254,6 +314,7 @@ impl ShardPlan<'_> {
                 backend,
                 Arc::clone(self.links),
                 epoch_keys(self.secrets, self.accepted),
+                self.persist.filters.clone(),
                 rx,
                 Arc::clone(self.stop),
                 Arc::clone(&m),
@@ -261,6 +322,9 @@ impl ShardPlan<'_> {
             .map_err(|err| format!("{err}; lower replay.rate_pps or raise replay.max_filter_mb"))?
             .with_start(self.start)
             .with_loop_returns(returns_tx.clone());
+            let published = Arc::new(std::sync::Mutex::new(LinkSnapshot::default()));
+            let shard = shard.with_link_state(&self.persist.saved, Arc::clone(&published));
+            out.link_state.push(published);
             let shard = match self.provider {
                 Some(p) => shard.with_provider(ProviderHooks {
                     clients: Arc::clone(&p.table),
@@ -389,17 +453,6 @@ fn identify(
     Ok((topology, secrets, whoami, own))
 }
 
-/// The shards' filter sizing (already checked when they were built), for
-/// the filters of later epochs.
-fn filter_sizing(config: &MixConfig, per_shard_items: u64) -> Result<FilterSizing, String> {
-    FilterSizing::compute(
-        per_shard_items,
-        config.replay.fp_rate,
-        config.replay.max_filter_mb << 20,
-    )
-    .map_err(|e| format!("replay filter: {e}"))
-}
-
 fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
     let name = role.name();
     let now_s = unix_now_s();
@@ -408,14 +461,12 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
     let links = Arc::new(build_links(&topology, own, &secrets.link)?);
     let io_kind = choose_io(config.engine.io)?;
     let geometry = Geometry::DEFAULT;
-    let per_shard_items = (config.replay.rate_pps * topology.epoch_s)
-        .div_ceil(config.engine.shards as u64)
-        .max(1);
+    let accepted = accepted_epochs(now_s, topology.epoch_s, config.epochs.grace_s);
+    let persist = Persist::open(config, topology.epoch_s, &accepted)?;
 
     let prov = ProviderStart::open(config)?;
     let signals = Signals::register()?;
     let control_metrics = Arc::new(ControlMetrics::serving(topology.serial));
-    let accepted = accepted_epochs(now_s, topology.epoch_s, config.epochs.grace_s);
     let start = Instant::now();
     let built = ShardPlan {
         config,
@@ -424,13 +475,22 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
         links: &links,
         secrets: &secrets,
         accepted: &accepted,
-        per_shard_items,
+        persist: &persist,
         stop: &signals.stop,
         provider: prov.as_ref(),
         start,
     }
     .build()?;
-    let sizing = filter_sizing(config, per_shard_items)?;
+    // Every port is bound before the start line (the unit file's promise).
+    let metrics_thread = spawn_metrics(
+        config,
+        own_id.to_string(),
+        io_kind.name(),
+        built.metrics.clone(),
+        prov.as_ref().map(|p| Arc::clone(&p.metrics)),
+        Arc::clone(&control_metrics),
+        &signals.stop,
+    )?;
     log_start(
         name,
         config,
@@ -443,7 +503,6 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
     );
 
     let handles = spawn_shards(built.shards, config)?;
-    let provider_metrics = prov.as_ref().map(|p| Arc::clone(&p.metrics));
     let (inbox_thread, registry) = match (prov, built.first_socket) {
         (Some(p), Some(socket)) => {
             let (h, w) = spawn_inbox(p, socket, config, geometry, &built.controls, &signals.stop)?;
@@ -453,15 +512,14 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
         // A mix needs no handle on its socket here.
         (None, _) => (None, None),
     };
-    let metrics_thread = spawn_metrics(
-        config,
-        own_id.to_string(),
-        io_kind.name(),
-        built.metrics.clone(),
-        provider_metrics,
-        Arc::clone(&control_metrics),
-        &signals.stop,
-    )?;
+    let syncer = Arc::new(Syncer {
+        dir: persist.files.dir.clone(),
+        shards: built.link_state.clone(),
+        filters: Arc::clone(&persist.files.open),
+        interval: std::time::Duration::from_secs(config.replay.sync_s),
+        metrics: Arc::clone(&control_metrics),
+    });
+    let sync_thread = spawn_syncer(&syncer, &signals.stop)?;
 
     // Control loop: key epochs, topology reloads and registry rescans until
     // told to stop.
@@ -474,23 +532,40 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
         topology,
         secrets,
         epochs: accepted,
-        sizing,
+        replay: persist.files.clone(),
         controls: built.controls,
         control_metrics,
         registry,
         loops: LoopSender::new(config, geometry, own_id, start, Some(guard)),
     };
+    control.key_hygiene();
     control.run(&signals.stop, &signals.reload);
     let stopping = Instant::now();
-    let threads = handles
+    for h in handles
         .into_iter()
         .chain(inbox_thread)
-        .chain(metrics_thread);
-    for h in threads {
+        .chain(metrics_thread)
+    {
         let _ = h.join();
     }
+    let _ = sync_thread.join();
+    // The shards published their last windows as they stopped.
+    syncer.sync_once();
     log_stop(name, &built.metrics, stopping);
     Ok(())
+}
+
+/// Start the thread that makes the replay state durable every
+/// `replay.sync_s`.
+fn spawn_syncer(
+    syncer: &Arc<Syncer>,
+    stop: &Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    let (syncer, stop) = (Arc::clone(syncer), Arc::clone(stop));
+    std::thread::Builder::new()
+        .name("state-sync".into())
+        .spawn(move || syncer.run(&stop))
+        .map_err(|err| format!("cannot start the state sync thread: {err}"))
 }
 
 /// Serve `/metrics` if `metrics.listen` is set.

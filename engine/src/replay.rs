@@ -19,9 +19,13 @@
 //! - `set_bits` always equals the number of one bits, so the fill ratio is
 //!   O(1).
 
+use crate::io::mapped::MappedFile;
 use loopix_crypto::ReplayTag;
 use std::f64::consts::LN_2;
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Fewest probes per tag.
 const HASHES_MIN: u32 = 1;
@@ -79,12 +83,6 @@ pub enum OpenEpochError {
     /// [`MAX_OPEN_EPOCHS`] epochs are already open.
     #[error("cannot open key epoch {epoch}: {MAX_OPEN_EPOCHS} epochs already open")]
     TooMany {
-        /// The epoch asked for.
-        epoch: u64,
-    },
-    /// An installed filter was not built with this set's sizing.
-    #[error("filter for key epoch {epoch} has another sizing than this shard's filters")]
-    SizingMismatch {
         /// The epoch asked for.
         epoch: u64,
     },
@@ -149,34 +147,105 @@ impl FilterSizing {
     }
 }
 
-/// A bloom filter over replay tags, fixed size, no deletion.
-#[derive(Clone)]
-pub struct BloomFilter {
-    words: Vec<u64>,
+/// Filters by key epoch, as the control plane hands them to the shards.
+pub type EpochFilters = Vec<(u64, BloomFilter)>;
+
+/// Where a filter's bits live.
+enum Words {
+    /// Process memory: simulations, fuzzing, benches.
+    Heap(Box<[AtomicU64]>),
+    /// A shared file mapping that outlives the process (see `io::mapped`).
+    File(MappedFile),
+}
+
+impl Words {
+    #[inline]
+    fn get(&self) -> &[AtomicU64] {
+        match self {
+            Words::Heap(w) => w,
+            Words::File(f) => f.body(),
+        }
+    }
+}
+
+struct Inner {
+    words: Words,
     /// `m`: `words.len() * 64`.
     bits: u64,
     /// `k`.
     hashes: u32,
     /// One bits in `words`.
-    set_bits: u64,
+    set_bits: AtomicU64,
     /// Inserts that set at least one new bit.
-    items: u64,
+    items: AtomicU64,
+}
+
+/// A bloom filter over replay tags, fixed size, no deletion: a shared
+/// handle (cloning it shares the bits), so one filter per key epoch serves
+/// every shard of a node. Bits are set with relaxed atomic `fetch_or`, which
+/// loses no bit when two shards insert at once; `set_bits` and `items` are
+/// exact for the same reason (a bit is counted by the one insert that set
+/// it).
+#[derive(Clone)]
+pub struct BloomFilter {
+    inner: Arc<Inner>,
+}
+
+/// The persistent filter file's header words.
+mod header {
+    /// `LOOPIXRF`, then the format version.
+    pub const MAGIC: u64 = u64::from_le_bytes(*b"LOOPIXRF");
+    pub const VERSION: u64 = 1;
+    pub const W_MAGIC: usize = 0;
+    pub const W_VERSION: usize = 1;
+    pub const W_EPOCH: usize = 2;
+    pub const W_BITS: usize = 3;
+    pub const W_HASHES: usize = 4;
+    /// `items` as of the last sync (for metrics after a restart).
+    pub const W_ITEMS: usize = 5;
+}
+
+/// Why a persistent filter file could not be opened or created.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterFileError {
+    /// The file system refused (no space, no permission, ...).
+    #[error("replay state {path}: {err}", path = .path.display())]
+    Io {
+        /// The filter file.
+        path: PathBuf,
+        /// What failed.
+        err: std::io::Error,
+    },
+    /// The file is not a filter this node wrote for this epoch.
+    #[error(
+        "replay state {path} is damaged or foreign ({why}); move it aside to start (packets of          key epoch {epoch} seen before it was written can then be replayed once)",
+        path = .path.display()
+    )]
+    Damaged {
+        /// The filter file.
+        path: PathBuf,
+        /// The epoch it was opened for.
+        epoch: u64,
+        /// What was wrong.
+        why: String,
+    },
 }
 
 impl BloomFilter {
     /// A filter sized for `expected_items` at false-positive rate `fp_rate`
     /// (see [`FilterSizing::compute`]), no larger than `max_bytes`.
+    pub fn new(expected_items: u64, fp_rate: f64, max_bytes: u64) -> Result<Self, FilterSizeError> {
+        FilterSizing::compute(expected_items, fp_rate, max_bytes).map(Self::with_sizing)
+    }
+
+    /// A filter of exactly these dimensions, in process memory. Panics if
+    /// `sizing.bits` is not a positive multiple of 64 (sizings from
+    /// `compute` always are).
     ///
     /// The bits are written (not merely allocated zeroed) here, so every page
     /// is faulted in by the thread that builds the filter: a fresh filter
     /// otherwise costs a page fault per page on the packet path (node-bench
     /// measured about 125 ms of faults for a 247 MiB filter).
-    pub fn new(expected_items: u64, fp_rate: f64, max_bytes: u64) -> Result<Self, FilterSizeError> {
-        FilterSizing::compute(expected_items, fp_rate, max_bytes).map(Self::with_sizing)
-    }
-
-    /// A filter of exactly these dimensions. Panics if `sizing.bits` is not
-    /// a positive multiple of 64 (sizings from `compute` always are).
     pub fn with_sizing(sizing: FilterSizing) -> Self {
         assert!(
             sizing.bits > 0 && sizing.bits & 63 == 0 && sizing.bits / 8 <= FILTER_BYTES_LIMIT,
@@ -184,21 +253,116 @@ impl BloomFilter {
             sizing.bits
         );
         assert!((HASHES_MIN..=HASHES_MAX).contains(&sizing.hashes));
-        // `vec![0; n]` would be calloc: pages mapped lazily on first write.
-        // Writing the zeros ourselves touches every page now.
-        let n = (sizing.bits / 64) as usize;
-        #[allow(clippy::slow_vector_initialization)] // reason: the slowness is the point
-        let words = {
-            let mut w = Vec::with_capacity(n);
-            w.resize(n, 0u64);
-            w
+        // Collecting writes every word, which touches every page now.
+        let words: Box<[AtomicU64]> = (0..sizing.bits / 64).map(|_| AtomicU64::new(0)).collect();
+        Self::from_parts(Words::Heap(words), sizing, 0, 0)
+    }
+
+    fn from_parts(words: Words, sizing: FilterSizing, set_bits: u64, items: u64) -> Self {
+        debug_assert_eq!(words.get().len() as u64 * 64, sizing.bits);
+        BloomFilter {
+            inner: Arc::new(Inner {
+                words,
+                bits: sizing.bits,
+                hashes: sizing.hashes,
+                set_bits: AtomicU64::new(set_bits),
+                items: AtomicU64::new(items),
+            }),
+        }
+    }
+
+    /// Key epoch `epoch`'s filter in the file `path`: resumed with every tag
+    /// it holds if the file exists (whatever sizing it was made with), else
+    /// created with `sizing` and its disk space reserved. Returns the filter
+    /// and whether it was resumed. Every page is read (counting its bits),
+    /// so the packet path takes no fault to read it in.
+    pub fn open_file(
+        path: &Path,
+        epoch: u64,
+        sizing: FilterSizing,
+    ) -> Result<(Self, bool), FilterFileError> {
+        let io_err = |err| FilterFileError::Io {
+            path: path.to_owned(),
+            err,
         };
-        Self {
-            words,
-            bits: sizing.bits,
-            hashes: sizing.hashes,
-            set_bits: 0,
-            items: 0,
+        if !path.exists() {
+            let map = MappedFile::create(path, sizing.memory_bytes()).map_err(io_err)?;
+            let h = map.header();
+            h[header::W_MAGIC].store(header::MAGIC, Ordering::Relaxed);
+            h[header::W_VERSION].store(header::VERSION, Ordering::Relaxed);
+            h[header::W_EPOCH].store(epoch, Ordering::Relaxed);
+            h[header::W_BITS].store(sizing.bits, Ordering::Relaxed);
+            h[header::W_HASHES].store(u64::from(sizing.hashes), Ordering::Relaxed);
+            // Write one word of every page: faulted in now, not on the packet
+            // path.
+            for w in map.body().iter().step_by(512) {
+                w.store(0, Ordering::Relaxed);
+            }
+            map.sync().map_err(io_err)?;
+            return Ok((Self::from_parts(Words::File(map), sizing, 0, 0), false));
+        }
+        let damaged = |why: String| FilterFileError::Damaged {
+            path: path.to_owned(),
+            epoch,
+            why,
+        };
+        let map = MappedFile::open(path).map_err(|e| damaged(e.to_string()))?;
+        let h = map.header();
+        let word = |i: usize| h[i].load(Ordering::Relaxed);
+        if word(header::W_MAGIC) != header::MAGIC || word(header::W_VERSION) != header::VERSION {
+            return Err(damaged("not a loopix replay filter of format 1".into()));
+        }
+        if word(header::W_EPOCH) != epoch {
+            return Err(damaged(format!(
+                "written for epoch {}",
+                word(header::W_EPOCH)
+            )));
+        }
+        let found = FilterSizing {
+            bits: word(header::W_BITS),
+            hashes: u32::try_from(word(header::W_HASHES)).unwrap_or(0),
+        };
+        if found.bits == 0
+            || !found.bits.is_multiple_of(64)
+            || found.bits / 64 != map.body().len() as u64
+            || !(HASHES_MIN..=HASHES_MAX).contains(&found.hashes)
+        {
+            return Err(damaged(format!(
+                "header says {} bits and {} hashes for a body of {} words",
+                found.bits,
+                word(header::W_HASHES),
+                map.body().len()
+            )));
+        }
+        let set_bits = map
+            .body()
+            .iter()
+            .map(|w| u64::from(w.load(Ordering::Relaxed).count_ones()))
+            .sum();
+        let items = word(header::W_ITEMS);
+        Ok((
+            Self::from_parts(Words::File(map), found, set_bits, items),
+            true,
+        ))
+    }
+
+    /// For a filter in a file: record `items` in its header and write every
+    /// changed page to the disk, waiting for it. Nothing to do in memory.
+    pub fn sync(&self) -> std::io::Result<()> {
+        match &self.inner.words {
+            Words::Heap(_) => Ok(()),
+            Words::File(map) => {
+                map.header()[header::W_ITEMS].store(self.items(), Ordering::Relaxed);
+                map.sync()
+            }
+        }
+    }
+
+    /// The file behind the filter, if any.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.inner.words {
+            Words::Heap(_) => None,
+            Words::File(map) => Some(map.path()),
         }
     }
 
@@ -210,7 +374,7 @@ impl BloomFilter {
         let x = u128::from_le_bytes(tag.0);
         let h1 = x as u64;
         let h2 = (x >> 64) as u64 | 1;
-        (h1 % self.bits, h2 % self.bits)
+        (h1 % self.inner.bits, h2 % self.inner.bits)
     }
 
     /// Whether the tag is (probably) in the filter. Stops at the first clear
@@ -218,15 +382,16 @@ impl BloomFilter {
     #[inline]
     pub fn contains(&self, tag: &ReplayTag) -> bool {
         let (mut pos, step) = self.probe_start(tag);
-        for _ in 0..self.hashes {
-            debug_assert!(pos < self.bits);
-            if self.words[(pos >> 6) as usize] & (1u64 << (pos & 63)) == 0 {
+        let (words, bits) = (self.inner.words.get(), self.inner.bits);
+        for _ in 0..self.inner.hashes {
+            debug_assert!(pos < bits);
+            if words[(pos >> 6) as usize].load(Ordering::Relaxed) & (1u64 << (pos & 63)) == 0 {
                 return false;
             }
             // (pos + step) mod m without a division: both are below m.
             pos += step;
-            if pos >= self.bits {
-                pos -= self.bits;
+            if pos >= bits {
+                pos -= bits;
             }
         }
         true
@@ -235,73 +400,76 @@ impl BloomFilter {
     /// Add the tag. Returns true if it was (probably) already present, that
     /// is, if no bit changed.
     #[inline]
-    pub fn insert(&mut self, tag: &ReplayTag) -> bool {
+    pub fn insert(&self, tag: &ReplayTag) -> bool {
         let (mut pos, step) = self.probe_start(tag);
+        let (words, bits) = (self.inner.words.get(), self.inner.bits);
         let mut newly_set = 0;
-        for _ in 0..self.hashes {
-            debug_assert!(pos < self.bits);
-            let word = &mut self.words[(pos >> 6) as usize];
+        for _ in 0..self.inner.hashes {
+            debug_assert!(pos < bits);
+            let word = &words[(pos >> 6) as usize];
             let mask = 1u64 << (pos & 63);
-            if *word & mask == 0 {
-                *word |= mask;
+            // Read first: a bit already set costs no locked instruction.
+            if word.load(Ordering::Relaxed) & mask == 0
+                && word.fetch_or(mask, Ordering::Relaxed) & mask == 0
+            {
                 newly_set += 1;
             }
             pos += step;
-            if pos >= self.bits {
-                pos -= self.bits;
+            if pos >= bits {
+                pos -= bits;
             }
         }
-        self.set_bits += newly_set;
-        debug_assert!(self.set_bits <= self.bits);
         if newly_set == 0 {
-            true
-        } else {
-            self.items += 1;
-            false
+            return true;
         }
+        let set = self.inner.set_bits.fetch_add(newly_set, Ordering::Relaxed) + newly_set;
+        debug_assert!(set <= bits);
+        self.inner.items.fetch_add(1, Ordering::Relaxed);
+        false
     }
 
     /// Bytes of filter bits.
     pub fn memory_bytes(&self) -> u64 {
-        self.bits / 8
+        self.inner.bits / 8
     }
 
     /// Bits in the filter (`m`).
     pub fn bits(&self) -> u64 {
-        self.bits
+        self.inner.bits
     }
 
     /// Probes per tag (`k`).
     pub fn hashes(&self) -> u32 {
-        self.hashes
+        self.inner.hashes
     }
 
     /// Fraction of bits set, in `0..=1` (kept incrementally, O(1)).
     pub fn fill_ratio(&self) -> f64 {
-        self.set_bits as f64 / self.bits as f64
+        self.inner.set_bits.load(Ordering::Relaxed) as f64 / self.inner.bits as f64
     }
 
     /// Inserts that set at least one new bit: the distinct tags seen, less
     /// those that collided with earlier ones.
     pub fn items(&self) -> u64 {
-        self.items
+        self.inner.items.load(Ordering::Relaxed)
     }
 
     /// Estimated probability that a fresh tag is reported present now:
     /// `fill_ratio ^ k`.
     pub fn estimated_fp_rate(&self) -> f64 {
         // k is at most 30, so the cast is lossless.
-        self.fill_ratio().powi(self.hashes as i32)
+        self.fill_ratio().powi(self.inner.hashes as i32)
     }
 }
 
 impl fmt::Debug for BloomFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BloomFilter")
-            .field("bits", &self.bits)
-            .field("hashes", &self.hashes)
-            .field("set_bits", &self.set_bits)
-            .field("items", &self.items)
+            .field("bits", &self.bits())
+            .field("hashes", &self.hashes())
+            .field("set_bits", &self.inner.set_bits.load(Ordering::Relaxed))
+            .field("items", &self.items())
+            .field("path", &self.path())
             .finish_non_exhaustive()
     }
 }
@@ -387,15 +555,14 @@ impl ReplayFilters {
         Ok(())
     }
 
-    /// Open `epoch` with a filter built elsewhere (the control plane builds
-    /// and faults in the next epoch's filter so that the shard never does).
-    /// Idempotent like `open_epoch`; the filter must have this set's sizing.
+    /// Open `epoch` with a filter built elsewhere: the control plane builds
+    /// (or resumes from its file) and faults in each epoch's filter, shared
+    /// by every shard, so that no shard ever does. Idempotent like
+    /// `open_epoch`. The filter may have another sizing than this set's (a
+    /// file written before the configuration changed keeps its own).
     pub fn install(&mut self, epoch: u64, filter: BloomFilter) -> Result<(), OpenEpochError> {
         if self.admit(epoch)? {
             return Ok(());
-        }
-        if filter.bits() != self.sizing.bits || filter.hashes() != self.sizing.hashes {
-            return Err(OpenEpochError::SizingMismatch { epoch });
         }
         self.insert_sorted(epoch, filter);
         Ok(())
@@ -438,7 +605,8 @@ impl ReplayFilters {
         before - self.memory_bytes()
     }
 
-    /// Bytes held by all open filters.
+    /// Bytes of all open filters (shared filters count in every set that
+    /// holds them).
     pub fn memory_bytes(&self) -> u64 {
         self.filters.iter().map(|(_, f)| f.memory_bytes()).sum()
     }
@@ -485,7 +653,12 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     fn popcount(f: &BloomFilter) -> u64 {
-        f.words.iter().map(|w| u64::from(w.count_ones())).sum()
+        f.inner
+            .words
+            .get()
+            .iter()
+            .map(|w| u64::from(w.load(Ordering::Relaxed).count_ones()))
+            .sum()
     }
 
     #[test]
@@ -572,11 +745,11 @@ mod tests {
     #[test]
     fn probes_follow_double_hashing() {
         // The bits one tag sets are exactly {(h1 + i*h2) mod m : i < k}.
-        let mut f = BloomFilter::new(1_000, 1e-4, MIB).expect("fits");
+        let f = BloomFilter::new(1_000, 1e-4, MIB).expect("fits");
         let mut rng = Rng(1);
         for _ in 0..50 {
             let tag = rng.tag();
-            let mut fresh = BloomFilter::with_sizing(FilterSizing {
+            let fresh = BloomFilter::with_sizing(FilterSizing {
                 bits: f.bits(),
                 hashes: f.hashes(),
             });
@@ -593,7 +766,11 @@ mod tests {
             expected.sort_unstable();
             expected.dedup();
             let set: Vec<u64> = (0..f.bits())
-                .filter(|&b| fresh.words[(b / 64) as usize] >> (b % 64) & 1 == 1)
+                .filter(|&b| {
+                    fresh.inner.words.get()[(b / 64) as usize].load(Ordering::Relaxed) >> (b % 64)
+                        & 1
+                        == 1
+                })
                 .collect();
             assert_eq!(set, expected);
             f.insert(&tag);
@@ -602,7 +779,7 @@ mod tests {
 
     #[test]
     fn no_false_negatives() {
-        let mut f = BloomFilter::new(100_000, 1e-3, 16 * MIB).expect("fits");
+        let f = BloomFilter::new(100_000, 1e-3, 16 * MIB).expect("fits");
         let mut rng = Rng(2);
         let tags: Vec<ReplayTag> = (0..100_000).map(|_| rng.tag()).collect();
         for tag in &tags {
@@ -618,7 +795,7 @@ mod tests {
     /// Inserts `n` tags into a filter sized for `n` at `p`, probes 1e6 fresh
     /// tags, returns (measured rate, estimated rate).
     fn measured_fp_rate(seed: u64, n: u64, p: f64) -> (f64, f64) {
-        let mut f = BloomFilter::new(n, p, 64 * MIB).expect("fits");
+        let f = BloomFilter::new(n, p, 64 * MIB).expect("fits");
         let mut rng = Rng(seed);
         for _ in 0..n {
             f.insert(&rng.tag());
@@ -645,7 +822,7 @@ mod tests {
 
     #[test]
     fn fill_ratio_and_items_count_bits() {
-        let mut f = BloomFilter::new(10_000, 1e-3, MIB).expect("fits");
+        let f = BloomFilter::new(10_000, 1e-3, MIB).expect("fits");
         assert_eq!(
             (f.fill_ratio(), f.items(), f.estimated_fp_rate()),
             (0.0, 0, 0.0)
@@ -757,16 +934,55 @@ mod tests {
         f.install(7, BloomFilter::with_sizing(f.sizing()))
             .expect("idempotent");
         assert_eq!(f.contains(7, &tag), Some(true));
+        // Another sizing is accepted: a resumed file keeps its own.
         let other = BloomFilter::new(10, 1e-2, 1 << 20).expect("sized");
-        assert_eq!(
-            f.install(8, other).err(),
-            Some(OpenEpochError::SizingMismatch { epoch: 8 })
-        );
+        f.install(8, other).expect("installed");
+        assert_eq!(f.contains(8, &tag), Some(false));
         f.retire_before(8);
         let again = BloomFilter::with_sizing(f.sizing());
         assert!(matches!(
             f.install(7, again),
             Err(OpenEpochError::Retired { .. })
         ));
+    }
+
+    #[test]
+    fn a_filter_file_keeps_its_tags_across_opens_without_a_sync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("epoch-9.bloom");
+        let sizing = FilterSizing::compute(10_000, 1e-4, MIB).expect("fits");
+        let (f, resumed) = BloomFilter::open_file(&path, 9, sizing).expect("created");
+        assert!(!resumed);
+        assert_eq!(f.path(), Some(path.as_path()));
+        let mut rng = Rng(11);
+        let tags: Vec<ReplayTag> = (0..1000).map(|_| rng.tag()).collect();
+        for t in &tags {
+            assert!(!f.insert(t));
+        }
+        let fill = f.fill_ratio();
+        // A shared clone sees the same bits (every shard holds one).
+        let g = f.clone();
+        assert!(tags.iter().all(|t| g.contains(t)));
+        // Like a SIGKILL: no sync, the mapping goes away, the file stays.
+        drop((f, g));
+        let (back, resumed) = BloomFilter::open_file(&path, 9, sizing).expect("resumed");
+        assert!(resumed);
+        assert!(tags.iter().all(|t| back.contains(t)));
+        assert_eq!(back.fill_ratio(), fill, "bits recounted on open");
+        assert_eq!(back.items(), 0, "items are stored by sync only");
+        assert!(!back.insert(&rng.tag()));
+        back.sync().expect("synced");
+        drop(back);
+        // A changed configuration does not change a resumed file's sizing.
+        let other = FilterSizing::compute(100, 1e-2, MIB).expect("fits");
+        let (back, _) = BloomFilter::open_file(&path, 9, other).expect("resumed");
+        assert_eq!((back.bits(), back.items()), (sizing.bits, 1));
+        // Opened for another epoch, or damaged: a clear error, nothing lost.
+        let e = BloomFilter::open_file(&path, 10, sizing).expect_err("foreign");
+        assert!(e.to_string().contains("written for epoch 9"), "{e}");
+        let junk = dir.path().join("junk.bloom");
+        std::fs::write(&junk, vec![7u8; 8192]).expect("write");
+        let e = BloomFilter::open_file(&junk, 1, sizing).expect_err("junk");
+        assert!(e.to_string().contains("move it aside"), "{e}");
     }
 }

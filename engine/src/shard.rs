@@ -51,7 +51,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -68,11 +68,19 @@ use crate::loops::LoopPacket;
 use crate::metrics::{DropReason, ShardMetrics};
 use crate::provider::registry::ClientTable;
 use crate::replay::{BloomFilter, ReplayFilters};
+use crate::state::{LinkSnapshot, LinkState, COUNTER_RESERVE};
 use crate::wheel::{InsertError, TimingWheel};
 
 /// Bits of the link counter that carry the sending shard, so that each
 /// sending shard has its own counter sequence and window at the receiver.
 const COUNTER_SHARD_SHIFT: u32 = 56;
+/// The counter bits below the sending shard's.
+const COUNTER_LOW_MASK: u64 = (1 << COUNTER_SHARD_SHIFT) - 1;
+
+/// Shard `index`'s link counter with `low` as its sequence part.
+fn shard_counter(index: u32, low: u64) -> u64 {
+    (u64::from(index) << COUNTER_SHARD_SHIFT) | (low & COUNTER_LOW_MASK)
+}
 /// Longest idle wait, so control messages and the stop flag are seen.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// A pool slot's next hop when a reload removed it from the topology.
@@ -320,6 +328,11 @@ struct State {
     /// When a receive last found the input empty (less than a full batch,
     /// or nothing left after one).
     input_empty_at_us: u64,
+    /// Link counters accepted before the last restart, by neighbour and its
+    /// sending shard: a window opened for one refuses them.
+    restored: HashMap<(NodeId, u8), u64>,
+    /// Where the shard publishes its link state for the state file.
+    link_out: Option<Arc<Mutex<LinkSnapshot>>>,
 }
 
 /// Where a shard's time comes from.
@@ -349,6 +362,8 @@ pub struct Shard {
     stop: Arc<AtomicBool>,
     state: State,
     due: Vec<(u32, u64)>,
+    /// The kernel's drop counter of the socket when last read.
+    kernel_drops_seen: u32,
 }
 
 /// Microseconds since `start` on the monotonic clock.
@@ -357,12 +372,16 @@ fn micros_since(start: Instant) -> u64 {
 }
 
 impl Shard {
-    /// Build a shard; allocates its pool, wheel and the filters of `keys`.
+    /// Build a shard; allocates its pool and wheel, installs `filters`
+    /// (shared with the node's other shards) and builds, in process memory,
+    /// the filter of any epoch of `keys` they lack.
+    #[allow(clippy::too_many_arguments)] // reason: each is a distinct part the node hands over once
     pub fn new(
         settings: ShardSettings,
         backend: Box<dyn Backend + Send>,
         links: Arc<Links>,
         keys: Vec<EpochKey>,
+        shared_filters: Vec<(u64, BloomFilter)>,
         control: Receiver<Control>,
         stop: Arc<AtomicBool>,
         metrics: Arc<ShardMetrics>,
@@ -374,18 +393,20 @@ impl Shard {
             settings.filter_max_bytes,
         )
         .map_err(|e| format!("replay filter for shard {}: {e}", settings.index))?;
+        for (epoch, f) in shared_filters {
+            filters
+                .install(epoch, f)
+                .map_err(|e| format!("replay filter for epoch {epoch}: {e}"))?;
+        }
         for k in &keys {
             filters
                 .open_epoch(k.epoch)
                 .map_err(|e| format!("replay filter for epoch {}: {e}", k.epoch))?;
         }
-        // Counters start at the wall clock in microseconds so that a
+        // Counters start at the wall clock in microseconds, and past the
+        // saved state's floor once `with_link_state` gives it, so that a
         // restarted node's counters are above what peers last saw from it.
-        let wall_us = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        let counter = (u64::from(settings.index) << COUNTER_SHARD_SHIFT)
-            | (wall_us & ((1u64 << COUNTER_SHARD_SHIFT) - 1));
+        let counter = shard_counter(settings.index, crate::state::wall_us());
         metrics
             .pool_capacity
             .store(u64::from(settings.pool_packets), Ordering::Relaxed);
@@ -419,6 +440,8 @@ impl Shard {
             halted: false,
             aqm,
             input_empty_at_us: 0,
+            restored: HashMap::new(),
+            link_out: None,
         };
         let batch = state.settings.batch;
         Ok(Shard {
@@ -428,6 +451,7 @@ impl Shard {
             stop,
             state,
             due: Vec::with_capacity(batch),
+            kernel_drops_seen: 0,
         })
     }
 
@@ -458,14 +482,26 @@ impl Shard {
         self
     }
 
+    /// Resume from the node's saved link state: refuse the counters it
+    /// accepted before, seal above every counter it used, and publish the
+    /// windows into `out` once a second for the next save.
+    pub fn with_link_state(mut self, saved: &LinkState, out: Arc<Mutex<LinkSnapshot>>) -> Shard {
+        let st = &mut self.state;
+        st.restored = saved.windows.clone();
+        let low = (st.counter & COUNTER_LOW_MASK).max(saved.counter_floor);
+        st.counter = shard_counter(st.settings.index, low);
+        st.link_out = Some(out);
+        st.publish_link_state();
+        self
+    }
+
     /// Run on `clock` (a simulator's) from now on, with link counters
     /// starting at `first_counter` (deterministic frames for a seeded run).
     pub fn with_clock(mut self, clock: Clock, first_counter: u64) -> Shard {
         self.clock = clock;
         let seed = first_counter ^ u64::from(self.state.settings.index);
         self.state.aqm = Aqm::new(self.state.settings.aqm, seed);
-        self.state.counter = (u64::from(self.state.settings.index) << COUNTER_SHARD_SHIFT)
-            | (first_counter & ((1u64 << COUNTER_SHARD_SHIFT) - 1));
+        self.state.counter = shard_counter(self.state.settings.index, first_counter);
         self
     }
 
@@ -553,6 +589,8 @@ impl Shard {
             self.apply_control();
             if now.saturating_sub(last_stats) >= 1_000_000 {
                 self.state.publish_stats();
+                self.state.publish_link_state();
+                self.count_kernel_drops();
                 last_stats = now;
             }
             if stop_at.is_none() && self.stop.load(Ordering::Relaxed) {
@@ -679,6 +717,20 @@ impl Shard {
         st.metrics.drop_n(DropReason::ShuttingDown, left);
         st.metrics.pool_in_use.store(0, Ordering::Relaxed);
         st.publish_stats();
+        st.publish_link_state();
+        self.count_kernel_drops();
+    }
+
+    /// Add the datagrams the kernel dropped for this shard's socket since
+    /// the last look (its counter is 32 bits: deltas wrap).
+    fn count_kernel_drops(&mut self) {
+        if let Some(now) = self.backend.kernel_drops() {
+            let delta = now.wrapping_sub(self.kernel_drops_seen);
+            self.kernel_drops_seen = now;
+            self.state
+                .metrics
+                .drop_n(DropReason::Kernel, u64::from(delta));
+        }
     }
 }
 
@@ -686,6 +738,7 @@ impl Shard {
 /// then its window moves.
 fn open_link(
     windows: &mut HashMap<(u32, u8), ReplayWindow>,
+    restored: &HashMap<(NodeId, u8), u64>,
     links: &Links,
     index: u32,
     header: &FrameHeader,
@@ -696,11 +749,16 @@ fn open_link(
     let Some(peer) = links.peer(index).filter(|p| p.inbound) else {
         return Err(DropReason::Unauthenticated);
     };
-    let window_key = (index, (header.counter >> COUNTER_SHARD_SHIFT) as u8);
-    if let Some(w) = windows.get(&window_key) {
-        if w.check(header.counter).is_err() {
-            return Err(DropReason::LinkReplay);
-        }
+    let sender_shard = (header.counter >> COUNTER_SHARD_SHIFT) as u8;
+    let window_key = (index, sender_shard);
+    // Before a restart, this neighbour's shard had sent up to `saved`.
+    let saved = || restored.get(&(peer.id, sender_shard)).copied();
+    let fresh = match windows.get(&window_key) {
+        Some(w) => w.check(header.counter).is_ok(),
+        None => saved().is_none_or(|top| header.counter > top),
+    };
+    if !fresh {
+        return Err(DropReason::LinkReplay);
     }
     if let Err(e) = peer.link.open(data) {
         return Err(match e {
@@ -710,7 +768,7 @@ fn open_link(
     }
     windows
         .entry(window_key)
-        .or_default()
+        .or_insert_with(|| saved().map_or_else(ReplayWindow::new, ReplayWindow::resume_above))
         .commit(header.counter);
     Ok(())
 }
@@ -839,7 +897,14 @@ impl State {
         header: &FrameHeader,
         now_us: u64,
     ) -> Result<(), DropReason> {
-        let first = open_link(&mut self.windows, &self.links, header.sender, header, data);
+        let first = open_link(
+            &mut self.windows,
+            &self.restored,
+            &self.links,
+            header.sender,
+            header,
+            data,
+        );
         if first.is_ok() || self.previous.is_none() {
             return first;
         }
@@ -849,7 +914,16 @@ impl State {
             .filter(|p| now_us < p.accept_until_us)
             .and_then(|p| p.remap.get(header.sender as usize).copied().flatten())
             .filter(|&j| j != header.sender);
-        match again.map(|j| open_link(&mut self.windows, &self.links, j, header, data)) {
+        match again.map(|j| {
+            open_link(
+                &mut self.windows,
+                &self.restored,
+                &self.links,
+                j,
+                header,
+                data,
+            )
+        }) {
             Some(Ok(())) => Ok(()),
             Some(Err(DropReason::LinkReplay)) => Err(DropReason::LinkReplay),
             _ => first,
@@ -872,6 +946,23 @@ impl State {
                     .store(fill.to_bits(), Ordering::Relaxed);
             }
         }
+    }
+
+    /// Publish the windows' tops (over the restored ones) and the counter
+    /// limit for the node's state file; skipped if the syncer holds the
+    /// lock (the next second publishes).
+    fn publish_link_state(&self) {
+        let Some(out) = &self.link_out else { return };
+        let Ok(mut snap) = out.try_lock() else { return };
+        snap.windows.clone_from(&self.restored);
+        for (&(index, shard), w) in &self.windows {
+            let (Some(peer), Some(top)) = (self.links.peer(index), w.highest()) else {
+                continue;
+            };
+            let e = snap.windows.entry((peer.id, shard)).or_insert(top);
+            *e = (*e).max(top);
+        }
+        snap.counter_limit = (self.counter & COUNTER_LOW_MASK).saturating_add(COUNTER_RESERVE);
     }
 
     fn drop(&self, reason: DropReason) {

@@ -143,6 +143,8 @@ impl Harness {
                 epoch: fixed::EPOCH,
                 secret: fixed::node_secret(),
             }],
+            // In memory, built by the shard: nothing here restarts.
+            Vec::new(),
             control_rx,
             Arc::new(AtomicBool::new(false)),
             Arc::clone(&metrics),

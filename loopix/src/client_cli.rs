@@ -640,6 +640,13 @@ fn send_online(
     wait: Option<Duration>,
 ) -> Result<(), String> {
     let to = recipient(to)?;
+    Client::check_length(
+        &Geometry::DEFAULT,
+        &ClientLimits::default(),
+        data.len(),
+        with_surb,
+    )
+    .map_err(|e| e.to_string())?;
     let mut online = Online::open(dir)?;
     online
         .driver

@@ -237,6 +237,17 @@ fn bad_files_name_the_field() {
         assert!(err.contains(field) && err.contains("client.toml"), "{err}");
     }
     std::fs::write(dir.join("client.toml"), &config).expect("write");
+    // A message too long to ever leave is refused before the client goes
+    // online: no "online" line, no packet on the wire.
+    let huge = vec![b'x'; 4 << 20];
+    let (code, _, err) = loopix_in(
+        &["client", "send", "--dir", s(&dir), "--to", s(&to)],
+        &huge,
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("fragments"), "{err}");
+    assert!(!err.contains("online"), "went online first: {err}");
     std::fs::set_permissions(
         dir.join("registration.toml"),
         std::fs::Permissions::from_mode(0o644),

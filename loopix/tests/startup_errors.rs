@@ -37,7 +37,11 @@ fn startup_failures_name_the_problem() {
     );
     let (code, err) = mix_with(&cfg, &missing_keys);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("/nonexistent/keys/link.key"), "{err}");
+    assert!(err.contains("/nonexistent/keys: no link.key"), "{err}");
+    assert!(
+        err.contains("run `loopix keygen --dir /nonexistent/keys"),
+        "{err}"
+    );
 
     let bad_topology = good.replace(
         &format!("topology = {:?}", net.topology_path.display().to_string()),
@@ -98,6 +102,21 @@ fn startup_failures_name_the_problem() {
     );
     assert_eq!(code, 1);
     assert!(err.contains("trusted operator key"), "{err}");
+
+    // The metrics port is taken: the start fails naming it, and no start
+    // line was logged first (everything is bound before it).
+    let taken = std::net::TcpListener::bind(mix.metrics).expect("take the metrics port");
+    let (code, err) = mix_with(&cfg, &good);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("metrics.listen {}", mix.metrics)),
+        "{err}"
+    );
+    assert!(
+        !err.contains("loopix mix: node"),
+        "start line before the bind: {err}"
+    );
+    drop(taken);
 
     // A key directory from before identity keys.
     std::fs::remove_file(mix.key_dir.join("identity.key")).expect("remove identity.key");

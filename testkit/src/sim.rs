@@ -343,6 +343,8 @@ impl SimNetwork {
                     epoch,
                     secret: SecretKey::from_bytes(mix.to_bytes()),
                 }],
+                // In memory, built by the shard: nothing here restarts.
+                Vec::new(),
                 control_rx,
                 Arc::new(AtomicBool::new(false)),
                 Arc::clone(&metrics),

@@ -1,7 +1,9 @@
 //! Everything that makes system calls on the packet path: sockets, the
 //! reuseport steering program, and the two datagram backends; beside them
 //! the simulated backend (`sim`), which makes none and moves datagrams
-//! through memory for tests on simulated time.
+//! through memory for tests on simulated time. Two non-packet owners of
+//! system calls live here too: the shared file mappings of the persistent
+//! replay filters (`mapped`) and the one-instance directory lock (`lock`).
 //!
 //! This module is the one owner of `unsafe` in the engine (STYLE.md item 2).
 //! A backend moves whole datagrams between one UDP socket and the shard:
@@ -14,6 +16,8 @@
 //! call; a datagram longer than the receive buffer is reported truncated,
 //! not delivered in part.
 
+pub mod lock;
+pub mod mapped;
 pub mod portable;
 pub mod sim;
 pub mod socket;
@@ -88,6 +92,14 @@ pub trait Backend {
     /// after a full batch: the shard's AQM needs to know when its input was
     /// last empty). Cheap: a look at the completion queue, or one `ioctl`.
     fn input_pending(&mut self) -> bool;
+
+    /// Datagrams the kernel dropped for this socket since it was opened
+    /// (receive queue full, or refused by its socket filter), as the
+    /// kernel's 32-bit counter: the caller accumulates wrapping deltas.
+    /// `None` where there is no kernel socket (the simulator).
+    fn kernel_drops(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// Create the backend `kind` over `socket`, with `batch` slots of

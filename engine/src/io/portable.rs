@@ -235,6 +235,10 @@ impl Backend for Portable {
     fn queued(&self) -> usize {
         self.tx_queued
     }
+
+    fn kernel_drops(&self) -> Option<u32> {
+        super::socket::kernel_drops(&self.socket).ok()
+    }
 }
 
 /// Convert a kernel socket address to `SocketAddr` (IPv4 and IPv6 only).

@@ -122,6 +122,35 @@ pub fn attach_steering(socket: &UdpSocket, offset: u32, shards: u32) -> io::Resu
     }
 }
 
+/// The kernel's drop counter of `socket` (`sk_drops`: datagrams refused by
+/// a full receive queue or by the socket filter), read with `SO_MEMINFO`.
+pub fn kernel_drops(socket: &UdpSocket) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    /// `SK_MEMINFO_VARS` from `<linux/sock_diag.h>`.
+    const MEMINFO_VARS: usize = 9;
+    let mut info = [0u32; MEMINFO_VARS];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: SO_MEMINFO writes at most `len` bytes (SK_MEMINFO_VARS u32s)
+    // into `info`, a live local of that size, and stores the length written
+    // into `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    info.get(libc::SK_MEMINFO_DROPS as usize)
+        .copied()
+        .filter(|_| len as usize > libc::SK_MEMINFO_DROPS as usize * 4)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "SO_MEMINFO without drops"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

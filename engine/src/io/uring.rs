@@ -795,6 +795,10 @@ impl Backend for Uring {
     fn queued(&self) -> usize {
         self.tx_queued
     }
+
+    fn kernel_drops(&self) -> Option<u32> {
+        super::socket::kernel_drops(&self.socket).ok()
+    }
 }
 
 #[cfg(test)]
