@@ -158,6 +158,12 @@ pub struct EngineSection {
     /// Socket receive and send buffer size.
     #[serde(default = "default_socket_buffer")]
     pub socket_buffer_bytes: usize,
+    /// Refuse datagrams of the wrong length or frame kind in the kernel,
+    /// before they are queued (a socket filter; counted as
+    /// `loopix_dropped_total{reason="kernel"}`). Off: the node reads them
+    /// and counts them as `bad_length` or `bad_frame` (slower under junk).
+    #[serde(default = "default_true")]
+    pub socket_filter: bool,
 }
 
 impl Default for EngineSection {
@@ -171,6 +177,7 @@ impl Default for EngineSection {
             batch: default_batch(),
             delay_cap_ms: default_delay_cap_ms(),
             socket_buffer_bytes: default_socket_buffer(),
+            socket_filter: true,
         }
     }
 }

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use loopix_crypto::link::{KIND_CLIENT_PACKET, KIND_PACKET, KIND_PULL};
 use loopix_crypto::{Geometry, LinkKey, SecretKey};
 
 use crate::aqm::AqmSettings;
@@ -286,6 +287,16 @@ impl ShardPlan<'_> {
                 .map_err(|err| format!("node.listen {}: cannot bind: {err}", config.node.listen))?;
             if i == 0 {
                 out.first_socket = Some(sock.try_clone().map_err(|e| format!("socket: {e}"))?);
+            }
+            if e.socket_filter {
+                let kinds: &[u8] = match self.provider {
+                    Some(_) => &[KIND_PACKET, KIND_CLIENT_PACKET, KIND_PULL],
+                    None => &[KIND_PACKET],
+                };
+                socket::attach_admission(&sock, self.geometry.frame_len() as u32, kinds)
+                    .map_err(|err| {
+                        format!("engine.socket_filter: cannot attach it: {err}; set it to false to run without")
+                    })?;
             }
             let backend = io::open(self.io_kind, sock, e.batch, self.geometry.frame_len())
                 .map_err(|err| format!("{} backend: {err}", self.io_kind.name()))?;

@@ -72,6 +72,8 @@ pub struct LocalNetSpec {
     /// lists a front address (where a proxy listens), the node listens on
     /// another (`node.public_address` is the front).
     pub fronted: Vec<String>,
+    /// `engine.socket_buffer_bytes` of every node.
+    pub socket_buffer_bytes: usize,
 }
 
 impl Default for LocalNetSpec {
@@ -97,6 +99,7 @@ impl Default for LocalNetSpec {
             loop_delay_ms: 1.0,
             detector_window_s: 0,
             fronted: Vec::new(),
+            socket_buffer_bytes: 8 << 20,
         }
     }
 }
@@ -496,7 +499,7 @@ fn config_text(
     };
     let config = format!(
         "[node]\nkey_dir = {:?}\ntopology = {:?}\nlisten = \"{}\"\n{public}operator_key = \"{operator}\"\n\n\
-         [engine]\nshards = {}\npin_cores = {}\nfirst_core = {}\nio = \"{io}\"\npool_packets = {}\ndelay_cap_ms = {}\n\n\
+         [engine]\nshards = {}\npin_cores = {}\nfirst_core = {}\nio = \"{io}\"\npool_packets = {}\ndelay_cap_ms = {}\nsocket_buffer_bytes = {}\n\n\
          [replay]\nrate_pps = {}\n\n[epochs]\ngrace_s = {}\n\n[metrics]\nlisten = \"{}\"\n\n[shutdown]\ndrain_ms = {}\n\n\
          [loops]\nlambda_m = {:?}\nmean_delay_ms = {:?}\n\n[detector]\nwindow_s = {}\n",
         n.key_dir.display().to_string(),
@@ -507,6 +510,7 @@ fn config_text(
         spec.first_core,
         spec.pool_packets,
         spec.delay_cap_ms,
+        spec.socket_buffer_bytes,
         spec.rate_pps,
         spec.grace_s,
         n.metrics,

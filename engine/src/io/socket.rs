@@ -4,8 +4,15 @@
 //!
 //! Why steer by packet bytes: a replayed packet carries the same group
 //! element whatever address it comes from, so it always reaches the same
-//! shard and meets the same replay filter. Per-shard filters are only sound
-//! because of this.
+//! shard. The node's replay filter is shared by its shards, but two copies
+//! checked at the same moment by two shards could each find the other's
+//! bits half set and both pass; on one shard they are checked in turn.
+//!
+//! Beside it, each shard's socket carries a classic BPF socket filter
+//! ([`admission_program`]) that refuses, before the datagram is queued, any
+//! datagram that is not exactly one frame long or whose kind byte the node
+//! does not take. The kernel counts what it refuses in the socket's drop
+//! counter ([`kernel_drops`]), with receive-queue overflows.
 
 #![allow(unsafe_code)] // reason: setsockopt with a BPF program; audited below
 
@@ -122,6 +129,64 @@ pub fn attach_steering(socket: &UdpSocket, offset: u32, shards: u32) -> io::Resu
     }
 }
 
+/// The socket filter: accept a datagram only if its UDP payload is exactly
+/// `frame_len` bytes and its first byte is one of `kinds`; refuse anything
+/// else (return 0). A socket filter sees the datagram from its UDP header
+/// on: the length includes the header's 8 bytes, and the payload starts at
+/// offset 8.
+pub fn admission_program(frame_len: u32, kinds: &[u8]) -> Vec<libc::sock_filter> {
+    const UDP_HEADER: u32 = 8;
+    const BPF_LD_W_LEN: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_LEN) as u16;
+    const BPF_LD_B_ABS: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
+    const BPF_JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const BPF_RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    assert!(!kinds.is_empty() && kinds.len() < 200, "1 to 199 kinds");
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let n = kinds.len() as u8;
+    // Layout: 0 len, 1 length test, 2 load kind, 3.. one test per kind,
+    // then refuse, then accept. Jumps count from the next instruction.
+    let mut p = vec![
+        op(BPF_LD_W_LEN, 0, 0, 0),
+        // Not one frame: jump over the kind load and tests to "refuse".
+        op(BPF_JEQ_K, 0, n + 1, frame_len + UDP_HEADER),
+        op(BPF_LD_B_ABS, 0, 0, UDP_HEADER),
+    ];
+    for (i, &kind) in kinds.iter().enumerate() {
+        // Equal: jump over the remaining tests and "refuse" to "accept".
+        let to_accept = n - i as u8;
+        p.push(op(BPF_JEQ_K, to_accept, 0, u32::from(kind)));
+    }
+    p.push(op(BPF_RET_K, 0, 0, 0));
+    p.push(op(BPF_RET_K, 0, 0, u32::MAX));
+    p
+}
+
+/// Attach [`admission_program`] to `socket` (`SO_ATTACH_FILTER`).
+pub fn attach_admission(socket: &UdpSocket, frame_len: u32, kinds: &[u8]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut program = admission_program(frame_len, kinds);
+    let prog = libc::sock_fprog {
+        len: program.len() as libc::c_ushort,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points at `program`, which outlives the call; the
+    // kernel copies the program during setsockopt and keeps no pointer.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// The kernel's drop counter of `socket` (`sk_drops`: datagrams refused by
 /// a full receive queue or by the socket filter), read with `SO_MEMINFO`.
 pub fn kernel_drops(socket: &UdpSocket) -> io::Result<u32> {
@@ -163,6 +228,62 @@ mod tests {
         assert_eq!(steer(&f, 13, 2), 1);
         assert_eq!(steer(&f, 13, 4), 3);
         assert_eq!(steer(&f[..5], 13, 4), 0);
+    }
+
+    /// The socket filter on a real socket: only datagrams of exactly one
+    /// frame with an accepted kind byte are queued; the kernel's drop
+    /// counter counts every other one, and a full receive queue too.
+    #[test]
+    fn kernel_refuses_wrong_lengths_and_kinds_and_counts_them() {
+        let rx = bind_reuseport("127.0.0.1:0".parse().expect("addr"), 1 << 20).expect("bind");
+        let addr = rx.local_addr().expect("addr");
+        attach_admission(&rx, 100, &[1, 3]).expect("attach");
+        assert_eq!(kernel_drops(&rx).expect("meminfo"), 0);
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind tx");
+        let frame = |len: usize, kind: u8| {
+            let mut f = vec![0u8; len];
+            if let Some(b) = f.first_mut() {
+                *b = kind;
+            }
+            f
+        };
+        let sent = [
+            (frame(100, 1), true),
+            (frame(100, 3), true),
+            (frame(100, 2), false),
+            (frame(100, 0), false),
+            (frame(99, 1), false),
+            (frame(101, 1), false),
+            (frame(108, 1), false),
+            (frame(92, 1), false),
+            (frame(1, 1), false),
+            (frame(0, 0), false),
+            (frame(9000, 1), false),
+        ];
+        for (f, _) in &sent {
+            tx.send_to(f, addr).expect("send");
+        }
+        rx.set_nonblocking(false).expect("blocking");
+        rx.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 10_000];
+        while let Ok((n, _)) = rx.recv_from(&mut buf) {
+            got.push(buf[..n].to_vec());
+        }
+        let want: Vec<Vec<u8>> = sent.iter().filter(|s| s.1).map(|s| s.0.clone()).collect();
+        assert_eq!(got, want);
+        let refused = sent.iter().filter(|s| !s.1).count() as u32;
+        assert_eq!(kernel_drops(&rx).expect("meminfo"), refused);
+        // Overflow: a small queue, a burst of good frames, none read.
+        let small = bind_reuseport("127.0.0.1:0".parse().expect("addr"), 4096).expect("bind");
+        let to = small.local_addr().expect("addr");
+        for _ in 0..2000 {
+            tx.send_to(&frame(100, 1), to).expect("send");
+        }
+        assert!(kernel_drops(&small).expect("meminfo") > 1000);
+        let p = admission_program(100, &[1]);
+        assert_eq!(p.len(), 6);
     }
 
     /// Two sockets in one reuseport group with the program attached: each
