@@ -1,9 +1,12 @@
 //! Fixtures shared by the criterion benches, `peer-compare` and
 //! `sphinx-demo`: a set of nodes with keys, Loopix message paths, delays
 //! drawn from an exponential distribution, medians, hex formatting and
-//! output that survives a closed pipe.
+//! output that survives a closed pipe; and (`node`) the node process the
+//! node benchmarks run.
 //!
 //! Nothing here is timed; it only prepares what the timed code consumes.
+
+pub mod node;
 
 use core::time::Duration;
 

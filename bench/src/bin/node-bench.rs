@@ -87,7 +87,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -95,7 +95,7 @@ use std::time::{Duration, Instant};
 use loopix_bench::{emit, exp_delay, median, options_or_exit, say, uniform_f64};
 use loopix_crypto::link::FRAME_ALPHA_OFFSET;
 use loopix_crypto::{sphinx, Geometry, LinkKey, ReplayTag, RoutingCommand, SecretKey};
-use loopix_engine::config::{IoChoice, MixConfig};
+use loopix_engine::config::IoChoice;
 use loopix_engine::io::portable::Portable;
 use loopix_engine::io::{socket, Backend};
 use loopix_engine::keyfile::load_node_secrets;
@@ -103,7 +103,7 @@ use loopix_engine::metrics::names;
 use loopix_engine::replay::ReplayFilters;
 use loopix_testkit::localnet::{Driver, LocalNet, LocalNetSpec};
 use loopix_testkit::metrics::Metrics;
-use loopix_testkit::process::NodeProcess;
+use loopix_bench::node::{pin, process_cpu_ns, run_mix_child, start_node, RUN_MIX};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{OsRng, RngCore};
@@ -114,8 +114,6 @@ use serde_json::{json, Value};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Hidden first argument: run a mix node from the config that follows.
-const RUN_MIX: &str = "--run-mix";
 
 /// Loss (and backlog) allowed for a rate to pass.
 const LOSS_MAX: f64 = 0.01;
@@ -296,7 +294,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some(RUN_MIX) {
-        return run_mix_child(args.get(1));
+        return run_mix_child("node-bench", args.get(1));
     }
     let opts = match options_or_exit("node-bench", USAGE, parse_args(&args)) {
         Ok(o) => o,
@@ -314,49 +312,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The node side: what `loopix mix --config FILE` does, plus a watchdog:
-/// if the benchmark dies without stopping it (SIGKILL, say, when its guard
-/// cannot run), the node notices it was re-parented and exits.
-fn run_mix_child(config: Option<&String>) -> ExitCode {
-    let Some(path) = config else {
-        eprintln!("node-bench {RUN_MIX}: needs a config file");
-        return ExitCode::from(2);
-    };
-    let parent = std::os::unix::process::parent_id();
-    let watchdog = std::thread::Builder::new()
-        .name("parent-watch".into())
-        .spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(200));
-            if std::os::unix::process::parent_id() != parent {
-                eprintln!("node-bench {RUN_MIX}: the benchmark is gone; exiting");
-                std::process::exit(3);
-            }
-        });
-    if let Err(e) = watchdog {
-        eprintln!("node-bench {RUN_MIX}: cannot start the watchdog: {e}");
-        return ExitCode::FAILURE;
-    }
-    match MixConfig::load(Path::new(path))
-        .map_err(|e| e.to_string())
-        .and_then(|c| loopix_engine::node::run_mix(&c))
-    {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(msg) => {
-            eprintln!("loopix: {msg}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Pin the calling thread to `core`, or explain why not.
-fn pin(core: usize) -> Result<(), String> {
-    if core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-        Ok(())
-    } else {
-        Err(format!("cannot pin a thread to core {core}"))
-    }
-}
-
 /// The 1-minute load average.
 fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
@@ -365,22 +320,6 @@ fn load_average() -> Option<f64> {
         .next()?
         .parse()
         .ok()
-}
-
-/// On-CPU nanoseconds of every thread of process `pid` so far (the first
-/// field of each `/proc/PID/task/TID/schedstat`). This kernel has no IRQ
-/// time accounting, so softirq work done in a thread's context (loopback
-/// delivery of what it sends) counts as that thread's.
-fn process_cpu_ns(pid: u32) -> Option<u64> {
-    let mut total = 0u64;
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let path = entry.ok()?.path().join("schedstat");
-        // A thread may exit between the listing and the read.
-        if let Ok(text) = std::fs::read_to_string(path) {
-            total += text.split_whitespace().next()?.parse::<u64>().ok()?;
-        }
-    }
-    Some(total)
 }
 
 /// Tick counters of one core from `/proc/stat`.
@@ -503,16 +442,6 @@ fn num(x: f64) -> Value {
 
 // ---------------------------------------------------------------------------
 // The node process.
-
-/// The node under test: `exe --run-mix config`, up once its metrics
-/// answer (the test kit's one node-process wrapper, killed when dropped).
-fn start_node(exe: &Path, config: &Path, metrics: SocketAddr) -> Result<NodeProcess, String> {
-    let log = config.with_extension("log");
-    let config = config.to_string_lossy();
-    let mut p = NodeProcess::spawn("the node", exe, &[RUN_MIX, &config], &log)?;
-    p.wait_up(metrics, loopix_testkit::process::START_BOUND)?;
-    Ok(p)
-}
 
 // ---------------------------------------------------------------------------
 // The crypto floor.
