@@ -92,6 +92,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use loopix_bench::node::{pin, process_cpu_ns, run_mix_child, start_node, RUN_MIX};
 use loopix_bench::{emit, exp_delay, median, options_or_exit, say, uniform_f64};
 use loopix_crypto::link::FRAME_ALPHA_OFFSET;
 use loopix_crypto::{sphinx, Geometry, LinkKey, ReplayTag, RoutingCommand, SecretKey};
@@ -103,7 +104,6 @@ use loopix_engine::metrics::names;
 use loopix_engine::replay::ReplayFilters;
 use loopix_testkit::localnet::{Driver, LocalNet, LocalNetSpec};
 use loopix_testkit::metrics::Metrics;
-use loopix_bench::node::{pin, process_cpu_ns, run_mix_child, start_node, RUN_MIX};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{OsRng, RngCore};
@@ -113,7 +113,6 @@ use serde_json::{json, Value};
 /// runs as a child.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 
 /// Loss (and backlog) allowed for a rate to pass.
 const LOSS_MAX: f64 = 0.01;

@@ -1,0 +1,168 @@
+//! `restart-bench`: what the persistent replay filters cost a node at start
+//! and while it runs, for filters of production sizes.
+//!
+//! Usage: `cargo run --release -p loopix-bench --bin restart-bench --
+//! [--json] [--rates-pps 1000,10000,50000] [--epoch-s 3600] [--dir DIR]`.
+//!
+//! For each `replay.rate_pps` (a filter sized for that rate over one epoch
+//! at the node's false-positive rate, 1e-6), in a fresh directory under
+//! `--dir` (default: the system's temporary directory; give one on the
+//! disk the node will use):
+//! - `create`: `BloomFilter::open_file` of a new file: the file is made,
+//!   its blocks reserved (`posix_fallocate`), mapped and every page written
+//!   once (what a node does at start, and for each new epoch on its control
+//!   thread);
+//! - `fill`: insert `rate_pps x 60` fresh tags (a minute of traffic), which
+//!   dirties pages all over the filter;
+//! - `sync`: one `sync` (msync) of the filled filter: what every
+//!   `replay.sync_s` costs in writes;
+//! - `resume`: drop the filter and `open_file` it again (a restart): map,
+//!   read every page and count its bits. The file is in the page cache
+//!   here; from a cold disk add the file's size over the disk's read rate.
+//!
+//! Reports milliseconds and the filter's size; the figures go in
+//! BENCHMARKING.md and docs/restarts.md.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use loopix_bench::{emit, options_or_exit};
+use loopix_crypto::ReplayTag;
+use loopix_engine::replay::{BloomFilter, FilterSizing};
+use rand_core::{OsRng, RngCore};
+use serde_json::json;
+
+const USAGE: &str = "usage: restart-bench [--json] [--rates-pps N,N,...] [--epoch-s S] [--dir DIR]";
+
+struct Options {
+    json: bool,
+    rates: Vec<u64>,
+    epoch_s: u64,
+    dir: PathBuf,
+}
+
+fn parse_args(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        json: false,
+        rates: vec![1_000, 10_000, 50_000],
+        epoch_s: 3600,
+        dir: std::env::temp_dir(),
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--help" | "-h" => return Err(String::new()),
+            "--json" => o.json = true,
+            "--rates-pps" => {
+                o.rates = value()?
+                    .split(',')
+                    .map(|r| {
+                        r.trim()
+                            .parse::<u64>()
+                            .map_err(|_| format!("--rates-pps: {r}?"))
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            "--epoch-s" => {
+                let v = value()?;
+                o.epoch_s = v.parse().map_err(|_| format!("--epoch-s: {v}?"))?;
+            }
+            "--dir" => o.dir = PathBuf::from(value()?),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if o.rates.is_empty() || o.rates.contains(&0) || o.epoch_s == 0 {
+        return Err("rates and the epoch must be at least 1".into());
+    }
+    Ok(o)
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn measure(rate: u64, o: &Options) -> Result<serde_json::Value, String> {
+    let dir = tempfile::tempdir_in(&o.dir).map_err(|e| format!("{}: {e}", o.dir.display()))?;
+    let path = dir.path().join("epoch-1.bloom");
+    let sizing =
+        FilterSizing::compute(rate * o.epoch_s, 1e-6, 1 << 40).map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let (f, _) = BloomFilter::open_file(&path, 1, sizing).map_err(|e| e.to_string())?;
+    let create_ms = ms(t);
+    let tags = rate * 60;
+    let t = Instant::now();
+    let mut tag = [0u8; 16];
+    for _ in 0..tags {
+        OsRng.fill_bytes(&mut tag);
+        f.insert(&ReplayTag(tag));
+    }
+    let fill_ms = ms(t);
+    let t = Instant::now();
+    f.sync().map_err(|e| e.to_string())?;
+    let sync_ms = ms(t);
+    let fill = f.fill_ratio();
+    drop(f);
+    let t = Instant::now();
+    let (back, resumed) = BloomFilter::open_file(&path, 1, sizing).map_err(|e| e.to_string())?;
+    let resume_ms = ms(t);
+    if !resumed || back.fill_ratio() != fill {
+        return Err("the resumed filter differs from the one written".into());
+    }
+    Ok(json!({
+        "rate_pps": rate, "filter_mib": sizing.memory_bytes() as f64 / f64::from(1u32 << 20),
+        "create_ms": create_ms, "fill_tags": tags, "fill_ms": fill_ms, "sync_ms": sync_ms,
+        "resume_ms": resume_ms,
+    }))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = match options_or_exit("restart-bench", USAGE, parse_args(&args)) {
+        Ok(o) => o,
+        Err(code) => return code,
+    };
+    let mut rows = Vec::new();
+    for &rate in &opts.rates {
+        match measure(rate, &opts) {
+            Ok(r) => rows.push(r),
+            Err(e) => {
+                eprintln!("restart-bench: rate {rate}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if opts.json {
+        emit(&format!(
+            "{}\n",
+            json!({ "epoch_s": opts.epoch_s, "rows": rows })
+        ));
+        return ExitCode::SUCCESS;
+    }
+    let mut out = format!(
+        "restart-bench: filters for one {} s epoch at fp 1e-6, in {}\n\
+         {:>9} {:>10} {:>11} {:>14} {:>9} {:>10}\n",
+        opts.epoch_s,
+        opts.dir.display(),
+        "rate_pps",
+        "size_MiB",
+        "create_ms",
+        "fill_1min_ms",
+        "sync_ms",
+        "resume_ms"
+    );
+    for r in &rows {
+        out += &format!(
+            "{:>9} {:>10.1} {:>11.1} {:>14.1} {:>9.1} {:>10.1}\n",
+            r["rate_pps"],
+            r["filter_mib"].as_f64().unwrap_or(0.0),
+            r["create_ms"].as_f64().unwrap_or(0.0),
+            r["fill_ms"].as_f64().unwrap_or(0.0),
+            r["sync_ms"].as_f64().unwrap_or(0.0),
+            r["resume_ms"].as_f64().unwrap_or(0.0),
+        );
+    }
+    emit(&out);
+    ExitCode::SUCCESS
+}
