@@ -29,7 +29,6 @@
 //! way.
 
 use std::net::UdpSocket;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -220,7 +219,7 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let exe = match std::env::current_exe() {
-        Ok(p) => PathBuf::from(p),
+        Ok(p) => p,
         Err(e) => {
             eprintln!("junk-bench: {e}");
             return ExitCode::FAILURE;
