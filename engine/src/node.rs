@@ -215,6 +215,32 @@ impl Persist {
     }
 }
 
+impl Persist {
+    /// Start the thread that makes the replay state durable every
+    /// `replay.sync_s`; returns the syncer too, for the last sync at stop.
+    fn spawn_syncer(
+        &self,
+        config: &MixConfig,
+        built: &Shards,
+        metrics: &Arc<ControlMetrics>,
+        stop: &Arc<AtomicBool>,
+    ) -> Result<(Arc<Syncer>, std::thread::JoinHandle<()>), String> {
+        let syncer = Arc::new(Syncer {
+            dir: self.files.dir.clone(),
+            shards: built.link_state.clone(),
+            filters: Arc::clone(&self.files.open),
+            interval: std::time::Duration::from_secs(config.replay.sync_s),
+            metrics: Arc::clone(metrics),
+        });
+        let (run, stop) = (Arc::clone(&syncer), Arc::clone(stop));
+        let thread = std::thread::Builder::new()
+            .name("state-sync".into())
+            .spawn(move || run.run(&stop))
+            .map_err(|err| format!("cannot start the state sync thread: {err}"))?;
+        Ok((syncer, thread))
+    }
+}
+
 /// The process-wide flags the signals set.
 struct Signals {
     /// SIGTERM or SIGINT: stop.
@@ -513,6 +539,8 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
         prov.as_ref(),
     );
 
+    let (syncer, sync_thread) =
+        persist.spawn_syncer(config, &built, &control_metrics, &signals.stop)?;
     let handles = spawn_shards(built.shards, config)?;
     let (inbox_thread, registry) = match (prov, built.first_socket) {
         (Some(p), Some(socket)) => {
@@ -523,14 +551,6 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
         // A mix needs no handle on its socket here.
         (None, _) => (None, None),
     };
-    let syncer = Arc::new(Syncer {
-        dir: persist.files.dir.clone(),
-        shards: built.link_state.clone(),
-        filters: Arc::clone(&persist.files.open),
-        interval: std::time::Duration::from_secs(config.replay.sync_s),
-        metrics: Arc::clone(&control_metrics),
-    });
-    let sync_thread = spawn_syncer(&syncer, &signals.stop)?;
 
     // Control loop: key epochs, topology reloads and registry rescans until
     // told to stop.
@@ -564,19 +584,6 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
     syncer.sync_once();
     log_stop(name, &built.metrics, stopping);
     Ok(())
-}
-
-/// Start the thread that makes the replay state durable every
-/// `replay.sync_s`.
-fn spawn_syncer(
-    syncer: &Arc<Syncer>,
-    stop: &Arc<AtomicBool>,
-) -> Result<std::thread::JoinHandle<()>, String> {
-    let (syncer, stop) = (Arc::clone(syncer), Arc::clone(stop));
-    std::thread::Builder::new()
-        .name("state-sync".into())
-        .spawn(move || syncer.run(&stop))
-        .map_err(|err| format!("cannot start the state sync thread: {err}"))
 }
 
 /// Serve `/metrics` if `metrics.listen` is set.

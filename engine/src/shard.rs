@@ -331,6 +331,8 @@ struct State {
     /// Link counters accepted before the last restart, by neighbour and its
     /// sending shard: a window opened for one refuses them.
     restored: HashMap<(NodeId, u8), u64>,
+    /// A provider's: client counters accepted before the last restart.
+    restored_clients: HashMap<MailboxId, u64>,
     /// Where the shard publishes its link state for the state file.
     link_out: Option<Arc<Mutex<LinkSnapshot>>>,
 }
@@ -441,6 +443,7 @@ impl Shard {
             aqm,
             input_empty_at_us: 0,
             restored: HashMap::new(),
+            restored_clients: HashMap::new(),
             link_out: None,
         };
         let batch = state.settings.batch;
@@ -488,6 +491,7 @@ impl Shard {
     pub fn with_link_state(mut self, saved: &LinkState, out: Arc<Mutex<LinkSnapshot>>) -> Shard {
         let st = &mut self.state;
         st.restored = saved.windows.clone();
+        st.restored_clients = saved.clients.clone();
         let low = (st.counter & COUNTER_LOW_MASK).max(saved.counter_floor);
         st.counter = shard_counter(st.settings.index, low);
         st.link_out = Some(out);
@@ -962,6 +966,16 @@ impl State {
             let e = snap.windows.entry((peer.id, shard)).or_insert(top);
             *e = (*e).max(top);
         }
+        snap.clients.clone_from(&self.restored_clients);
+        if let Some(p) = &self.provider {
+            for (slot, w) in &p.windows {
+                let (Some(client), Some(top)) = (p.clients.by_slot.get(slot), w.highest()) else {
+                    continue;
+                };
+                let e = snap.clients.entry(client.mailbox).or_insert(top);
+                *e = (*e).max(top);
+            }
+        }
         snap.counter_limit = (self.counter & COUNTER_LOW_MASK).saturating_add(COUNTER_RESERVE);
     }
 
@@ -1021,18 +1035,26 @@ impl State {
         let Some(client) = p.clients.by_slot.get(&slot) else {
             return metrics.count_drop(DropReason::UnknownClient);
         };
-        if let Some(w) = p.windows.get(&slot) {
-            if w.check(header.counter).is_err() {
-                return metrics.count_drop(DropReason::LinkReplay);
-            }
+        // Before a restart, this client had sent up to `saved`.
+        let saved = self.restored_clients.get(&client.mailbox).copied();
+        let fresh = match p.windows.get(&slot) {
+            Some(w) => w.check(header.counter).is_ok(),
+            None => saved.is_none_or(|top| header.counter > top),
+        };
+        if !fresh {
+            return metrics.count_drop(DropReason::LinkReplay);
         }
+        let window = || saved.map_or_else(ReplayWindow::new, ReplayWindow::resume_above);
         if header.kind == KIND_PULL {
             p.scratch.copy_from_slice(d.data);
             let body = match client.link.open_in_place(&mut p.scratch) {
                 Ok((_, body)) => body,
                 Err(_) => return metrics.count_drop(DropReason::ClientUnauthenticated),
             };
-            p.windows.entry(slot).or_default().commit(header.counter);
+            p.windows
+                .entry(slot)
+                .or_insert_with(window)
+                .commit(header.counter);
             let Ok(request) = PullRequest::parse(body) else {
                 return metrics.count_drop(DropReason::BadPull);
             };
@@ -1054,7 +1076,10 @@ impl State {
         if client.link.open(d.data).is_err() {
             return metrics.count_drop(DropReason::ClientUnauthenticated);
         }
-        p.windows.entry(slot).or_default().commit(header.counter);
+        p.windows
+            .entry(slot)
+            .or_insert_with(window)
+            .commit(header.counter);
         if !self.aqm.admit() {
             return self.drop(DropReason::Aqm);
         }

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use loopix_crypto::NodeId;
+use loopix_crypto::{MailboxId, NodeId};
 
 use crate::metrics::ControlMetrics;
 use crate::replay::{BloomFilter, EpochFilters, FilterFileError, FilterSizing};
@@ -111,6 +111,8 @@ impl StateDir {
 pub struct LinkSnapshot {
     /// Highest counter accepted, by neighbour and its sending shard.
     pub windows: HashMap<(NodeId, u8), u64>,
+    /// A provider's: highest counter accepted from each client, by mailbox.
+    pub clients: HashMap<MailboxId, u64>,
     /// No counter at or above this was sealed by the shard.
     pub counter_limit: u64,
 }
@@ -120,6 +122,8 @@ pub struct LinkSnapshot {
 pub struct LinkState {
     /// Refuse counters at or below these, by neighbour and sending shard.
     pub windows: HashMap<(NodeId, u8), u64>,
+    /// A provider's: refuse client counters at or below these, by mailbox.
+    pub clients: HashMap<MailboxId, u64>,
     /// Seal with counters from here on (past every one used before).
     pub counter_floor: u64,
 }
@@ -133,18 +137,28 @@ impl LinkState {
                 let e = out.windows.entry(*k).or_insert(v);
                 *e = (*e).max(v);
             }
+            for (k, &v) in &s.clients {
+                let e = out.clients.entry(*k).or_insert(v);
+                *e = (*e).max(v);
+            }
             out.counter_floor = out.counter_floor.max(s.counter_limit);
         }
         out
     }
 
     /// The file's text: a comment line, `counter <N>`, then one
-    /// `window <node id hex> <sending shard> <highest>` per link, sorted.
+    /// `window <node id hex> <sending shard> <highest>` per link and one
+    /// `client <mailbox hex> <highest>` per client of a provider, sorted.
     pub fn to_text(&self) -> String {
         let mut lines: Vec<String> = self
             .windows
             .iter()
             .map(|((id, shard), top)| format!("window {id} {shard} {top}"))
+            .chain(
+                self.clients
+                    .iter()
+                    .map(|(mailbox, top)| format!("client {mailbox} {top}")),
+            )
             .collect();
         lines.sort();
         format!(
@@ -171,6 +185,12 @@ impl LinkState {
                     let shard: u8 = shard.parse().map_err(|_| bad())?;
                     let top: u64 = top.parse().map_err(|_| bad())?;
                     out.windows.insert((NodeId(raw), shard), top);
+                }
+                ["client", mailbox, top] => {
+                    let mut raw = [0u8; 16];
+                    hex::decode_to_slice(mailbox, &mut raw).map_err(|_| bad())?;
+                    let top: u64 = top.parse().map_err(|_| bad())?;
+                    out.clients.insert(MailboxId(raw), top);
                 }
                 _ => return Err(bad()),
             }
@@ -342,16 +362,19 @@ mod tests {
         let b = NodeId([2; 16]);
         let s1 = LinkSnapshot {
             windows: HashMap::from([((a, 0), 10), ((b, 1), 5)]),
+            clients: HashMap::from([(MailboxId([9; 16]), 40)]),
             counter_limit: 100,
         };
         let s2 = LinkSnapshot {
             windows: HashMap::from([((a, 0), 7), ((a, 1), 3)]),
+            clients: HashMap::from([(MailboxId([9; 16]), 44)]),
             counter_limit: 200,
         };
         let merged = LinkState::merge([&s1, &s2]);
         assert_eq!(merged.counter_floor, 200);
         assert_eq!(merged.windows[&(a, 0)], 10);
         assert_eq!(merged.windows.len(), 3);
+        assert_eq!(merged.clients[&MailboxId([9; 16])], 44);
         let text = merged.to_text();
         assert_eq!(LinkState::from_text(&text), Ok(merged.clone()));
         let dir = tempfile::tempdir().expect("tempdir");

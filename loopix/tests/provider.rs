@@ -341,6 +341,79 @@ fn stored_packets_survive_sigkill() {
     assert_eq!(p.metric(names::INBOX_MESSAGES, &[]), 0.0);
 }
 
+/// A pull captured on the client's link before the provider restarts
+/// (SIGTERM, same data directory) is refused after it, from any address:
+/// the provider answers it with nothing and counts a link replay. The
+/// client's next pull is answered at once.
+#[test]
+fn a_pull_captured_before_a_restart_is_refused_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = LocalNet::create(dir.path(), &spec()).expect("lay out");
+    let config = provider_config(&net);
+    let reg = register(&config, "carol");
+    let mut p = start_provider(&config, net.nodes[0].metrics);
+    let mut carol = Client::new(reg.clone());
+    let mut captured = vec![0u8; pull_frame_len(&G)];
+    PullRequest {
+        request_id: 7,
+        mailbox: reg.mailbox,
+        acks: vec![],
+    }
+    .seal(
+        &G,
+        &LinkKey::from_bytes(&reg.access_key),
+        reg.slot,
+        50,
+        &mut captured,
+    )
+    .expect("seal");
+    carol.counter = 51;
+    let observer = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    observer
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut buf = vec![0u8; 4096];
+    observer
+        .send_to(&captured, reg.provider_address)
+        .expect("send");
+    assert!(
+        observer.recv_from(&mut buf).is_ok(),
+        "the original is answered"
+    );
+    assert!(p
+        .terminate(Duration::from_secs(5))
+        .expect("exits")
+        .success());
+
+    let metrics = free_tcp_addr().expect("port");
+    let text = std::fs::read_to_string(&config).expect("read config");
+    let text = text.replace(
+        &format!("[metrics]\nlisten = \"{}\"", net.nodes[0].metrics),
+        &format!("[metrics]\nlisten = \"{metrics}\""),
+    );
+    std::fs::write(&config, text).expect("write config");
+    let p = start_provider(&config, metrics);
+    let replayer = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    replayer
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    replayer
+        .send_to(&captured, reg.provider_address)
+        .expect("send");
+    assert!(
+        replayer.recv_from(&mut buf).is_err(),
+        "a replayed pull was answered"
+    );
+    p.wait_metric(names::DROPPED, &[("reason", "link_replay")], 1.0);
+    assert_eq!(p.dropped("link_replay"), 1.0);
+    assert_eq!(p.metric(names::PULLS, &[]), 0.0);
+    assert_eq!(
+        carol.pull(&[]).len(),
+        usize::from(K),
+        "a fresh pull is answered"
+    );
+}
+
 #[test]
 fn bad_input_is_counted_and_good_clients_are_served() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -103,8 +103,25 @@ fn startup_failures_name_the_problem() {
     assert_eq!(code, 1);
     assert!(err.contains("trusted operator key"), "{err}");
 
-    // The metrics port is taken: the start fails naming it, and no start
-    // line was logged first (everything is bound before it).
+    // A key directory from before identity keys.
+    std::fs::remove_file(mix.key_dir.join("identity.key")).expect("remove identity.key");
+    let (code, err) = mix_with(&cfg, &good);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("identity.key") && err.contains("loopix keygen --dir"),
+        "{err}"
+    );
+}
+
+/// The metrics port is taken: the start fails naming it, and no start line
+/// was logged first (everything is bound before it, as the unit file says).
+#[test]
+fn a_taken_metrics_port_fails_before_the_start_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = LocalNet::create(dir.path(), &LocalNetSpec::default()).expect("lay out");
+    let mix = &net.nodes[net.layer(1)[0]];
+    let good = std::fs::read_to_string(mix.config.as_ref().expect("config")).expect("read");
+    let cfg = dir.path().join("test.toml");
     let taken = std::net::TcpListener::bind(mix.metrics).expect("take the metrics port");
     let (code, err) = mix_with(&cfg, &good);
     assert_eq!(code, 1, "{err}");
@@ -117,15 +134,6 @@ fn startup_failures_name_the_problem() {
         "start line before the bind: {err}"
     );
     drop(taken);
-
-    // A key directory from before identity keys.
-    std::fs::remove_file(mix.key_dir.join("identity.key")).expect("remove identity.key");
-    let (code, err) = mix_with(&cfg, &good);
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("identity.key") && err.contains("loopix keygen --dir"),
-        "{err}"
-    );
 }
 
 #[test]
@@ -167,4 +175,39 @@ fn keygen_writes_keys_and_prints_the_descriptor() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{file}");
     }
+    // Run again with more epochs: the directory is topped up to 5 epochs
+    // from the current one, and the keys already there are kept as they are.
+    let mix_keys = || {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(&keys)
+            .expect("list")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("mix-"))
+            })
+            .map(|p| (p.display().to_string(), std::fs::read(&p).expect("read")))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = mix_keys();
+    assert_eq!(before.len(), 2);
+    let again = Command::new(env!("CARGO_BIN_EXE_loopix"))
+        .args([
+            "keygen",
+            "--dir",
+            keys.to_str().expect("utf-8"),
+            "--epochs",
+            "5",
+        ])
+        .output()
+        .expect("run");
+    assert!(again.status.success());
+    let after = mix_keys();
+    assert_eq!(after.len(), 5);
+    assert!(
+        before.iter().all(|k| after.contains(k)),
+        "a key was rewritten"
+    );
 }
