@@ -2,7 +2,8 @@
 //! does a node's slow work on the control thread, between the shards'
 //! batches and never on the packet path: key epochs (the next epoch's key
 //! accepted ahead, the previous one kept for `epochs.grace_s`, the filters
-//! of new epochs built and faulted in here) and topology reloads on SIGHUP
+//! of new epochs opened from their files and faulted in here, and retired
+//! epochs' keys and filter files deleted) and topology reloads on SIGHUP
 //! (verified, checked against the successor rule and this node's listing,
 //! then sent to every shard as new links), and a provider's client registry
 //! (rescanned when its directory changed, at once on SIGHUP, the new list

@@ -2,8 +2,9 @@
 //!
 //! `node::run_mix` and `node::run_provider` assemble a node from its config,
 //! key directory and topology (a provider adds `provider`'s inbox thread and
-//! `registry`'s clients); each `shard::Shard` owns its socket backend, buffer pool, replay
-//! filters, timing wheel and counters; the control plane (the calling
+//! `registry`'s clients); each `shard::Shard` owns its socket backend, buffer pool,
+//! timing wheel and counters, and shares the node's replay filters
+//! (`replay`, kept across restarts by `state`); the control plane (the calling
 //! thread) handles key epochs, signals and the metrics endpoint, and talks
 //! to shards through bounded channels and one stop flag.
 //!

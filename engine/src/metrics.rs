@@ -471,7 +471,8 @@ pub mod names {
     pub const POOL_IN_USE: &str = "loopix_pool_in_use_packets";
     /// Size of a shard's pool (gauge).
     pub const POOL_CAPACITY: &str = "loopix_pool_capacity_packets";
-    /// Replay filter memory (gauge).
+    /// Replay filter memory (gauge): the node's filters, shared by its
+    /// shards, so every shard reports the same figure.
     pub const REPLAY_FILTER_BYTES: &str = "loopix_replay_filter_bytes";
     /// Fill of the current epoch's filter (gauge).
     pub const REPLAY_FILTER_FILL: &str = "loopix_replay_filter_fill_ratio";
@@ -992,7 +993,7 @@ impl ShardFamilies {
         );
         r.register(
             REPLAY_FILTER_BYTES,
-            "Replay filter memory, all open epochs",
+            "Replay filter memory, all open epochs (the node's filters, shared by its shards: the same in every shard, do not sum)",
             self.filter_bytes,
         );
         r.register(

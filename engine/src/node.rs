@@ -628,11 +628,13 @@ fn log_start(
     prov: Option<&ProviderStart>,
 ) {
     let me = &topology.nodes[own as usize];
+    // The filters are the node's, shared: every shard reports all of them.
     let filter_mb = built
         .metrics
         .iter()
         .map(|m| m.filter_bytes.load(Ordering::Relaxed))
-        .sum::<u64>() as f64
+        .max()
+        .unwrap_or(0) as f64
         / (1u64 << 20) as f64;
     let clients_note = prov
         .map(|p| format!(", {} client(s)", p.clients.len()))

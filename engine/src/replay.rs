@@ -1,4 +1,8 @@
-//! Sphinx replay filters: one bloom filter per key epoch, per shard.
+//! Sphinx replay filters: one bloom filter per key epoch for the whole
+//! node, shared by its shards ([`BloomFilter`] is a handle), in process
+//! memory or in a file that outlives the process
+//! ([`BloomFilter::open_file`], `docs/restarts.md`); each shard keeps the
+//! handles of the epochs it accepts in a [`ReplayFilters`].
 //!
 //! A replay tag ([`ReplayTag`]) is a uniformly random 16-byte value derived
 //! from a packet's shared secret, equal for two copies of one packet at one
@@ -10,14 +14,15 @@
 //! Invariants:
 //! - no false negatives: once inserted, a tag is contained until its epoch's
 //!   filter is retired;
-//! - memory is fixed when an epoch opens ([`ReplayFilters::open_epoch`]) and
-//!   is freed only by [`ReplayFilters::retire_before`]; `contains` and
+//! - memory is fixed when an epoch opens ([`ReplayFilters::open_epoch`] or
+//!   [`ReplayFilters::install`]) and is freed when the last handle goes
+//!   ([`ReplayFilters::retire_before`] in every shard); `contains` and
 //!   `insert` never allocate;
 //! - at most [`MAX_OPEN_EPOCHS`] filters exist at once, and an epoch once
 //!   retired is never reopened (a fresh filter would forget its tags and let
 //!   every old packet of that epoch be replayed);
-//! - `set_bits` always equals the number of one bits, so the fill ratio is
-//!   O(1).
+//! - `set_bits` always equals the number of one bits (each is counted by
+//!   the one `fetch_or` that set it), so the fill ratio is O(1).
 
 use crate::io::mapped::MappedFile;
 use loopix_crypto::ReplayTag;

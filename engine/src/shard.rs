@@ -1,6 +1,8 @@
 //! One shard: a thread pinned to one core that owns, alone and without
-//! locks, its socket backend, buffer pool, replay filters, timing wheel,
-//! link replay windows and counters.
+//! locks, its socket backend, buffer pool, timing wheel, link replay windows
+//! and counters; the replay filters are the node's, shared by its shards
+//! (see `replay`), and its windows' tops are published once a second for
+//! the node's state file (see `state`).
 //!
 //! The packet path, in order, with the cheapest checks first so that junk
 //! costs the least: length, frame kind, sender is an allowed neighbour, link
@@ -226,7 +228,9 @@ pub struct ShardSettings {
     pub delay_cap_us: u64,
     /// After stop: keep sending what is due within this long.
     pub drain_us: u64,
-    /// Replay filter sizing per epoch for this shard.
+    /// Replay filter sizing per epoch, for a filter the shard builds itself
+    /// in memory (simulations, fuzzing, or an epoch whose shared filter the
+    /// node could not open).
     pub filter_items: u64,
     /// Target false-positive rate.
     pub filter_fp: f64,

@@ -265,7 +265,14 @@ impl ReplayFiles {
                 continue;
             }
             match BloomFilter::open_file(&self.dir.filter_path(e), e, self.sizing) {
-                Ok((f, _resumed)) => {
+                Ok((f, resumed)) => {
+                    if resumed {
+                        eprintln!(
+                            "loopix: replay filter of epoch {e} resumed from {} ({:.2}% of its bits set)",
+                            self.dir.filter_path(e).display(),
+                            f.fill_ratio() * 100.0
+                        );
+                    }
                     open.push((e, f.clone()));
                     fresh.push((e, f));
                 }
