@@ -581,7 +581,7 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
     }
     let _ = sync_thread.join();
     // The shards published their last windows as they stopped.
-    syncer.sync_once();
+    syncer.sync_once(false);
     log_stop(name, &built.metrics, stopping);
     Ok(())
 }

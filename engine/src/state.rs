@@ -304,10 +304,11 @@ pub struct Syncer {
 }
 
 impl Syncer {
-    /// Sync now: write the link state and msync every filter. Errors are
-    /// counted and logged, never fatal (the node keeps forwarding; what is
-    /// at risk is replays after a power loss).
-    pub fn sync_once(&self) {
+    /// Sync now: write the link state and msync every filter, then (with
+    /// `refault`, while shards run) make the filters' pages writable again
+    /// on this thread. Errors are counted and logged, never fatal (the node
+    /// keeps forwarding; what is at risk is replays after a power loss).
+    pub fn sync_once(&self, refault: bool) {
         let t = Instant::now();
         let snapshots: Vec<LinkSnapshot> = self
             .shards
@@ -327,6 +328,11 @@ impl Syncer {
                 eprintln!("loopix: cannot sync replay filter {:?}: {e}", f.path());
                 ok = Err(());
             }
+            // The sync write-protected every page it wrote: take the faults
+            // here rather than on the shards' packet path.
+            if refault {
+                f.prefault();
+            }
         }
         let m = &self.metrics;
         if ok.is_ok() {
@@ -345,7 +351,7 @@ impl Syncer {
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
             if last.elapsed() >= self.interval {
-                self.sync_once();
+                self.sync_once(true);
                 last = Instant::now();
             }
         }

@@ -350,7 +350,10 @@ impl Driver {
             links,
             route_keys,
             geometry: Geometry::DEFAULT,
-            counter: 1,
+            // From the wall clock in microseconds, as a node's shards count:
+            // a node restarted between two drivers remembers the counters
+            // the first one used and refuses them again (docs/restarts.md).
+            counter: loopix_engine::state::wall_us(),
         })
     }
 

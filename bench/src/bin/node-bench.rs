@@ -5,7 +5,8 @@
 //! [--quick] [--io auto|uring|portable] [--step-s S] [--mean-delay-us N]
 //! [--start-pps N] [--growth F] [--precision F] [--budget-s N]
 //! [--filter-rate-pps N] [--floor-iters N] [--node-core N] [--gen-core N]
-//! [--sink-poll-us N] [--node-batch N] [--lambda-m R] [--aqm-target-ms MS]`.
+//! [--sink-poll-us N] [--node-batch N] [--lambda-m R] [--aqm-target-ms MS]
+//! [--sync-s S]`.
 //!
 //! What it does:
 //! - lays out a loopback network with `LocalNet::create`: one provider and
@@ -146,7 +147,7 @@ usage: node-bench [--json] [--quick] [--io auto|uring|portable] [--step-s S]
                   [--precision F] [--budget-s N] [--filter-rate-pps N]
                   [--floor-iters N] [--node-core N] [--gen-core N]
                   [--sink-poll-us N] [--node-batch N] [--lambda-m R]
-                  [--aqm-target-ms MS]
+                  [--aqm-target-ms MS] [--sync-s S]
   --json               after the table, print one JSON object as the last line
   --quick              smoke run: 1 s steps, growth 1.6, precision 10%,
                        budget 60 s, 1000 floor iterations (explicit flags win)
@@ -173,7 +174,9 @@ usage: node-bench [--json] [--quick] [--io auto|uring|portable] [--step-s S]
                        default 0: none; the paper's rate is 0.1667)
   --aqm-target-ms MS   set aqm.target_ms of the node (0: AQM off; default:
                        the engine's default). Near capacity the AQM drops
-                       arrivals, which counts as loss here";
+                       arrivals, which counts as loss here
+  --sync-s S           set replay.sync_s of the node (how often its replay
+                       filter is written to the disk; default: the engine's)";
 
 /// Command-line options.
 #[derive(Debug, Clone)]
@@ -194,6 +197,7 @@ struct Options {
     node_batch: Option<u64>,
     lambda_m: f64,
     aqm_target_ms: Option<f64>,
+    sync_s: Option<u64>,
 }
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
@@ -215,6 +219,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         node_batch: None,
         lambda_m: 0.0,
         aqm_target_ms: None,
+        sync_s: None,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -262,6 +267,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--gen-core" => o.gen_core = whole(arg, value(arg)?)? as usize,
             "--sink-poll-us" => o.sink_poll_us = whole(arg, value(arg)?)?,
             "--node-batch" => o.node_batch = Some(whole(arg, value(arg)?)?),
+            "--sync-s" => o.sync_s = Some(whole(arg, value(arg)?)?.clamp(1, 3600)),
             "--aqm-target-ms" => {
                 let v = value(arg)?;
                 o.aqm_target_ms = match v.parse::<f64>() {
@@ -1188,6 +1194,9 @@ fn run(opts: &Options) -> Result<String, String> {
     if let Some(t) = opts.aqm_target_ms {
         text.push_str(&format!("\n[aqm]\ntarget_ms = {t:?}\n"));
     }
+    if let Some(sync) = opts.sync_s {
+        text = text.replacen("[replay]\n", &format!("[replay]\nsync_s = {sync}\n"), 1);
+    }
     std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
 
@@ -1436,6 +1445,7 @@ fn run(opts: &Options) -> Result<String, String> {
             "node_batch": opts.node_batch,
             "lambda_m": opts.lambda_m,
             "aqm_target_ms": opts.aqm_target_ms,
+            "sync_s": opts.sync_s,
             "load_avg_before": load_before.map_or(Value::Null, num),
             "load_avg_after": load_after.map_or(Value::Null, num),
             "pps_max": num(pps_max),
