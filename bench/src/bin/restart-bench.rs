@@ -9,15 +9,16 @@
 //! `--dir` (default: the system's temporary directory; give one on the
 //! disk the node will use):
 //! - `create`: `BloomFilter::open_file` of a new file: the file is made,
-//!   its blocks reserved (`posix_fallocate`), mapped and every page written
-//!   once (what a node does at start, and for each new epoch on its control
+//!   its blocks reserved (`posix_fallocate`), mapped and every page made
+//!   writable (what a node does at start, and for each new epoch on its control
 //!   thread);
 //! - `fill`: insert `rate_pps x 60` fresh tags (a minute of traffic), which
 //!   dirties pages all over the filter;
 //! - `sync`: one `sync` (msync) of the filled filter: what every
 //!   `replay.sync_s` costs in writes;
 //! - `resume`: drop the filter and `open_file` it again (a restart): map,
-//!   read every page and count its bits. The file is in the page cache
+//!   read every page and count its bits, write back what is dirty, make
+//!   every page writable. The file is in the page cache
 //!   here; from a cold disk add the file's size over the disk's read rate.
 //!
 //! Reports milliseconds and the filter's size; the figures go in
