@@ -47,6 +47,19 @@ fn start_provider(config: &Path, metrics: SocketAddr) -> NodeProcess {
     p
 }
 
+/// Start the provider of `net` again on the same data directory, with a
+/// fresh metrics port (the old one may linger).
+fn restart_provider(net: &LocalNet, config: &Path) -> NodeProcess {
+    let metrics = free_tcp_addr().expect("port");
+    let text = std::fs::read_to_string(config).expect("read config");
+    let text = text.replace(
+        &format!("[metrics]\nlisten = \"{}\"", net.nodes[0].metrics),
+        &format!("[metrics]\nlisten = \"{metrics}\""),
+    );
+    std::fs::write(config, text).expect("write config");
+    start_provider(config, metrics)
+}
+
 fn spec() -> LocalNetSpec {
     LocalNetSpec {
         providers: 1,
@@ -304,16 +317,7 @@ fn stored_packets_survive_sigkill() {
     sender.join().expect("sender");
     drop(p);
 
-    // Restart on the same data directory (a fresh metrics port, in case the
-    // old one lingers).
-    let metrics = free_tcp_addr().expect("port");
-    let text = std::fs::read_to_string(&config).expect("read config");
-    let text = text.replace(
-        &format!("[metrics]\nlisten = \"{}\"", net.nodes[0].metrics),
-        &format!("[metrics]\nlisten = \"{metrics}\""),
-    );
-    std::fs::write(&config, text).expect("write config");
-    let p = start_provider(&config, metrics);
+    let p = restart_provider(&net, &config);
     let mut bob = Client::new(reg);
     let mut acked: HashSet<u64> = HashSet::new();
     let mut packets: HashSet<Vec<u8>> = HashSet::new();
@@ -385,14 +389,7 @@ fn a_pull_captured_before_a_restart_is_refused_after_it() {
         .expect("exits")
         .success());
 
-    let metrics = free_tcp_addr().expect("port");
-    let text = std::fs::read_to_string(&config).expect("read config");
-    let text = text.replace(
-        &format!("[metrics]\nlisten = \"{}\"", net.nodes[0].metrics),
-        &format!("[metrics]\nlisten = \"{metrics}\""),
-    );
-    std::fs::write(&config, text).expect("write config");
-    let p = start_provider(&config, metrics);
+    let p = restart_provider(&net, &config);
     let replayer = UdpSocket::bind("127.0.0.1:0").expect("bind");
     replayer
         .set_read_timeout(Some(Duration::from_millis(500)))

@@ -105,8 +105,21 @@ pub fn steer(frame: &[u8], offset: usize, shards: u32) -> u32 {
 /// kernel applies it to the whole group). Sockets are indexed in the order
 /// they were bound, so shard `i` must bind `i`-th.
 pub fn attach_steering(socket: &UdpSocket, offset: u32, shards: u32) -> io::Result<()> {
+    attach(
+        socket,
+        SO_ATTACH_REUSEPORT_CBPF,
+        steering_program(offset, shards),
+    )
+}
+
+/// Attach a classic BPF `program` to `socket` with the socket option
+/// `option` (`SO_ATTACH_FILTER` or `SO_ATTACH_REUSEPORT_CBPF`).
+fn attach(
+    socket: &UdpSocket,
+    option: libc::c_int,
+    mut program: Vec<libc::sock_filter>,
+) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let mut program = steering_program(offset, shards);
     let prog = libc::sock_fprog {
         len: program.len() as libc::c_ushort,
         filter: program.as_mut_ptr(),
@@ -117,7 +130,7 @@ pub fn attach_steering(socket: &UdpSocket, offset: u32, shards: u32) -> io::Resu
         libc::setsockopt(
             socket.as_raw_fd(),
             libc::SOL_SOCKET,
-            SO_ATTACH_REUSEPORT_CBPF,
+            option,
             (&prog as *const libc::sock_fprog).cast(),
             std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
         )
@@ -163,28 +176,11 @@ pub fn admission_program(frame_len: u32, kinds: &[u8]) -> Vec<libc::sock_filter>
 
 /// Attach [`admission_program`] to `socket` (`SO_ATTACH_FILTER`).
 pub fn attach_admission(socket: &UdpSocket, frame_len: u32, kinds: &[u8]) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let mut program = admission_program(frame_len, kinds);
-    let prog = libc::sock_fprog {
-        len: program.len() as libc::c_ushort,
-        filter: program.as_mut_ptr(),
-    };
-    // SAFETY: `prog` points at `program`, which outlives the call; the
-    // kernel copies the program during setsockopt and keeps no pointer.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            (&prog as *const libc::sock_fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    attach(
+        socket,
+        libc::SO_ATTACH_FILTER,
+        admission_program(frame_len, kinds),
+    )
 }
 
 /// The kernel's drop counter of `socket` (`sk_drops`: datagrams refused by
