@@ -440,6 +440,99 @@ mod tests {
         out
     }
 
+    /// The wheel under test next to a model of what it must hold: the
+    /// state of one [`simulate`] run.
+    struct Sim {
+        seed: u64,
+        horizon_us: u64,
+        max_fire: usize,
+        wheel: TimingWheel,
+        /// (deadline, index) of entries in the wheel.
+        model: BTreeSet<(u64, u32)>,
+        deadline_of: Vec<Option<u64>>,
+        free: Vec<u32>,
+        last_fired_us: u64,
+        fired: usize,
+        inserted: usize,
+    }
+
+    impl Sim {
+        /// Insert a random batch at or after the wheel's time.
+        fn insert_batch(&mut self, rng: &mut Rng, capacity: u32) {
+            let batch = rng.upto(u64::from(capacity) / 4 + 1);
+            for _ in 0..batch {
+                if self.free.is_empty() {
+                    break;
+                }
+                let k = rng.upto(self.free.len() as u64 - 1) as usize;
+                let index = self.free.swap_remove(k);
+                let base = self.wheel.now_us();
+                let room = self.horizon_us.min(u64::MAX - base);
+                let deadline = base + rng.delay(room);
+                self.wheel
+                    .insert(deadline, index)
+                    .expect("in range, free, within horizon");
+                self.model.insert((deadline, index));
+                self.deadline_of[index as usize] = Some(deadline);
+                self.inserted += 1;
+            }
+            assert_eq!(self.wheel.len(), self.model.len());
+        }
+
+        /// The wakeup is never after the earliest deadline nor before now.
+        fn check_wakeup(&self, round: usize) {
+            let seed = self.seed;
+            match (self.wheel.next_wakeup_us(), self.model.first()) {
+                (None, None) => {}
+                (Some(w), Some(&(d, _))) => {
+                    assert!(
+                        w <= d,
+                        "seed {seed} round {round}: wakeup {w} after deadline {d}"
+                    );
+                    assert!(w >= self.wheel.now_us(), "seed {seed}: wakeup before now");
+                }
+                (w, m) => panic!("seed {seed}: wakeup {w:?} but model {m:?}"),
+            }
+        }
+
+        /// Fire everything due at `t`, batch by batch, checking each entry:
+        /// its own deadline, once, not early, in order.
+        fn fire_until(&mut self, t: u64) {
+            let seed = self.seed;
+            loop {
+                let fired = collect(&mut self.wheel, t, self.max_fire);
+                assert!(
+                    fired.len() <= self.max_fire,
+                    "seed {seed}: max not honoured"
+                );
+                for &(index, deadline) in &fired {
+                    assert_eq!(
+                        self.deadline_of[index as usize],
+                        Some(deadline),
+                        "seed {seed}: wrong or repeated fire"
+                    );
+                    assert!(
+                        deadline <= t,
+                        "seed {seed}: fired {deadline} before its time (now {t})"
+                    );
+                    assert!(
+                        deadline >= self.last_fired_us,
+                        "seed {seed}: order broken: {deadline} after {}",
+                        self.last_fired_us
+                    );
+                    self.last_fired_us = deadline;
+                    assert!(self.model.remove(&(deadline, index)));
+                    self.deadline_of[index as usize] = None;
+                    self.free.push(index);
+                    self.fired += 1;
+                }
+                if fired.len() < self.max_fire {
+                    break;
+                }
+            }
+        }
+    }
+
     /// Checks the wheel against a model through random inserts and polls.
     /// `max_fire` bounds each poll; `step_max_us` bounds time steps.
     fn simulate(
@@ -452,47 +545,22 @@ mod tests {
         rounds: usize,
     ) {
         let mut rng = Rng::new(seed);
-        let mut wheel = TimingWheel::new(capacity, start_us, horizon_us);
-        // (deadline, index) of entries in the wheel.
-        let mut model: BTreeSet<(u64, u32)> = BTreeSet::new();
-        let mut deadline_of: Vec<Option<u64>> = vec![None; capacity as usize];
-        let mut free: Vec<u32> = (0..capacity).collect();
+        let mut sim = Sim {
+            seed,
+            horizon_us,
+            max_fire,
+            wheel: TimingWheel::new(capacity, start_us, horizon_us),
+            model: BTreeSet::new(),
+            deadline_of: vec![None; capacity as usize],
+            free: (0..capacity).collect(),
+            last_fired_us: 0,
+            fired: 0,
+            inserted: 0,
+        };
         let mut t = start_us;
-        let mut last_fired_us = 0u64;
-        let mut total_fired = 0usize;
-        let mut total_inserted = 0usize;
         for round in 0..rounds {
-            // Insert a random batch at or after the wheel's time.
-            let batch = rng.upto(u64::from(capacity) / 4 + 1);
-            for _ in 0..batch {
-                if free.is_empty() {
-                    break;
-                }
-                let k = rng.upto(free.len() as u64 - 1) as usize;
-                let index = free.swap_remove(k);
-                let base = wheel.now_us();
-                let room = horizon_us.min(u64::MAX - base);
-                let deadline = base + rng.delay(room);
-                wheel
-                    .insert(deadline, index)
-                    .expect("in range, free, within horizon");
-                model.insert((deadline, index));
-                deadline_of[index as usize] = Some(deadline);
-                total_inserted += 1;
-            }
-            assert_eq!(wheel.len(), model.len());
-            // The wakeup is never after the earliest deadline nor before now.
-            match (wheel.next_wakeup_us(), model.first()) {
-                (None, None) => {}
-                (Some(w), Some(&(d, _))) => {
-                    assert!(
-                        w <= d,
-                        "seed {seed} round {round}: wakeup {w} after deadline {d}"
-                    );
-                    assert!(w >= wheel.now_us(), "seed {seed}: wakeup before now");
-                }
-                (w, m) => panic!("seed {seed}: wakeup {w:?} but model {m:?}"),
-            }
+            sim.insert_batch(&mut rng, capacity);
+            sim.check_wakeup(round);
             // Step time (sometimes not at all, sometimes a lot).
             let step = if rng.upto(7) == 0 {
                 0
@@ -500,56 +568,30 @@ mod tests {
                 rng.delay(step_max_us)
             };
             t = t.saturating_add(step);
-            loop {
-                let fired = collect(&mut wheel, t, max_fire);
-                assert!(fired.len() <= max_fire, "seed {seed}: max not honoured");
-                for &(index, deadline) in &fired {
-                    assert_eq!(
-                        deadline_of[index as usize],
-                        Some(deadline),
-                        "seed {seed}: wrong or repeated fire"
-                    );
-                    assert!(
-                        deadline <= t,
-                        "seed {seed}: fired {deadline} before its time (now {t})"
-                    );
-                    assert!(
-                        deadline >= last_fired_us,
-                        "seed {seed}: order broken: {deadline} after {last_fired_us}"
-                    );
-                    last_fired_us = deadline;
-                    assert!(model.remove(&(deadline, index)));
-                    deadline_of[index as usize] = None;
-                    free.push(index);
-                    total_fired += 1;
-                }
-                if fired.len() < max_fire {
-                    break;
-                }
-            }
+            sim.fire_until(t);
             // Never late: whatever was due at `t` has fired.
-            if let Some(&(d, _)) = model.first() {
+            if let Some(&(d, _)) = sim.model.first() {
                 assert!(
                     d > t,
                     "seed {seed} round {round}: {d} still in the wheel at {t}"
                 );
             }
-            assert_eq!(wheel.now_us(), t);
-            assert_eq!(wheel.len(), model.len());
+            assert_eq!(sim.wheel.now_us(), t);
+            assert_eq!(sim.wheel.len(), sim.model.len());
         }
         // Finish: everything fires by the horizon.
         let end = t.saturating_add(horizon_us);
-        while !model.is_empty() {
-            for (index, deadline) in collect(&mut wheel, end, max_fire) {
-                assert!(deadline >= last_fired_us);
-                last_fired_us = deadline;
-                assert!(model.remove(&(deadline, index)));
-                total_fired += 1;
+        while !sim.model.is_empty() {
+            for (index, deadline) in collect(&mut sim.wheel, end, max_fire) {
+                assert!(deadline >= sim.last_fired_us);
+                sim.last_fired_us = deadline;
+                assert!(sim.model.remove(&(deadline, index)));
+                sim.fired += 1;
             }
         }
-        assert!(wheel.is_empty());
-        assert_eq!(total_fired, total_inserted);
-        assert!(total_inserted > 0);
+        assert!(sim.wheel.is_empty());
+        assert_eq!(sim.fired, sim.inserted);
+        assert!(sim.inserted > 0);
     }
 
     #[test]
