@@ -313,20 +313,7 @@ pub fn run_steps(
                 },
             )
             .map_err(|e| format!("step {step}: {e}"))?;
-        let after = node_counters(metrics);
-        let secs = m.send_seconds.max(1e-3);
-        let nodes = metrics
-            .iter()
-            .zip(before.iter().zip(&after))
-            .filter_map(|((name, _), (b, a))| {
-                let (b, a) = ((*b)?, (*a)?);
-                Some(NodeStep {
-                    name: name.clone(),
-                    pps: (a.0 - b.0) / secs,
-                    drops_per_s: (a.1 - b.1) / secs,
-                })
-            })
-            .collect();
+        let nodes = node_steps(metrics, &before, m.send_seconds);
         let r = step_result(s, &spec, &m, schedule.real_refused, nodes);
         drop(schedule);
         on_step(&r);
@@ -337,6 +324,30 @@ pub fn run_steps(
         }
     }
     Ok(results)
+}
+
+/// Each node's forwarding and drop rates over a step, from its counters
+/// read before it and now (nodes whose metrics did not answer are left
+/// out).
+fn node_steps(
+    metrics: &[(String, SocketAddr)],
+    before: &[Option<(f64, f64)>],
+    send_seconds: f64,
+) -> Vec<NodeStep> {
+    let after = node_counters(metrics);
+    let secs = send_seconds.max(1e-3);
+    metrics
+        .iter()
+        .zip(before.iter().zip(&after))
+        .filter_map(|((name, _), (b, a))| {
+            let (b, a) = ((*b)?, (*a)?);
+            Some(NodeStep {
+                name: name.clone(),
+                pps: (a.0 - b.0) / secs,
+                drops_per_s: (a.1 - b.1) / secs,
+            })
+        })
+        .collect()
 }
 
 /// Assemble the report.
