@@ -284,66 +284,76 @@ pub fn write_all(
     w("report.json", &json)?;
     w("report.csv", &csv(report))?;
     let steps = &report.steps;
+    w("throughput.svg", &throughput_svg(steps))?;
+    w("latency.svg", &latency_svg(steps))?;
+    w("latency_cdf.svg", &latency_cdf_svg(steps, model))?;
+    Ok(())
+}
+
+/// Delivered against offered throughput, with the diagonal.
+fn throughput_svg(steps: &[StepResult]) -> String {
     let diag = steps
         .iter()
         .map(|r| r.offered_pps_total)
         .fold(0.0, f64::max);
-    w(
-        "throughput.svg",
-        &svg_plot(
-            "Delivered against offered throughput",
-            "offered packets/s (all clients)",
-            "delivered packets/s",
-            &[
-                Series {
-                    name: "delivered (total)".into(),
-                    color: "#1f77b4",
-                    points: points(steps, |r| r.delivered_pps_total),
-                    dashed: false,
-                },
-                Series {
-                    name: "delivered = offered".into(),
-                    color: "#999",
-                    points: vec![(0.0, 0.0), (diag, diag)],
-                    dashed: true,
-                },
-            ],
-        ),
-    )?;
-    w(
-        "latency.svg",
-        &svg_plot(
-            "End-to-end latency against offered load",
-            "offered packets/s (all clients)",
-            "latency (ms)",
-            &[
-                Series {
-                    name: "p50".into(),
-                    color: "#2ca02c",
-                    points: points(steps, |r| r.latency_p50_ms),
-                    dashed: false,
-                },
-                Series {
-                    name: "p90".into(),
-                    color: "#ff7f0e",
-                    points: points(steps, |r| r.latency_p90_ms),
-                    dashed: false,
-                },
-                Series {
-                    name: "p99".into(),
-                    color: "#d62728",
-                    points: points(steps, |r| r.latency_p99_ms),
-                    dashed: false,
-                },
-                Series {
-                    name: "p99.9".into(),
-                    color: "#9467bd",
-                    points: points(steps, |r| r.latency_p999_ms),
-                    dashed: false,
-                },
-            ],
-        ),
-    )?;
+    svg_plot(
+        "Delivered against offered throughput",
+        "offered packets/s (all clients)",
+        "delivered packets/s",
+        &[
+            Series {
+                name: "delivered (total)".into(),
+                color: "#1f77b4",
+                points: points(steps, |r| r.delivered_pps_total),
+                dashed: false,
+            },
+            Series {
+                name: "delivered = offered".into(),
+                color: "#999",
+                points: vec![(0.0, 0.0), (diag, diag)],
+                dashed: true,
+            },
+        ],
+    )
+}
+
+/// Latency quantiles against offered load.
+fn latency_svg(steps: &[StepResult]) -> String {
+    svg_plot(
+        "End-to-end latency against offered load",
+        "offered packets/s (all clients)",
+        "latency (ms)",
+        &[
+            Series {
+                name: "p50".into(),
+                color: "#2ca02c",
+                points: points(steps, |r| r.latency_p50_ms),
+                dashed: false,
+            },
+            Series {
+                name: "p90".into(),
+                color: "#ff7f0e",
+                points: points(steps, |r| r.latency_p90_ms),
+                dashed: false,
+            },
+            Series {
+                name: "p99".into(),
+                color: "#d62728",
+                points: points(steps, |r| r.latency_p99_ms),
+                dashed: false,
+            },
+            Series {
+                name: "p99.9".into(),
+                color: "#9467bd",
+                points: points(steps, |r| r.latency_p999_ms),
+                dashed: false,
+            },
+        ],
+    )
+}
+
+/// The last step's latency CDF against the model's.
+fn latency_cdf_svg(steps: &[StepResult], model: &loopix_tuning::model::LatencyModel) -> String {
     let last = steps
         .iter()
         .rev()
@@ -360,30 +370,26 @@ pub fn write_all(
             (x, model.cdf(x))
         })
         .collect();
-    w(
-        "latency_cdf.svg",
-        &svg_plot(
-            &format!(
-                "Latency CDF (last step) against the model: Erlang({}, {} ms) + pull wait",
-                model.hops, model.mean_delay
-            ),
-            "latency (ms)",
-            "fraction of messages",
-            &[
-                Series {
-                    name: "measured".into(),
-                    color: "#1f77b4",
-                    points: last,
-                    dashed: false,
-                },
-                Series {
-                    name: "model".into(),
-                    color: "#d62728",
-                    points: model_pts,
-                    dashed: true,
-                },
-            ],
+    svg_plot(
+        &format!(
+            "Latency CDF (last step) against the model: Erlang({}, {} ms) + pull wait",
+            model.hops, model.mean_delay
         ),
-    )?;
-    Ok(())
+        "latency (ms)",
+        "fraction of messages",
+        &[
+            Series {
+                name: "measured".into(),
+                color: "#1f77b4",
+                points: last,
+                dashed: false,
+            },
+            Series {
+                name: "model".into(),
+                color: "#d62728",
+                points: model_pts,
+                dashed: true,
+            },
+        ],
+    )
 }

@@ -25,7 +25,6 @@ const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
     ),
     ("loopix/src/main.rs", "main", 154),
     ("directory/src/topology.rs", "from_file", 138),
-    ("loadgen/src/output.rs", "write_all", 116),
     ("loadgen/src/emulator.rs", "prepare_part", 115),
     (
         "loadgen/tests/departures.rs",
