@@ -319,36 +319,27 @@ fn throughput_svg(steps: &[StepResult]) -> String {
 
 /// Latency quantiles against offered load.
 fn latency_svg(steps: &[StepResult]) -> String {
+    type Quantile = (&'static str, &'static str, fn(&StepResult) -> f64);
+    let quantiles: [Quantile; 4] = [
+        ("p50", "#2ca02c", |r| r.latency_p50_ms),
+        ("p90", "#ff7f0e", |r| r.latency_p90_ms),
+        ("p99", "#d62728", |r| r.latency_p99_ms),
+        ("p99.9", "#9467bd", |r| r.latency_p999_ms),
+    ];
+    let series: Vec<Series> = quantiles
+        .iter()
+        .map(|&(name, color, y)| Series {
+            name: name.into(),
+            color,
+            points: points(steps, y),
+            dashed: false,
+        })
+        .collect();
     svg_plot(
         "End-to-end latency against offered load",
         "offered packets/s (all clients)",
         "latency (ms)",
-        &[
-            Series {
-                name: "p50".into(),
-                color: "#2ca02c",
-                points: points(steps, |r| r.latency_p50_ms),
-                dashed: false,
-            },
-            Series {
-                name: "p90".into(),
-                color: "#ff7f0e",
-                points: points(steps, |r| r.latency_p90_ms),
-                dashed: false,
-            },
-            Series {
-                name: "p99".into(),
-                color: "#d62728",
-                points: points(steps, |r| r.latency_p99_ms),
-                dashed: false,
-            },
-            Series {
-                name: "p99.9".into(),
-                color: "#9467bd",
-                points: points(steps, |r| r.latency_p999_ms),
-                dashed: false,
-            },
-        ],
+        &series,
     )
 }
 
