@@ -173,20 +173,26 @@ impl ControlPlane<'_> {
             return;
         };
         let dir = &self.config.node.key_dir;
-        match keyfile::remove_mix_keys_before(dir, oldest) {
-            Ok(gone) if !gone.is_empty() => {
-                eprintln!("loopix: deleted the retired mix keys of epochs {gone:?}");
-                self.control_metrics
-                    .retired_keys_deleted
-                    .fetch_add(gone.len() as u64, Ordering::Relaxed);
+        // One read of the directory: what goes, and what is left to count.
+        let kept = match keyfile::remove_mix_keys_before(dir, oldest) {
+            Ok((gone, kept)) => {
+                if !gone.is_empty() {
+                    eprintln!("loopix: deleted the retired mix keys of epochs {gone:?}");
+                    self.control_metrics
+                        .retired_keys_deleted
+                        .fetch_add(gone.len() as u64, Ordering::Relaxed);
+                }
+                kept
             }
-            Ok(_) => {}
-            Err(e) => eprintln!("loopix: cannot delete retired mix keys: {e}"),
-        }
+            Err(e) => {
+                eprintln!("loopix: cannot delete retired mix keys: {e}");
+                keyfile::read_mix_keys(dir)
+                    .map(|k| k.into_keys().collect())
+                    .unwrap_or_default()
+            }
+        };
         self.secrets.mix.retain(|&e, _| e >= oldest);
-        let future = keyfile::read_mix_keys(dir)
-            .map(|k| k.range(current + 1..).count() as u64)
-            .unwrap_or(0);
+        let future = kept.iter().filter(|&&e| e > current).count() as u64;
         self.control_metrics
             .future_keys
             .store(future, Ordering::Relaxed);

@@ -260,17 +260,20 @@ pub fn read_mix_keys(dir: &Path) -> Result<BTreeMap<u64, SecretKey>, KeyError> {
 
 /// Delete the mix keys of epochs below `oldest_kept` from `dir` (their
 /// grace period is over: kept on disk, a later seizure would decrypt
-/// recorded traffic of their epochs). Returns the epochs deleted.
-pub fn remove_mix_keys_before(dir: &Path, oldest_kept: u64) -> Result<Vec<u64>, KeyError> {
-    let mut gone = Vec::new();
-    for epoch in read_mix_keys(dir)?.into_keys() {
-        if epoch < oldest_kept {
-            let p = mix_key_path(dir, epoch);
-            fs::remove_file(&p).map_err(io_err(&p))?;
-            gone.push(epoch);
-        }
+/// recorded traffic of their epochs). Returns the epochs deleted and the
+/// epochs whose keys remain, both in order.
+pub fn remove_mix_keys_before(
+    dir: &Path,
+    oldest_kept: u64,
+) -> Result<(Vec<u64>, Vec<u64>), KeyError> {
+    let (gone, kept): (Vec<u64>, Vec<u64>) = read_mix_keys(dir)?
+        .into_keys()
+        .partition(|&epoch| epoch < oldest_kept);
+    for &epoch in &gone {
+        let p = mix_key_path(dir, epoch);
+        fs::remove_file(&p).map_err(io_err(&p))?;
     }
-    Ok(gone)
+    Ok((gone, kept))
 }
 
 /// The node's secrets as loaded at start.
@@ -391,7 +394,7 @@ mod tests {
         keygen(dir.path(), 3600, 5, 4).expect("keygen");
         assert_eq!(
             remove_mix_keys_before(dir.path(), 7).expect("removed"),
-            vec![5, 6]
+            (vec![5, 6], vec![7, 8])
         );
         let left: Vec<u64> = read_mix_keys(dir.path())
             .expect("read")
@@ -401,6 +404,7 @@ mod tests {
         assert!(dir.path().join("link.key").exists());
         assert!(remove_mix_keys_before(dir.path(), 7)
             .expect("again")
+            .0
             .is_empty());
     }
 
