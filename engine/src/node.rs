@@ -34,9 +34,9 @@ use crate::keyfile::{self, unix_now_s};
 use crate::metrics::{self, ControlMetrics, ProviderMetrics, ShardMetrics};
 use crate::provider::registry::ClientTable;
 use crate::provider::{self, InboxThread, RegistryWatch};
-use crate::replay::{BloomFilter, FilterSizing};
+use crate::replay::{EpochFilters, FilterSizing};
 use crate::shard::{Links, LoopReturn, Peer, ProviderHooks, Shard, ShardSettings};
-use crate::state::{LinkSnapshot, LinkState, ReplayFiles, StateDir, Syncer};
+use crate::state::{LinkState, ReplayFiles, StateDir, Syncer};
 use loopix_directory::descriptor::{epoch_at, node_id_of};
 use loopix_directory::topology::{Role, Topology};
 
@@ -170,7 +170,7 @@ struct Persist {
     /// Held until the process ends.
     _locks: Vec<io::lock::DirLock>,
     files: ReplayFiles,
-    filters: Vec<(u64, BloomFilter)>,
+    filters: EpochFilters,
     saved: LinkState,
     /// Tags a filter is sized for: `replay.rate_pps` over one epoch.
     items: u64,
@@ -213,9 +213,7 @@ impl Persist {
             items,
         })
     }
-}
 
-impl Persist {
     /// Start the thread that makes the replay state durable every
     /// `replay.sync_s`; returns the syncer too, for the last sync at stop.
     fn spawn_syncer(
@@ -274,7 +272,7 @@ struct Shards {
     /// Where the shards report returned loops (the detector reads it).
     loop_returns: crossbeam_channel::Receiver<LoopReturn>,
     /// Where each shard publishes its link state.
-    link_state: Vec<Arc<std::sync::Mutex<LinkSnapshot>>>,
+    link_state: Vec<Arc<std::sync::Mutex<LinkState>>>,
 }
 
 /// What building the shards needs.
@@ -359,7 +357,7 @@ impl ShardPlan<'_> {
             .map_err(|err| format!("{err}; lower replay.rate_pps or raise replay.max_filter_mb"))?
             .with_start(self.start)
             .with_loop_returns(returns_tx.clone());
-            let published = Arc::new(std::sync::Mutex::new(LinkSnapshot::default()));
+            let published = Arc::new(std::sync::Mutex::new(LinkState::default()));
             let shard = shard.with_link_state(&self.persist.saved, Arc::clone(&published));
             out.link_state.push(published);
             let shard = match self.provider {

@@ -70,7 +70,7 @@ use crate::loops::LoopPacket;
 use crate::metrics::{DropReason, ShardMetrics};
 use crate::provider::registry::ClientTable;
 use crate::replay::{BloomFilter, ReplayFilters};
-use crate::state::{LinkSnapshot, LinkState, COUNTER_RESERVE};
+use crate::state::{keep_max, LinkState, COUNTER_RESERVE};
 use crate::wheel::{InsertError, TimingWheel};
 
 /// Bits of the link counter that carry the sending shard, so that each
@@ -338,7 +338,7 @@ struct State {
     /// A provider's: client counters accepted before the last restart.
     restored_clients: HashMap<MailboxId, u64>,
     /// Where the shard publishes its link state for the state file.
-    link_out: Option<Arc<Mutex<LinkSnapshot>>>,
+    link_out: Option<Arc<Mutex<LinkState>>>,
 }
 
 /// Where a shard's time comes from.
@@ -492,7 +492,7 @@ impl Shard {
     /// Resume from the node's saved link state: refuse the counters it
     /// accepted before, seal above every counter it used, and publish the
     /// windows into `out` once a second for the next save.
-    pub fn with_link_state(mut self, saved: &LinkState, out: Arc<Mutex<LinkSnapshot>>) -> Shard {
+    pub fn with_link_state(mut self, saved: &LinkState, out: Arc<Mutex<LinkState>>) -> Shard {
         let st = &mut self.state;
         st.restored = saved.windows.clone();
         st.restored_clients = saved.clients.clone();
@@ -761,11 +761,7 @@ fn open_link(
     let window_key = (index, sender_shard);
     // Before a restart, this neighbour's shard had sent up to `saved`.
     let saved = || restored.get(&(peer.id, sender_shard)).copied();
-    let fresh = match windows.get(&window_key) {
-        Some(w) => w.check(header.counter).is_ok(),
-        None => saved().is_none_or(|top| header.counter > top),
-    };
-    if !fresh {
+    if !admits(windows.get(&window_key), saved, header.counter) {
         return Err(DropReason::LinkReplay);
     }
     if let Err(e) = peer.link.open(data) {
@@ -776,9 +772,28 @@ fn open_link(
     }
     windows
         .entry(window_key)
-        .or_insert_with(|| saved().map_or_else(ReplayWindow::new, ReplayWindow::resume_above))
+        .or_insert_with(|| window_from(saved()))
         .commit(header.counter);
     Ok(())
+}
+
+/// Whether a sender's `window`, or before one is opened the top `saved`
+/// before a restart, accepts `counter` (without recording it).
+fn admits(
+    window: Option<&ReplayWindow>,
+    saved: impl FnOnce() -> Option<u64>,
+    counter: u64,
+) -> bool {
+    match window {
+        Some(w) => w.check(counter).is_ok(),
+        None => saved().is_none_or(|top| counter > top),
+    }
+}
+
+/// A sender's first window: above the top it had reached before a
+/// restart, if any.
+fn window_from(saved: Option<u64>) -> ReplayWindow {
+    saved.map_or_else(ReplayWindow::new, ReplayWindow::resume_above)
 }
 
 impl State {
@@ -967,8 +982,7 @@ impl State {
             let (Some(peer), Some(top)) = (self.links.peer(index), w.highest()) else {
                 continue;
             };
-            let e = snap.windows.entry((peer.id, shard)).or_insert(top);
-            *e = (*e).max(top);
+            keep_max(&mut snap.windows, (peer.id, shard), top);
         }
         snap.clients.clone_from(&self.restored_clients);
         if let Some(p) = &self.provider {
@@ -976,11 +990,10 @@ impl State {
                 let (Some(client), Some(top)) = (p.clients.by_slot.get(slot), w.highest()) else {
                     continue;
                 };
-                let e = snap.clients.entry(client.mailbox).or_insert(top);
-                *e = (*e).max(top);
+                keep_max(&mut snap.clients, client.mailbox, top);
             }
         }
-        snap.counter_limit = (self.counter & COUNTER_LOW_MASK).saturating_add(COUNTER_RESERVE);
+        snap.counter_floor = (self.counter & COUNTER_LOW_MASK).saturating_add(COUNTER_RESERVE);
     }
 
     fn drop(&self, reason: DropReason) {
@@ -1041,14 +1054,10 @@ impl State {
         };
         // Before a restart, this client had sent up to `saved`.
         let saved = self.restored_clients.get(&client.mailbox).copied();
-        let fresh = match p.windows.get(&slot) {
-            Some(w) => w.check(header.counter).is_ok(),
-            None => saved.is_none_or(|top| header.counter > top),
-        };
-        if !fresh {
+        if !admits(p.windows.get(&slot), || saved, header.counter) {
             return metrics.count_drop(DropReason::LinkReplay);
         }
-        let window = || saved.map_or_else(ReplayWindow::new, ReplayWindow::resume_above);
+        let window = || window_from(saved);
         if header.kind == KIND_PULL {
             p.scratch.copy_from_slice(d.data);
             let body = match client.link.open_in_place(&mut p.scratch) {

@@ -10,7 +10,7 @@
 //!   restarted node refuses every counter at or below the saved one, and
 //!   seals above everything it used before, so peers accept it at once.
 //!
-//! The shards publish their windows' tops into a [`LinkSnapshot`] once a
+//! The shards publish their windows' tops into a [`LinkState`] once a
 //! second (never blocking: `try_lock`); the [`Syncer`] thread writes the
 //! file and syncs the filters every `replay.sync_s`, and once more after the
 //! shards stopped. Frames accepted after the last write of `links` and
@@ -106,42 +106,38 @@ impl StateDir {
     }
 }
 
-/// One shard's link state as it last published it.
+/// Link state: what a shard publishes once a second, what the node saves
+/// (the shards' merged), and what a restarted node restores.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct LinkSnapshot {
-    /// Highest counter accepted, by neighbour and its sending shard.
+pub struct LinkState {
+    /// Highest counter accepted, by neighbour and its sending shard: a
+    /// restarted node refuses counters at or below it.
     pub windows: HashMap<(NodeId, u8), u64>,
     /// A provider's: highest counter accepted from each client, by mailbox.
     pub clients: HashMap<MailboxId, u64>,
-    /// No counter at or above this was sealed by the shard.
-    pub counter_limit: u64,
-}
-
-/// What a node restores at start.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct LinkState {
-    /// Refuse counters at or below these, by neighbour and sending shard.
-    pub windows: HashMap<(NodeId, u8), u64>,
-    /// A provider's: refuse client counters at or below these, by mailbox.
-    pub clients: HashMap<MailboxId, u64>,
-    /// Seal with counters from here on (past every one used before).
+    /// No counter at or above this was sealed yet: a restarted node seals
+    /// from here on.
     pub counter_floor: u64,
 }
 
+/// Raise `map[key]` to `top` (insert it if absent).
+pub fn keep_max<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u64>, key: K, top: u64) {
+    let e = map.entry(key).or_insert(top);
+    *e = (*e).max(top);
+}
+
 impl LinkState {
-    /// Merge the shards' snapshots (highest of each).
-    pub fn merge<'a>(snapshots: impl IntoIterator<Item = &'a LinkSnapshot>) -> LinkState {
+    /// Merge the shards' states (highest of each).
+    pub fn merge<'a>(states: impl IntoIterator<Item = &'a LinkState>) -> LinkState {
         let mut out = LinkState::default();
-        for s in snapshots {
-            for (k, &v) in &s.windows {
-                let e = out.windows.entry(*k).or_insert(v);
-                *e = (*e).max(v);
+        for s in states {
+            for (&k, &v) in &s.windows {
+                keep_max(&mut out.windows, k, v);
             }
-            for (k, &v) in &s.clients {
-                let e = out.clients.entry(*k).or_insert(v);
-                *e = (*e).max(v);
+            for (&k, &v) in &s.clients {
+                keep_max(&mut out.clients, k, v);
             }
-            out.counter_floor = out.counter_floor.max(s.counter_limit);
+            out.counter_floor = out.counter_floor.max(s.counter_floor);
         }
         out
     }
@@ -237,7 +233,7 @@ pub struct ReplayFiles {
     /// The sizing of filters created from now on.
     pub sizing: FilterSizing,
     /// The open epochs' filters.
-    pub open: Arc<Mutex<Vec<(u64, BloomFilter)>>>,
+    pub open: Arc<Mutex<EpochFilters>>,
 }
 
 impl ReplayFiles {
@@ -294,9 +290,9 @@ pub struct Syncer {
     /// Where to write.
     pub dir: StateDir,
     /// Every shard's published snapshot.
-    pub shards: Vec<Arc<Mutex<LinkSnapshot>>>,
+    pub shards: Vec<Arc<Mutex<LinkState>>>,
     /// The open epochs' filters (the control plane keeps this current).
-    pub filters: Arc<Mutex<Vec<(u64, BloomFilter)>>>,
+    pub filters: Arc<Mutex<EpochFilters>>,
     /// Between two syncs.
     pub interval: Duration,
     /// Syncs done, failed, and the last one's duration.
@@ -310,7 +306,7 @@ impl Syncer {
     /// keeps forwarding; what is at risk is replays after a power loss).
     pub fn sync_once(&self, refault: bool) {
         let t = Instant::now();
-        let snapshots: Vec<LinkSnapshot> = self
+        let snapshots: Vec<LinkState> = self
             .shards
             .iter()
             .filter_map(|s| s.lock().ok().map(|g| g.clone()))
@@ -321,8 +317,7 @@ impl Syncer {
                 self.dir.links_path().display()
             )
         });
-        let filters: Vec<(u64, BloomFilter)> =
-            self.filters.lock().map(|g| g.clone()).unwrap_or_default();
+        let filters: EpochFilters = self.filters.lock().map(|g| g.clone()).unwrap_or_default();
         for (_, f) in &filters {
             if let Err(e) = f.sync() {
                 eprintln!("loopix: cannot sync replay filter {:?}: {e}", f.path());
@@ -373,15 +368,15 @@ mod tests {
     fn link_state_round_trips_merges_and_names_a_bad_line() {
         let a = NodeId([1; 16]);
         let b = NodeId([2; 16]);
-        let s1 = LinkSnapshot {
+        let s1 = LinkState {
             windows: HashMap::from([((a, 0), 10), ((b, 1), 5)]),
             clients: HashMap::from([(MailboxId([9; 16]), 40)]),
-            counter_limit: 100,
+            counter_floor: 100,
         };
-        let s2 = LinkSnapshot {
+        let s2 = LinkState {
             windows: HashMap::from([((a, 0), 7), ((a, 1), 3)]),
             clients: HashMap::from([(MailboxId([9; 16]), 44)]),
-            counter_limit: 200,
+            counter_floor: 200,
         };
         let merged = LinkState::merge([&s1, &s2]);
         assert_eq!(merged.counter_floor, 200);
