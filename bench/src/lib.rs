@@ -67,7 +67,10 @@ pub fn message_commands(
                     id: message_id,
                 }
             } else if i + 2 == n {
-                RoutingCommand::Deliver { mailbox }
+                RoutingCommand::Deliver {
+                    mailbox,
+                    delay: delays.get(i).copied().unwrap_or(Delay::ZERO),
+                }
             } else {
                 RoutingCommand::Relay {
                     next: nodes[i + 1].id,

@@ -639,8 +639,10 @@ impl Client {
                 id,
             },
         )];
+        // Its delay is drawn in `path_hops`.
         let deliver = RoutingCommand::Deliver {
             mailbox: to.mailbox,
+            delay: Delay::ZERO,
         };
         self.build_tail(&route, &recipient, deliver, fragment, rng)
     }
@@ -660,6 +662,12 @@ impl Client {
             let command = if i + 1 < n {
                 RoutingCommand::Relay {
                     next: route[i + 1].id,
+                    delay: self.delay(rng),
+                }
+            } else if let RoutingCommand::Deliver { mailbox, .. } = last_command {
+                // The egress provider mixes like every hop: its own draw.
+                RoutingCommand::Deliver {
+                    mailbox,
                     delay: self.delay(rng),
                 }
             } else {
@@ -725,6 +733,7 @@ impl Client {
         )];
         let deliver = RoutingCommand::Deliver {
             mailbox: self.me.mailbox,
+            delay: Delay::ZERO,
         };
         match self.build_tail(&route, &tail, deliver, &[], rng) {
             Ok(packet) => {
@@ -767,6 +776,7 @@ impl Client {
         )];
         let deliver = RoutingCommand::Deliver {
             mailbox: self.me.mailbox,
+            delay: Delay::ZERO,
         };
         let hops = self.path_hops(&route, &me, deliver, rng);
         let (surb, keys) = Surb::new(&self.geometry, first_hop, &hops, rng)?;

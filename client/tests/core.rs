@@ -62,7 +62,7 @@ impl SimNet {
             let out = sphinx::process(&g, sk, &mut packet).expect("valid at every hop");
             match out.command {
                 RoutingCommand::Relay { next, .. } => at = next,
-                RoutingCommand::Deliver { mailbox } => {
+                RoutingCommand::Deliver { mailbox, .. } => {
                     self.mailboxes.entry(mailbox).or_default().push(packet);
                     return;
                 }

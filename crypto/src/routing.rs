@@ -7,7 +7,7 @@
 //! | byte 0 | command     | body (bytes 1..24)                                     |
 //! |--------|-------------|--------------------------------------------------------|
 //! | 0x01   | `Relay`     | next `NodeId` (16), delay in microseconds (u32 BE), 3 zero |
-//! | 0x02   | `Deliver`   | `MailboxId` (16), 7 zero                               |
+//! | 0x02   | `Deliver`   | `MailboxId` (16), delay in microseconds (u32 BE), 3 zero |
 //! | 0x03   | `Drop`      | 23 zero                                                |
 //! | 0x04   | `Recipient` | kind (1: 0x00 message, 0x01 loop, 0x02 reply), id (16), 6 zero |
 
@@ -105,6 +105,10 @@ pub enum RoutingCommand {
     Deliver {
         /// The recipient's mailbox.
         mailbox: MailboxId,
+        /// How long the provider holds the packet before storing it: the
+        /// egress provider is a mixing hop like any other (`Exp(mu)`, drawn
+        /// by the sender).
+        delay: Delay,
     },
     /// (Destination provider) cover traffic: discard.
     Drop,
@@ -136,9 +140,10 @@ impl RoutingCommand {
                 out[1..17].copy_from_slice(&next.0);
                 out[17..21].copy_from_slice(&delay.0.to_be_bytes());
             }
-            RoutingCommand::Deliver { mailbox } => {
+            RoutingCommand::Deliver { mailbox, delay } => {
                 out[0] = CMD_DELIVER;
                 out[1..17].copy_from_slice(&mailbox.0);
+                out[17..21].copy_from_slice(&delay.0.to_be_bytes());
             }
             RoutingCommand::Drop => out[0] = CMD_DROP,
             RoutingCommand::Recipient { kind, id } => {
@@ -164,8 +169,9 @@ impl RoutingCommand {
                 next: NodeId(take16(1)),
                 delay: Delay(u32::from_be_bytes([b[17], b[18], b[19], b[20]])),
             }),
-            CMD_DELIVER if zero_from(17) => Ok(RoutingCommand::Deliver {
+            CMD_DELIVER if zero_from(21) => Ok(RoutingCommand::Deliver {
                 mailbox: MailboxId(take16(1)),
+                delay: Delay(u32::from_be_bytes([b[17], b[18], b[19], b[20]])),
             }),
             CMD_DROP if zero_from(1) => Ok(RoutingCommand::Drop),
             CMD_RECIPIENT if zero_from(18) => match RecipientKind::from_byte(b[1]) {
@@ -213,6 +219,7 @@ mod tests {
             },
             RoutingCommand::Deliver {
                 mailbox: MailboxId([7; 16]),
+                delay: Delay::from_micros(0x0a0b_0c0d),
             },
             RoutingCommand::Drop,
             RoutingCommand::Recipient {

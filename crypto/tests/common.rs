@@ -51,6 +51,7 @@ pub fn message_commands(nodes: &[TestNode], delays_us: &[u32]) -> Vec<RoutingCom
             } else if i + 2 == n {
                 RoutingCommand::Deliver {
                     mailbox: MailboxId([0x22; 16]),
+                    delay: Delay::from_micros(delays_us[i % delays_us.len()]),
                 }
             } else {
                 RoutingCommand::Relay {

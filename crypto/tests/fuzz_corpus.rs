@@ -172,6 +172,7 @@ fn packet_seeds() -> Vec<(&'static str, Vec<u8>)> {
     };
     let deliver = RoutingCommand::Deliver {
         mailbox: MailboxId(*b"fuzz-mailbox-001"),
+        delay: Delay::from_micros(1_000),
     };
     let recipient = |kind| RoutingCommand::Recipient {
         kind,

@@ -105,7 +105,11 @@ fn path() -> impl Strategy<Value = Path> {
                 Ending::DeliverThenRecipient(mailbox, kind, id) => {
                     commands[n - 1] = RoutingCommand::Recipient { kind, id };
                     if n >= 2 {
-                        commands[n - 2] = RoutingCommand::Deliver { mailbox };
+                        let delay = match commands[n - 2] {
+                            RoutingCommand::Relay { delay, .. } => delay,
+                            _ => Delay::ZERO,
+                        };
+                        commands[n - 2] = RoutingCommand::Deliver { mailbox, delay };
                     }
                 }
             }

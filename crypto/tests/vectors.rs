@@ -34,8 +34,8 @@ fn command_json(c: &RoutingCommand) -> Value {
         RoutingCommand::Relay { next, delay } => {
             json!({"type": "relay", "next": hex::encode(next.0), "delay_us": delay.as_micros()})
         }
-        RoutingCommand::Deliver { mailbox } => {
-            json!({"type": "deliver", "mailbox": hex::encode(mailbox.0)})
+        RoutingCommand::Deliver { mailbox, delay } => {
+            json!({"type": "deliver", "mailbox": hex::encode(mailbox.0), "delay_us": delay.as_micros()})
         }
         RoutingCommand::Drop => json!({"type": "drop"}),
         RoutingCommand::Recipient { kind, id } => {
@@ -64,6 +64,7 @@ fn commands(kind: &str, ids: &[NodeId]) -> Vec<RoutingCommand> {
             match kind {
                 "message" if i + 2 == n => RoutingCommand::Deliver {
                     mailbox: MailboxId([0xb0; 16]),
+                    delay: Delay::from_micros(1_500),
                 },
                 "message" if last => RoutingCommand::Recipient {
                     kind: RecipientKind::Message,

@@ -20,7 +20,8 @@
 //!   `loopix_inbox_dropped_unregistered_total`, `loopix_inbox_commits_total`,
 //!   `loopix_pulls_total`, `loopix_pull_frames_total` (all frames sent, real
 //!   and dummy), `loopix_pull_real_frames_total`,
-//!   `loopix_pull_send_failed_total`, and the gauges
+//!   `loopix_pull_send_failed_total`, `loopix_pull_read_errors_total`,
+//!   `loopix_inbox_acks_dropped_total`, and the gauges
 //!   `loopix_inbox_messages`, `loopix_inbox_bytes`,
 //!   `loopix_registered_clients`;
 //! - own loops (the paper's λM), per shard: `loopix_loops_sent_total`
@@ -363,6 +364,12 @@ pub struct ProviderMetrics {
     pub pull_real_frames: AtomicU64,
     /// Delivery frames the kernel refused.
     pub pull_send_failed: AtomicU64,
+    /// Pulls answered with dummies only because the inbox could not be
+    /// read.
+    pub pull_read_errors: AtomicU64,
+    /// Pulls whose acknowledgements the writer's queue could not take
+    /// (their messages are offered again).
+    pub acks_dropped: AtomicU64,
     /// Messages held now.
     pub inbox_messages: AtomicU64,
     /// Bytes held now.
@@ -508,6 +515,11 @@ pub mod names {
     pub const PULL_REAL_FRAMES: &str = "loopix_pull_real_frames_total";
     /// Providers: delivery frames the kernel refused.
     pub const PULL_SEND_FAILED: &str = "loopix_pull_send_failed_total";
+    /// Providers: pulls answered with dummies because the inbox could not
+    /// be read.
+    pub const PULL_READ_ERRORS: &str = "loopix_pull_read_errors_total";
+    /// Providers: pulls whose acknowledgements the writer's queue refused.
+    pub const ACKS_DROPPED: &str = "loopix_inbox_acks_dropped_total";
     /// Providers: messages held (gauge).
     pub const INBOX_MESSAGES: &str = "loopix_inbox_messages";
     /// Providers: bytes held (gauge).
@@ -712,7 +724,7 @@ pub fn render(node_labels: &[(&str, &str)], shards: &[Arc<ShardMetrics>], io: &s
 
 fn register_provider(registry: &mut Registry, base: &Labels, p: &ProviderMetrics) {
     let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
-    let counters: [(&'static str, &str, &AtomicU64); 10] = [
+    let counters: [(&'static str, &str, &AtomicU64); 12] = [
         (
             names::INBOX_STORED,
             "Packets durably stored in the inbox",
@@ -754,6 +766,16 @@ fn register_provider(registry: &mut Registry, base: &Labels, p: &ProviderMetrics
             names::PULL_SEND_FAILED,
             "Delivery frames the kernel refused",
             &p.pull_send_failed,
+        ),
+        (
+            names::PULL_READ_ERRORS,
+            "Pulls answered with dummies only because the inbox could not be read",
+            &p.pull_read_errors,
+        ),
+        (
+            names::ACKS_DROPPED,
+            "Pulls whose acknowledgements the inbox writer's queue refused (messages offered again)",
+            &p.acks_dropped,
         ),
     ];
     for (name, help, v) in counters {

@@ -33,7 +33,7 @@ use crate::io::{self, socket, IoKind};
 use crate::keyfile::{self, unix_now_s};
 use crate::metrics::{self, ControlMetrics, ProviderMetrics, ShardMetrics};
 use crate::provider::registry::ClientTable;
-use crate::provider::{self, InboxThread, RegistryWatch};
+use crate::provider::{self, Answerer, InboxWriter, PullShared, RegistryWatch, WriterWork};
 use crate::replay::{EpochFilters, FilterSizing};
 use crate::shard::{Links, LoopReturn, Peer, ProviderHooks, Shard, ShardSettings};
 use crate::state::{LinkState, ReplayFiles, StateDir, Syncer};
@@ -130,8 +130,9 @@ struct ProviderStart {
     inbox: crate::provider::inbox::Inbox,
     clients: Vec<crate::provider::registry::ClientEntry>,
     table: Arc<ClientTable>,
-    work_tx: crossbeam_channel::Sender<crate::shard::InboxWork>,
-    work_rx: crossbeam_channel::Receiver<crate::shard::InboxWork>,
+    work_tx: crossbeam_channel::Sender<WriterWork>,
+    work_rx: crossbeam_channel::Receiver<WriterWork>,
+    shared: Arc<PullShared>,
     metrics: Arc<ProviderMetrics>,
     problems: Vec<String>,
 }
@@ -155,6 +156,7 @@ impl ProviderStart {
             table,
             work_tx,
             work_rx,
+            shared: PullShared::new(crate::state::wall_us()),
             metrics: Arc::new(ProviderMetrics::default()),
             problems,
         }))
@@ -322,7 +324,13 @@ impl ShardPlan<'_> {
                         format!("engine.socket_filter: cannot attach it: {err}; set it to false to run without")
                     })?;
             }
-            let backend = io::open(self.io_kind, sock, e.batch, self.geometry.frame_len())
+            // A provider's shards also send pull answers, whose frames are
+            // longer than a packet's.
+            let buf_len = match self.provider {
+                Some(_) => loopix_crypto::access::delivery_frame_len(&self.geometry),
+                None => self.geometry.frame_len(),
+            };
+            let backend = io::open(self.io_kind, sock, e.batch, buf_len)
                 .map_err(|err| format!("{} backend: {err}", self.io_kind.name()))?;
             let (tx, rx) = crossbeam_channel::bounded(4);
             let m = Arc::new(ShardMetrics::default());
@@ -363,7 +371,15 @@ impl ShardPlan<'_> {
             let shard = match self.provider {
                 Some(p) => shard.with_provider(ProviderHooks {
                     clients: Arc::clone(&p.table),
-                    inbox: p.work_tx.clone(),
+                    writer: p.work_tx.clone(),
+                    answerer: Answerer::new(
+                        p.inbox.reader(),
+                        Arc::clone(&p.shared),
+                        p.work_tx.clone(),
+                        Arc::clone(&p.metrics),
+                        self.geometry,
+                        provider::section(config)?.pull_frames,
+                    ),
                 }),
                 None => shard,
             };
@@ -411,29 +427,17 @@ fn spawn_shards(
     Ok(handles)
 }
 
-/// Start a provider's inbox thread, answering pulls from `socket` (the
-/// listening socket, so from the provider's own address); returns it and
-/// the control plane's watch on the registry.
-fn spawn_inbox(
+/// Start a provider's inbox writer thread; returns it and the control
+/// plane's watch on the registry.
+fn spawn_writer(
     p: ProviderStart,
-    socket: std::net::UdpSocket,
     config: &MixConfig,
-    geometry: Geometry,
     controls: &[crossbeam_channel::Sender<crate::shard::Control>],
     stop: &Arc<AtomicBool>,
 ) -> Result<(std::thread::JoinHandle<()>, RegistryWatch), String> {
     let settings = provider::section(config)?;
-    // The portable backend whatever the shards run: the inbox thread only
-    // sends, and sendmmsg needs no ring of its own.
-    let answers = io::open(
-        IoKind::Portable,
-        socket,
-        config.engine.batch.max(usize::from(settings.pull_frames)),
-        loopix_crypto::access::delivery_frame_len(&geometry),
-    )
-    .map_err(|err| format!("pull answer backend: {err}"))?;
-    // One list at a time: a watch that finds the inbox thread behind sends
-    // again on a later scan.
+    // One list at a time: a watch that finds the writer behind sends again
+    // on a later scan.
     let (registry_tx, registry_rx) = crossbeam_channel::bounded(1);
     let watch = RegistryWatch::new(
         &settings.data_dir,
@@ -441,15 +445,13 @@ fn spawn_inbox(
         p.problems,
         registry_tx,
     );
-    let worker = InboxThread {
+    let worker = InboxWriter {
         inbox: p.inbox,
         settings: settings.clone(),
-        geometry,
         work: p.work_rx,
-        answers,
+        shared: p.shared,
         controls: controls.to_vec(),
         clients: p.clients,
-        table: p.table,
         metrics: p.metrics,
         stop: Arc::clone(stop),
         registry: registry_rx,
@@ -460,7 +462,7 @@ fn spawn_inbox(
     let h = std::thread::Builder::new()
         .name("inbox".into())
         .spawn(move || worker.run())
-        .map_err(|err| format!("cannot start the inbox thread: {err}"))?;
+        .map_err(|err| format!("cannot start the inbox writer thread: {err}"))?;
     Ok((h, watch))
 }
 
@@ -540,14 +542,12 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
     let (syncer, sync_thread) =
         persist.spawn_syncer(config, &built, &control_metrics, &signals.stop)?;
     let handles = spawn_shards(built.shards, config)?;
-    let (inbox_thread, registry) = match (prov, built.first_socket) {
-        (Some(p), Some(socket)) => {
-            let (h, w) = spawn_inbox(p, socket, config, geometry, &built.controls, &signals.stop)?;
+    let (inbox_thread, registry) = match prov {
+        Some(p) => {
+            let (h, w) = spawn_writer(p, config, &built.controls, &signals.stop)?;
             (Some(h), Some(w))
         }
-        (Some(_), None) => return Err("no shard socket to answer pulls from".into()),
-        // A mix needs no handle on its socket here.
-        (None, _) => (None, None),
+        None => (None, None),
     };
 
     // Control loop: key epochs, topology reloads and registry rescans until

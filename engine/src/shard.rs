@@ -14,9 +14,12 @@
 //! `0x03` pulls): the slot must hold a registered client (a table lookup,
 //! before any cryptography), then the slot's replay window, the tag under
 //! the client's access key, and for packets the same Sphinx path as above,
-//! where a client may only ask for `Relay`. Packets whose command is
-//! `Deliver` and authentic pulls go to the provider's inbox thread over a
-//! bounded channel; `Drop` cover is discarded and counted.
+//! where a client may only ask for `Relay`. A packet whose command is
+//! `Deliver` waits on the wheel for the delay its sender drew (the egress
+//! provider mixes like every hop), then goes to the inbox writer over a
+//! bounded channel; `Drop` cover is discarded and counted. An authentic
+//! pull is answered here, at once, from the inbox's last committed
+//! snapshot (`provider::answer`), through this shard's own batched sends.
 //!
 //! Topology reload (`Control::Links`): a pool slot waiting on the wheel
 //! holds its next hop as an index into the links table it was scheduled
@@ -56,7 +59,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use loopix_crypto::access::PullRequest;
 use loopix_crypto::link::{FRAME_HEADER_LEN, KIND_CLIENT_PACKET, KIND_PACKET, KIND_PULL, TAG_LEN};
 use loopix_crypto::{
@@ -69,6 +72,7 @@ use crate::io::{Backend, Datagram};
 use crate::loops::LoopPacket;
 use crate::metrics::{DropReason, ShardMetrics};
 use crate::provider::registry::ClientTable;
+use crate::provider::{Answerer, WriterWork};
 use crate::replay::{BloomFilter, ReplayFilters};
 use crate::state::{keep_max, LinkState, COUNTER_RESERVE};
 use crate::wheel::{InsertError, TimingWheel};
@@ -87,6 +91,8 @@ fn shard_counter(index: u32, low: u64) -> u64 {
 const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// A pool slot's next hop when a reload removed it from the topology.
 const NO_PEER: u32 = u32::MAX;
+/// A pool slot's next hop when it holds a `Deliver` packet: the inbox.
+const TO_INBOX: u32 = u32::MAX - 1;
 /// How long after a reload frames under the previous table's sender
 /// indices are accepted; this node seals with its previous index for the
 /// first half.
@@ -178,34 +184,29 @@ pub struct LoopReturn {
     pub at_us: u64,
 }
 
-/// What a provider's shards hand its inbox thread.
-#[derive(Debug)]
-pub enum InboxWork {
-    /// Store this processed packet (`packet_len` bytes) in `mailbox`.
-    Store(MailboxId, Vec<u8>),
-    /// Answer this pull, authenticated for `slot`, at `from`.
-    Pull {
-        /// The client's slot.
-        slot: u32,
-        /// Where the request came from (the answer goes there).
-        from: SocketAddr,
-        /// The request.
-        request: PullRequest,
-    },
-}
-
-/// What makes a shard a provider's: its clients and the way to its inbox.
+/// What makes a shard a provider's: its clients, the way to its inbox
+/// writer, and its pull answering.
 pub struct ProviderHooks {
     /// The registered clients (replaced by `Control::Clients`).
     pub clients: Arc<ClientTable>,
-    /// The bounded channel to the inbox thread.
-    pub inbox: Sender<InboxWork>,
+    /// The bounded channel to the inbox writer.
+    pub writer: Sender<WriterWork>,
+    /// This shard's pull answering.
+    pub answerer: Answerer,
 }
 
 /// A provider shard's client state.
 struct ProviderState {
     clients: Arc<ClientTable>,
-    inbox: Sender<InboxWork>,
+    writer: Sender<WriterWork>,
+    answerer: Answerer,
+    /// Answer frames of this receive batch, back to back, and where each
+    /// goes: sent by the shard once the batch is handled.
+    outbox: Vec<u8>,
+    outbox_to: Vec<SocketAddr>,
+    /// The mailbox of each pool slot holding a `Deliver` packet on the
+    /// wheel (its next hop is `TO_INBOX`).
+    deliveries: HashMap<u32, MailboxId>,
     /// Replay windows of client frames, by slot.
     windows: HashMap<u32, ReplayWindow>,
     /// A frame-sized buffer to decrypt pulls in (the received one is
@@ -274,6 +275,30 @@ impl Pool {
 }
 
 impl State {
+    /// Hand the `Deliver` packet in pool slot `idx` to the inbox writer
+    /// (the caller frees the slot).
+    fn hand_to_inbox(&mut self, idx: u32) {
+        let Some(p) = self.provider.as_mut() else {
+            return;
+        };
+        let Some(mailbox) = p.deliveries.remove(&idx) else {
+            debug_assert!(
+                false,
+                "slot {idx} on the wheel to the inbox without a mailbox"
+            );
+            return;
+        };
+        let g = self.settings.geometry;
+        let range = FRAME_HEADER_LEN..g.frame_len() - TAG_LEN;
+        let packet = self.pool.slot(idx)[range].to_vec();
+        match p.writer.try_send(WriterWork::Store(mailbox, packet)) {
+            Ok(()) => {
+                self.metrics.to_inbox.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => self.metrics.count_drop(DropReason::InboxQueueFull),
+        }
+    }
+
     /// Between datagrams and batches every pool slot is either free or
     /// waiting on the wheel, never both and never neither (a provider's
     /// stored packets are copied out, so they give their slot back).
@@ -471,11 +496,15 @@ impl Shard {
     }
 
     /// Make this a provider's shard: it takes client frames, stores
-    /// `Deliver` packets and answers pulls through `hooks.inbox`.
+    /// `Deliver` packets through `hooks.writer` and answers pulls.
     pub fn with_provider(mut self, hooks: ProviderHooks) -> Shard {
         self.state.provider = Some(ProviderState {
             clients: hooks.clients,
-            inbox: hooks.inbox,
+            writer: hooks.writer,
+            answerer: hooks.answerer,
+            outbox: Vec::new(),
+            outbox_to: Vec::new(),
+            deliveries: HashMap::new(),
             windows: HashMap::new(),
             scratch: vec![0u8; self.state.settings.geometry.frame_len()],
         });
@@ -572,7 +601,39 @@ impl Shard {
         }
         let standing = now.saturating_sub(state.input_empty_at_us);
         state.aqm.observe_backlog(standing, now);
+        self.send_answers();
         Ok(n)
+    }
+
+    /// Send the pull answers the last receive batch built, in batches.
+    fn send_answers(&mut self) {
+        let Some(p) = self.state.provider.as_mut() else {
+            return;
+        };
+        p.answerer.end_round();
+        if p.outbox_to.is_empty() {
+            return;
+        }
+        let len = p.answerer.frame_len();
+        let mut sent_frames = 0u64;
+        let mut failed_frames = 0u64;
+        for (frame, to) in p.outbox.chunks_exact(len).zip(&p.outbox_to) {
+            if self.backend.send(*to, frame) {
+                continue;
+            }
+            let (sent, failed) = self.backend.flush();
+            sent_frames += sent as u64;
+            failed_frames += failed as u64;
+            if !self.backend.send(*to, frame) {
+                failed_frames += 1;
+            }
+        }
+        let (sent, failed) = self.backend.flush();
+        sent_frames += sent as u64;
+        failed_frames += failed as u64;
+        p.answerer.count_sent(sent_frames, failed_frames);
+        p.outbox.clear();
+        p.outbox_to.clear();
     }
 
     /// One turn of the loop without waiting, for a caller that owns time
@@ -677,6 +738,11 @@ impl Shard {
             st.pool.free.push(idx);
             return;
         }
+        if peer_index == TO_INBOX {
+            st.hand_to_inbox(idx);
+            st.pool.free.push(idx);
+            return;
+        }
         let frame = st.pool.slot(idx);
         let Some(peer) = st.links.peer(peer_index) else {
             // NO_PEER: a reload removed the next hop while the packet waited.
@@ -716,12 +782,23 @@ impl Shard {
         self.send_due(now);
         let st = &mut self.state;
         let mut left = 0u64;
+        let mut deliveries = Vec::new();
         let pool = &mut st.pool;
         st.wheel.drain(|idx, _| {
             pool.is_loop[idx as usize] = false;
+            if pool.next_peer[idx as usize] == TO_INBOX {
+                // Accepted for a client: store it now rather than lose it
+                // (its mixing delay is cut short, only at a stop).
+                deliveries.push(idx);
+                return;
+            }
             pool.free.push(idx);
             left += 1;
         });
+        for idx in deliveries {
+            st.hand_to_inbox(idx);
+            st.pool.free.push(idx);
+        }
         st.metrics.drop_n(DropReason::ShuttingDown, left);
         st.metrics.pool_in_use.store(0, Ordering::Relaxed);
         st.publish_stats();
@@ -885,7 +962,9 @@ impl State {
         // Free slots are rewritten too (their value is overwritten before
         // use), which spares telling free slots from waiting ones.
         for next in self.pool.next_peer.iter_mut() {
-            *next = carry(*next, |p| p.outbound).unwrap_or(NO_PEER);
+            if *next != TO_INBOX {
+                *next = carry(*next, |p| p.outbound).unwrap_or(NO_PEER);
+            }
         }
         let windows = std::mem::take(&mut self.windows);
         self.windows = windows
@@ -1074,16 +1153,11 @@ impl State {
             if request.mailbox != client.mailbox {
                 return metrics.count_drop(DropReason::PullWrongMailbox);
             }
-            let work = InboxWork::Pull {
-                slot,
-                from: d.from,
-                request,
-            };
-            if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-                p.inbox.try_send(work)
-            {
-                metrics.count_drop(DropReason::InboxQueueFull);
-            }
+            let len = p.answerer.frame_len();
+            let frames = p.answerer.answer(slot, client, &request);
+            let n = frames.len() / len;
+            p.outbox.extend_from_slice(frames);
+            p.outbox_to.extend(std::iter::repeat_n(d.from, n));
             return;
         }
         if client.link.open(d.data).is_err() {
@@ -1187,19 +1261,25 @@ impl State {
                 self.scheduled += 1;
                 Ok(())
             }
-            RoutingCommand::Deliver { mailbox } if !from_client => {
-                let Some(p) = self.provider.as_ref() else {
+            RoutingCommand::Deliver { mailbox, delay } if !from_client => {
+                let Some(p) = self.provider.as_mut() else {
                     return Err(DropReason::BadCommand);
                 };
-                let packet = self.pool.slot(idx)[range].to_vec();
-                match p.inbox.try_send(InboxWork::Store(mailbox, packet)) {
-                    Ok(()) => {
-                        self.metrics.to_inbox.fetch_add(1, Ordering::Relaxed);
-                        self.pool.free.push(idx);
-                        Ok(())
-                    }
-                    Err(_) => Err(DropReason::InboxQueueFull),
+                let delay_us = u64::from(delay.as_micros());
+                if delay_us > self.settings.delay_cap_us {
+                    return Err(DropReason::DelayOverCap);
                 }
+                // Held like a relayed packet, then handed to the writer
+                // (`send_one`): the egress provider is a mixing hop.
+                self.pool.next_peer[idx as usize] = TO_INBOX;
+                match self.wheel.insert(arrival_us + delay_us, idx) {
+                    Ok(()) => {}
+                    Err(InsertError::TooFar) => return Err(DropReason::DelayOverCap),
+                    Err(_) => return Err(DropReason::PoolFull),
+                }
+                p.deliveries.insert(idx, mailbox);
+                self.scheduled += 1;
+                Ok(())
             }
             RoutingCommand::Drop if !from_client && self.provider.is_some() => {
                 self.metrics.cover_discarded.fetch_add(1, Ordering::Relaxed);

@@ -13,28 +13,31 @@
 //! 6 a topology reload (all neighbours, or one left out);
 //! 7 the last datagram again, from another address (a replay).
 //! After each operation the shard takes its turns at the current time, and
-//! what it handed the inbox is checked.
+//! what it handed the inbox writer is checked. Pulls are answered by the
+//! shard from an empty inbox (one per process; nothing is committed to it).
 //!
 //! At the end time moves past the largest delay: nothing may stay on the
 //! wheel, every datagram the shard received is accounted for (forwarded,
-//! given to the inbox, consumed or dropped under a reason), and every frame
-//! it sent went to an outbound neighbour, sealed under that neighbour's key.
+//! given to the inbox, answered as a pull, consumed or dropped under a
+//! reason), every frame it sent went to an outbound neighbour, sealed under
+//! that neighbour's key, and every answer is `PULL_FRAMES` frames to the
+//! client.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use loopix_crypto::access::{self, PullRequest};
 use loopix_crypto::link::{FRAME_HEADER_LEN, FRAME_OVERHEAD, KIND_PULL, TAG_LEN};
 use loopix_crypto::{Geometry, LinkKey, MailboxId};
 use loopix_engine::io::sim::SimNet;
-use loopix_engine::metrics::{DropReason, ShardMetrics};
-use loopix_engine::shard::{
-    Clock, Control, EpochKey, InboxWork, ProviderHooks, Shard, ShardSettings,
-};
+use loopix_engine::metrics::{DropReason, ProviderMetrics, ShardMetrics};
+use loopix_engine::provider::inbox::{Inbox, InboxConfig, InboxReader};
+use loopix_engine::provider::{Answerer, PullShared, WriterWork};
+use loopix_engine::shard::{Clock, Control, EpochKey, ProviderHooks, Shard, ShardSettings};
 
-use crate::fixed::{self, CLIENT_SLOTS, SENDER_INDICES};
+use crate::fixed::{self, CLIENT_SLOTS, PULL_FRAMES, SENDER_INDICES};
 use crate::Input;
 
 /// Largest per-hop delay the node accepts.
@@ -57,36 +60,43 @@ fn settings() -> ShardSettings {
     }
 }
 
-/// What the inbox was handed, checked as it arrives.
+/// What the inbox writer was handed, checked as it arrives.
 #[derive(Default)]
 struct InboxSeen {
     stores: u64,
-    pulls: u64,
+    acks: u64,
 }
 
-fn check_inbox(rx: &Receiver<InboxWork>, seen: &mut InboxSeen) {
+fn check_inbox(rx: &Receiver<WriterWork>, seen: &mut InboxSeen) {
     let g = Geometry::DEFAULT;
     while let Ok(work) = rx.try_recv() {
         match work {
-            InboxWork::Store(_, packet) => {
+            WriterWork::Store(_, packet) => {
                 assert_eq!(packet.len(), g.packet_len(), "stored packet length");
                 seen.stores += 1;
             }
-            InboxWork::Pull { slot, request, .. } => {
-                assert!(
-                    slot < CLIENT_SLOTS - 1,
-                    "pull from unregistered slot {slot}"
-                );
-                assert_eq!(
-                    request.mailbox,
-                    fixed::mailbox(slot),
-                    "pull for a foreign mailbox"
-                );
-                assert!(request.acks.len() <= access::max_acks(&g));
-                seen.pulls += 1;
+            WriterWork::Acks { mailbox, ids, .. } => {
+                let own = (0..CLIENT_SLOTS - 1).any(|s| fixed::mailbox(s) == mailbox);
+                assert!(own, "acknowledgements for a foreign mailbox");
+                assert!(!ids.is_empty() && ids.len() <= access::max_acks(&g));
+                seen.acks += 1;
             }
         }
     }
+}
+
+/// An empty inbox for every run in this process (answers read it; nothing
+/// is committed to it).
+fn empty_inbox() -> InboxReader {
+    static INBOX: OnceLock<Inbox> = OnceLock::new();
+    INBOX
+        .get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("loopix-fuzz-node-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Inbox::open(InboxConfig::new(dir.join("inbox.redb"), 8, 1 << 20, 3600)).unwrap()
+        })
+        .reader()
 }
 
 /// What one run did, for tests that check the seeds reach deep code.
@@ -96,7 +106,7 @@ pub struct NodeOutcome {
     pub forwarded: u64,
     /// Packets handed to the inbox for storage.
     pub stored: u64,
-    /// Pulls handed to the inbox.
+    /// Pulls answered.
     pub pulls: u64,
     /// Loops that came back, and cover discarded.
     pub consumed: u64,
@@ -116,8 +126,9 @@ struct Harness {
     t: u64,
     shard: Shard,
     control: Sender<Control>,
-    inbox: Receiver<InboxWork>,
+    inbox: Receiver<WriterWork>,
     metrics: Arc<ShardMetrics>,
+    provider: Arc<ProviderMetrics>,
     seen: InboxSeen,
     injected: u64,
     last: Option<Vec<u8>>,
@@ -135,6 +146,9 @@ impl Harness {
         let (control, control_rx) = bounded(4);
         let (inbox_tx, inbox) = bounded(64);
         let metrics = Arc::new(ShardMetrics::default());
+        let provider = Arc::new(ProviderMetrics::default());
+        net.bind(fixed::addr(fixed::CLIENT_PORT), 1 << 16);
+        net.bind(fixed::addr(fixed::CLIENT_PORT + 1), 1 << 16);
         let shard = Shard::new(
             settings(),
             Box::new(backend),
@@ -152,7 +166,15 @@ impl Harness {
         .unwrap()
         .with_provider(ProviderHooks {
             clients: Arc::new(fixed::client_table()),
-            inbox: inbox_tx,
+            writer: inbox_tx.clone(),
+            answerer: Answerer::new(
+                empty_inbox(),
+                PullShared::new(1),
+                inbox_tx,
+                Arc::clone(&provider),
+                Geometry::DEFAULT,
+                PULL_FRAMES,
+            ),
         })
         .with_clock(Clock::Sim(Arc::clone(&now)), 1);
         Harness {
@@ -163,6 +185,7 @@ impl Harness {
             control,
             inbox,
             metrics,
+            provider,
             seen: InboxSeen::default(),
             injected: 0,
             last: None,
@@ -280,12 +303,24 @@ impl Harness {
         let consumed =
             m.loops_received.load(Ordering::Relaxed) + m.cover_discarded.load(Ordering::Relaxed);
         let stored = m.to_inbox.load(Ordering::Relaxed);
+        let pulls = self.provider.pulls.load(Ordering::Relaxed);
         assert_eq!(
-            forwarded + consumed + stored + self.seen.pulls + drops,
+            forwarded + consumed + stored + pulls + drops,
             received,
             "a datagram is forwarded, consumed, stored, a pull, or dropped under a reason"
         );
         assert_eq!(stored, self.seen.stores);
+        assert!(self.seen.acks <= pulls, "acknowledgements only with pulls");
+        // Every answer is k frames of one length to the client's address.
+        let dlen = access::delivery_frame_len(&Geometry::DEFAULT);
+        let mut answers = 0u64;
+        for port in [fixed::CLIENT_PORT, fixed::CLIENT_PORT + 1] {
+            for (_, bytes) in self.net.take(fixed::addr(port)) {
+                assert_eq!(bytes.len(), dlen, "a delivery frame's length");
+                answers += 1;
+            }
+        }
+        assert_eq!(answers, pulls * u64::from(PULL_FRAMES), "k frames per pull");
 
         // Frames sent: only to outbound neighbours, sealed under their keys
         // with this node's index.
@@ -306,7 +341,7 @@ impl Harness {
         NodeOutcome {
             forwarded,
             stored,
-            pulls: self.seen.pulls,
+            pulls,
             consumed,
             dropped: drops,
         }

@@ -1,8 +1,10 @@
 //! `provider_pull`: a provider's pull handling on a real inbox (redb, in a
 //! scratch file on tmpfs where there is one): stored messages, then a pull
 //! whose body is the input, through the checks a provider's shard makes
-//! (tag, parse, own mailbox) and the inbox thread's work (acknowledgements
-//! in one transaction, pending messages, the sealed answer).
+//! (tag, parse, own mailbox), its `Answerer` (acknowledgements hidden at
+//! once and handed to the writer, pending messages from the committed
+//! snapshot, the sealed answer), then the writer's commit of the
+//! acknowledgements.
 //!
 //! Input: a byte `n % 12` of messages to store, each a byte choosing the
 //! mailbox (client 0's, client 1's, or an unregistered one) and the packet's
@@ -11,15 +13,18 @@
 //! Checked: the answer is exactly `PULL_FRAMES` frames of one length, each
 //! opening under client 0's key with the request's id, index `i` of `k`;
 //! its messages are client 0's pending ones in order, none of them
-//! acknowledged by this pull, and dummies after them.
+//! acknowledged by this pull, and dummies after them; after the writer's
+//! commit the inbox holds exactly what the answer offered and no more.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use loopix_crypto::access;
 use loopix_crypto::link::{FRAME_HEADER_LEN, FRAME_OVERHEAD, KIND_PULL, TAG_LEN};
 use loopix_crypto::{Geometry, LinkKey, MailboxId};
+use loopix_engine::metrics::ProviderMetrics;
 use loopix_engine::provider::inbox::{Inbox, InboxConfig, MessageId};
-use loopix_engine::provider::seal_answer;
+use loopix_engine::provider::{commit_round, Answerer, PullShared, Round};
 
 use crate::fixed::{self, PULL_FRAMES};
 use crate::Input;
@@ -76,51 +81,74 @@ pub fn provider_pull(data: &[u8]) {
         return;
     }
 
-    // The inbox thread's part.
-    let acks: Vec<MessageId> = request.acks.iter().map(|&id| MessageId(id)).collect();
-    inbox.ack_batch(&[(request.mailbox, &acks)]).unwrap();
-    let pending = inbox
-        .pending(request.mailbox, usize::from(PULL_FRAMES))
-        .unwrap();
-    for (id, _) in &pending {
-        assert!(
-            !request.acks.contains(&id.0),
-            "acknowledged message {} offered",
-            id.0
-        );
-    }
-    let mut out = Vec::new();
-    let sealed = seal_answer(
-        &g,
-        &client,
-        0,
-        100,
-        request.request_id,
+    // The answerer's part, then the writer's.
+    let k = usize::from(PULL_FRAMES);
+    let hidden = |id: &MessageId| request.acks.contains(&id.0);
+    let want: Vec<(MessageId, Vec<u8>)> = inbox
+        .pending(request.mailbox, k + request.acks.len())
+        .unwrap()
+        .into_iter()
+        .filter(|(id, _)| !hidden(id))
+        .collect();
+    let shared = PullShared::new(100);
+    let (tx, rx) = crossbeam_channel::bounded(4);
+    let metrics = Arc::new(ProviderMetrics::default());
+    let mut answerer = Answerer::new(
+        inbox.reader(),
+        Arc::clone(&shared),
+        tx,
+        metrics,
+        g,
         PULL_FRAMES,
-        &pending,
-        &mut out,
     );
-    assert_eq!(sealed.frames, PULL_FRAMES, "an answer is exactly k frames");
-    assert_eq!(
-        usize::from(sealed.real),
-        pending.len().min(usize::from(PULL_FRAMES))
-    );
+    let mut out = answerer.answer(0, &client, &request).to_vec();
     let dlen = access::delivery_frame_len(&g);
-    assert_eq!(out.len(), dlen * usize::from(PULL_FRAMES));
+    assert_eq!(out.len(), dlen * k, "an answer is exactly k frames");
     let key = LinkKey::from_bytes(&fixed::access_key(0));
+    let mut offered = Vec::new();
     for (i, f) in out.chunks_exact_mut(dlen).enumerate() {
-        let (_, d) = access::open_delivery(&g, &key, 0, f).unwrap();
+        let (header, d) = access::open_delivery(&g, &key, 0, f).unwrap();
+        assert_eq!(header.counter, 100 + i as u64, "a new client's counters");
         assert_eq!(d.request_id, request.request_id);
         assert_eq!((usize::from(d.index), d.k), (i, PULL_FRAMES));
-        match (d.message, pending.get(i)) {
-            (Some((id, packet)), Some((want, bytes))) => {
-                assert_eq!(id, want.0);
+        match (d.message, want.get(i)) {
+            (Some((id, packet)), Some((w, bytes))) => {
+                assert!(
+                    !request.acks.contains(&id),
+                    "acknowledged message {id} offered"
+                );
+                assert_eq!(id, w.0);
                 assert_eq!(&packet[..], &bytes[..]);
+                offered.push(id);
             }
             (None, None) => {}
             _ => panic!("frame {i}: real and pending disagree"),
         }
     }
+    let mut round = Round::default();
+    while let Ok(w) = rx.try_recv() {
+        round.take(w);
+    }
+    assert_eq!(round.acks.len(), usize::from(!request.acks.is_empty()));
+    assert!(commit_round(&mut inbox, &shared, 1, &mut round).is_empty());
+    assert_eq!(
+        shared.unconfirmed_len(),
+        0,
+        "committed acknowledgements are forgotten"
+    );
+    let left = inbox.pending(request.mailbox, usize::MAX).unwrap();
+    assert!(
+        left.iter().all(|(id, _)| !hidden(id)),
+        "an acknowledged message is left"
+    );
+    assert_eq!(
+        left.iter()
+            .take(offered.len())
+            .map(|(id, _)| id.0)
+            .collect::<Vec<_>>(),
+        offered
+    );
+    drop(answerer);
     finish(inbox, &path);
 }
 

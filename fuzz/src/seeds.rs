@@ -122,6 +122,7 @@ fn node_datagram() -> Seeds {
     let deliver = packet(
         RoutingCommand::Deliver {
             mailbox: fixed::mailbox(0),
+            delay: Delay::from_micros(10),
         },
         4,
     );

@@ -113,7 +113,7 @@ impl FakeNet {
             let sk = self.secrets.get(&at)?;
             match sphinx::process(&G, sk, &mut packet).ok()?.command {
                 RoutingCommand::Relay { next, .. } => at = next,
-                RoutingCommand::Deliver { mailbox } => return Some((mailbox, packet)),
+                RoutingCommand::Deliver { mailbox, .. } => return Some((mailbox, packet)),
                 _ => return None,
             }
         }

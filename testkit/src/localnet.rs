@@ -393,7 +393,11 @@ impl Driver {
         let hops = [
             Hop {
                 key,
-                command: RoutingCommand::Deliver { mailbox },
+                // No mixing delay: tests want the packet stored at once.
+                command: RoutingCommand::Deliver {
+                    mailbox,
+                    delay: loopix_crypto::Delay::ZERO,
+                },
             },
             Hop {
                 key: recipient,

@@ -9,13 +9,13 @@
 //! for the same seed), client keys, paths and delays, and message contents.
 //! Time moves in steps of `step_us`; at each step the clients run their due
 //! stream events and send, every node takes its turns at that time, each
-//! provider's inbox work is done (stores in one commit, then the round's
-//! acknowledgements, then exactly-k answers sealed by the engine's
-//! `seal_answer`), and the clients take their deliveries.
+//! provider's inbox writer round is done (`provider::commit_round`: stores
+//! in one commit, then the acknowledgements the shards' answers carried),
+//! and the clients take their deliveries. Pulls are answered by the
+//! provider's shard itself, through its own (simulated) I/O, as in a node.
 //!
-//! What the provider's inbox thread does with its own socket and clock is
-//! done here by [`SimInbox`], with the same engine functions, until pull
-//! answers leave through the shard's own I/O.
+//! What the provider's writer thread does with its own clock is done here
+//! by [`SimInbox`], with the same engine function.
 //!
 //! Invariants: no system call on the packet path, no wall clock: a run is a
 //! function of its seed and configuration; every queue is the engine's own
@@ -40,12 +40,10 @@ use loopix_engine::io::sim::SimNet;
 use loopix_engine::loops::{LoopMaker, LoopSettings};
 use loopix_engine::metrics::{DropReason, ShardMetrics};
 use loopix_engine::node::build_links;
-use loopix_engine::provider::inbox::{Inbox, InboxConfig, MessageId};
+use loopix_engine::provider::inbox::{Inbox, InboxConfig};
 use loopix_engine::provider::registry::{ClientEntry, ClientTable};
-use loopix_engine::provider::seal_answer;
-use loopix_engine::shard::{
-    Clock, Control, EpochKey, InboxWork, Links, ProviderHooks, Shard, ShardSettings,
-};
+use loopix_engine::provider::{commit_round, Answerer, PullShared, Round, WriterWork};
+use loopix_engine::shard::{Clock, Control, EpochKey, Links, ProviderHooks, Shard, ShardSettings};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
@@ -113,12 +111,11 @@ impl SimConfig {
 
 /// A provider's inbox work, done between node turns.
 struct SimInbox {
-    work: Receiver<InboxWork>,
+    work: Receiver<WriterWork>,
     inbox: Inbox,
     entries: Vec<ClientEntry>,
-    clients: ClientTable,
-    counter: u64,
-    frames: Vec<u8>,
+    shared: Arc<PullShared>,
+    round: Round,
 }
 
 /// One node of the network.
@@ -355,24 +352,33 @@ impl SimNetwork {
             if role == Role::Provider {
                 let (tx, rx) = bounded(4096);
                 let clients = self.register_clients(own);
-                let table = ClientTable::new(&clients);
-                shard = shard.with_provider(ProviderHooks {
-                    clients: Arc::new(ClientTable::new(&clients)),
-                    inbox: tx,
-                });
                 let path = self.scratch.join(format!("inbox-{own}.redb"));
-                let mut store =
-                    Inbox::open(InboxConfig::new(path, 1_000, 1 << 24, 3_600)).expect("inbox");
+                let config = InboxConfig::new(path, 1_000, 1 << 24, 3_600)
+                    .with_id_key(seed32(&mut self.rng));
+                let mut store = Inbox::open(config).expect("inbox");
                 for c in &clients {
                     store.register(c.mailbox).expect("register");
                 }
+                // Delivery counters from the simulated start (µs).
+                let shared = PullShared::new(START_UNIX_S * 1_000_000);
+                shard = shard.with_provider(ProviderHooks {
+                    clients: Arc::new(ClientTable::new(&clients)),
+                    writer: tx.clone(),
+                    answerer: Answerer::new(
+                        store.reader(),
+                        Arc::clone(&shared),
+                        tx,
+                        Arc::new(Default::default()),
+                        g,
+                        self.config.pull_frames,
+                    ),
+                });
                 inbox = Some(SimInbox {
                     work: rx,
                     inbox: store,
                     entries: clients,
-                    clients: table,
-                    counter: 1,
-                    frames: Vec::new(),
+                    shared,
+                    round: Round::default(),
                 });
             }
             let loops = self.loop_maker(id, epoch, u64::from(own));
@@ -587,73 +593,28 @@ impl SimNetwork {
         }
     }
 
-    /// A provider's inbox round: stores in one commit, the round's
-    /// acknowledgements in one transaction, then each pull's exactly-k
-    /// answer, as the inbox thread does.
+    /// A provider's writer round: the stores in one commit, then the
+    /// acknowledgements the shard's answers carried, as the writer thread
+    /// does.
     fn inbox_work(&mut self, i: usize) {
         let now_s = START_UNIX_S + self.t_us / 1_000_000;
-        let addr = self.nodes[i].addr;
         let Some(ib) = self.nodes[i].inbox.as_mut() else {
             return;
         };
-        let mut stores: Vec<(MailboxId, Vec<u8>)> = Vec::new();
-        let mut pulls = Vec::new();
         while let Ok(w) = ib.work.try_recv() {
-            match w {
-                InboxWork::Store(m, p) => stores.push((m, p)),
-                InboxWork::Pull {
-                    slot,
-                    from,
-                    request,
-                } => pulls.push((slot, from, request)),
-            }
+            ib.round.take(w);
         }
-        if !stores.is_empty() {
-            let items: Vec<(MailboxId, &[u8])> =
-                stores.iter().map(|(m, p)| (*m, p.as_slice())).collect();
-            ib.inbox.store_batch(now_s, &items).expect("store");
-        }
-        if pulls.is_empty() {
-            return;
-        }
-        let acks: Vec<(MailboxId, Vec<MessageId>)> = pulls
-            .iter()
-            .map(|(_, _, r)| (r.mailbox, r.acks.iter().map(|&a| MessageId(a)).collect()))
-            .collect();
-        let batch: Vec<(MailboxId, &[MessageId])> =
-            acks.iter().map(|(m, v)| (*m, v.as_slice())).collect();
-        ib.inbox.ack_batch(&batch).expect("acks");
-        let g = Geometry::DEFAULT;
-        let k = self.config.pull_frames;
-        for (slot, from, request) in pulls {
-            let Some(client) = ib.clients.by_slot.get(&slot) else {
-                continue;
-            };
-            let pending = ib
-                .inbox
-                .pending(request.mailbox, usize::from(k))
-                .expect("pending");
-            let sealed = seal_answer(
-                &g,
-                client,
-                slot,
-                ib.counter,
-                request.request_id,
-                k,
-                &pending,
-                &mut ib.frames,
-            );
-            assert_eq!(
-                sealed.frames, k,
-                "seed {}: an answer is k frames",
-                self.config.seed
-            );
-            ib.counter += u64::from(k);
-            let len = loopix_crypto::access::delivery_frame_len(&g);
-            for f in ib.frames.chunks_exact(len) {
-                self.net.inject(addr, from, f);
-            }
-        }
+        let errors = commit_round(&mut ib.inbox, &ib.shared, now_s, &mut ib.round);
+        assert!(
+            errors.is_empty(),
+            "seed {}: inbox round: {}",
+            self.config.seed,
+            errors
+                .iter()
+                .map(|(what, _, e)| format!("{what}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
     }
 
     fn client_send(&mut self, j: usize) {

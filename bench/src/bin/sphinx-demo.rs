@@ -107,8 +107,12 @@ fn describe(c: &RoutingCommand) -> String {
             &next.to_string()[..8],
             f64::from(delay.as_micros()) / 1000.0
         ),
-        RoutingCommand::Deliver { mailbox } => {
-            format!("Deliver mailbox {}..", &mailbox.to_string()[..8])
+        RoutingCommand::Deliver { mailbox, delay } => {
+            format!(
+                "Deliver mailbox {}.. after {:.1} ms",
+                &mailbox.to_string()[..8],
+                f64::from(delay.as_micros()) / 1000.0
+            )
         }
         RoutingCommand::Drop => "Drop".to_string(),
         RoutingCommand::Recipient { kind, id } => {
@@ -232,6 +236,7 @@ fn run(o: &Options, out: &mut String) -> Result<(), String> {
             },
             4 => RoutingCommand::Deliver {
                 mailbox: MailboxId(sender_mailbox),
+                delay: exp_delay(&mut rng, o.mean_delay),
             },
             _ => RoutingCommand::Relay {
                 next: back[i + 1].id,

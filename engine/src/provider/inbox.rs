@@ -15,8 +15,13 @@
 //!   honours fsync (group commit: one fsync per batch, not per packet);
 //! - a message leaves only through `ack` by its own mailbox, `expire`, or
 //!   `unregister`; `pending` never removes anything;
-//! - message ids increase and are never reused (the next id is persisted in
-//!   the same transaction as the messages that used it);
+//! - message ids are unique and never reused (the next id is persisted in
+//!   the same transaction as the messages that used it); internally they
+//!   increase, but a client sees each through a keyed permutation
+//!   ([`IdCipher`], its key in `meta`), so the ids it is handed tell it
+//!   nothing of how many messages the provider stored for others;
+//! - readers ([`InboxReader`], one per shard) read committed snapshots
+//!   concurrently with the one writer;
 //! - the three message tables, the per-mailbox usage and the totals change
 //!   together in one transaction, so quota checks read one row;
 //! - per mailbox, at most `max_messages_per_client` messages and
@@ -36,6 +41,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -43,8 +49,9 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 // `MailboxId([..])` constructs one here too).
 pub use loopix_crypto::MailboxId;
 
-/// A message's id: unique in its inbox for the inbox's whole life, increasing
-/// in the order messages were stored.
+/// A message's id as clients see it: unique in its inbox for the inbox's
+/// whole life, a keyed permutation of the internal sequence number (which
+/// increases in the order messages were stored).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MessageId(pub u64);
 
@@ -92,6 +99,62 @@ const META_FORMAT_VERSION: &str = "format_version";
 const META_NEXT_ID: &str = "next_id";
 const META_HELD_MESSAGES: &str = "held_messages";
 const META_HELD_BYTES: &str = "held_bytes";
+/// The id permutation's key, four u64 words (written once, at creation or
+/// at the first open by a build that has it).
+const META_ID_KEY: [&str; 4] = ["id_key_0", "id_key_1", "id_key_2", "id_key_3"];
+
+/// Rounds of the id permutation's Feistel network. Four rounds make a
+/// pseudorandom permutation; more push the distinguishing bound on 32-bit
+/// halves well past what any client sees.
+const ID_ROUNDS: u8 = 8;
+
+/// The keyed permutation between internal message numbers and the ids
+/// clients see: a balanced Feistel network on two 32-bit halves whose
+/// round function is keyed BLAKE3.
+#[derive(Clone, Copy)]
+pub struct IdCipher {
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for IdCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdCipher(..)")
+    }
+}
+
+impl IdCipher {
+    /// The permutation under `key`.
+    pub fn new(key: [u8; 32]) -> IdCipher {
+        IdCipher { key }
+    }
+
+    fn round(&self, round: u8, half: u32) -> u32 {
+        let mut input = [0u8; 5];
+        input[0] = round;
+        input[1..].copy_from_slice(&half.to_le_bytes());
+        let h = blake3::keyed_hash(&self.key, &input);
+        let b = h.as_bytes();
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+
+    /// The id a client sees for internal number `n`.
+    pub fn hide(&self, n: u64) -> MessageId {
+        let (mut l, mut r) = ((n >> 32) as u32, n as u32);
+        for i in 0..ID_ROUNDS {
+            (l, r) = (r, l ^ self.round(i, r));
+        }
+        MessageId((u64::from(l) << 32) | u64::from(r))
+    }
+
+    /// The internal number behind a client's id.
+    pub fn reveal(&self, id: MessageId) -> u64 {
+        let (mut l, mut r) = ((id.0 >> 32) as u32, id.0 as u32);
+        for i in (0..ID_ROUNDS).rev() {
+            (l, r) = (r ^ self.round(i, l), l);
+        }
+        (u64::from(l) << 32) | u64::from(r)
+    }
+}
 
 /// Where the inbox lives and how much it may hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +171,9 @@ pub struct InboxConfig {
     /// redb's page cache, bytes: with one transaction's dirty pages, the
     /// inbox's memory.
     pub cache_size_bytes: usize,
+    /// The message id permutation's key for a new inbox file; `None` (the
+    /// default) draws it from the OS. A simulation sets it from its seed.
+    pub id_key: Option<[u8; 32]>,
 }
 
 impl InboxConfig {
@@ -124,7 +190,14 @@ impl InboxConfig {
             max_bytes_per_client,
             max_age_s,
             cache_size_bytes: DEFAULT_CACHE_SIZE_BYTES,
+            id_key: None,
         }
+    }
+
+    /// The same, with the id permutation's key for a new file fixed.
+    pub fn with_id_key(mut self, key: [u8; 32]) -> InboxConfig {
+        self.id_key = Some(key);
+        self
     }
 }
 
@@ -207,14 +280,16 @@ pub struct Inbox {
     db: Db,
     config: InboxConfig,
     stats: InboxStats,
+    ids: IdCipher,
 }
 
 /// The database, dropped inside `catch_unwind`: redb's `Drop` commits (its
 /// allocator state) and can panic on a damaged file, like any other call.
-struct Db(Option<Database>);
+/// Shared with the readers ([`InboxReader`]); the last holder closes it.
+struct Db(Option<Arc<Database>>);
 
 impl Db {
-    fn get(&self) -> &Database {
+    fn get(&self) -> &Arc<Database> {
         // `None` only inside `drop`.
         self.0
             .as_ref()
@@ -241,6 +316,37 @@ struct Totals {
 
 fn meta_get(meta: &impl ReadableTable<&'static str, u64>, key: &str) -> Result<u64, redb::Error> {
     Ok(meta.get(key)?.map_or(0, |g| g.value()))
+}
+
+/// The id permutation's key from `meta`, created (from the OS's random
+/// source) if absent.
+fn id_key(
+    meta: &mut redb::Table<&'static str, u64>,
+    fixed: Option<[u8; 32]>,
+) -> Result<[u8; 32], redb::Error> {
+    let mut words = [0u64; 4];
+    let mut present = true;
+    for (w, name) in words.iter_mut().zip(META_ID_KEY) {
+        match meta.get(name)? {
+            Some(g) => *w = g.value(),
+            None => present = false,
+        }
+    }
+    if !present {
+        use rand_core::RngCore;
+        for (i, (w, name)) in words.iter_mut().zip(META_ID_KEY).enumerate() {
+            *w = match fixed {
+                Some(k) => u64::from_le_bytes(k[i * 8..i * 8 + 8].try_into().unwrap_or_default()),
+                None => rand_core::OsRng.next_u64(),
+            };
+            meta.insert(name, *w)?;
+        }
+    }
+    let mut key = [0u8; 32];
+    for (chunk, w) in key.chunks_exact_mut(8).zip(words) {
+        chunk.copy_from_slice(&w.to_le_bytes());
+    }
+    Ok(key)
 }
 
 fn read_totals(meta: &impl ReadableTable<&'static str, u64>) -> Result<Totals, redb::Error> {
@@ -390,9 +496,10 @@ impl Inbox {
         };
 
         let mut inbox = Inbox {
-            db: Db(Some(db)),
+            db: Db(Some(Arc::new(db))),
             config,
             stats: InboxStats::default(),
+            ids: IdCipher::new([0; 32]),
         };
         contain_panic(&path, "open", || inbox.init_tables())?;
         Ok(inbox)
@@ -403,7 +510,7 @@ impl Inbox {
     /// redb file without a version is someone else's.
     fn init_tables(&mut self) -> Result<(), InboxError> {
         enum Found {
-            Inbox(Totals),
+            Inbox(Totals, [u8; 32]),
             Version(u64),
             Foreign,
         }
@@ -440,13 +547,17 @@ impl Inbox {
             txn.open_table(OWNERS)?;
             txn.open_table(EXPIRY)?;
             txn.open_table(MAILBOXES)?;
-            Ok(Found::Inbox(read_totals(&meta)?))
+            let key = id_key(&mut meta, self.config.id_key)?;
+            Ok(Found::Inbox(read_totals(&meta)?, key))
         })()
         .map_err(on_open)?;
         // On the error paths, dropping the transaction aborts it: the file
         // is left as it was.
         let totals = match found {
-            Found::Inbox(totals) => totals,
+            Found::Inbox(totals, key) => {
+                self.ids = IdCipher::new(key);
+                totals
+            }
             Found::Version(found) => {
                 return Err(InboxError::Version {
                     path,
@@ -468,14 +579,7 @@ impl Inbox {
     }
 
     fn storage_err(&self, op: &'static str) -> impl FnOnce(redb::Error) -> InboxError + '_ {
-        move |e| match e {
-            redb::Error::Corrupted(problem) => corrupt(&self.config.path, problem),
-            source => InboxError::Storage {
-                path: self.config.path.clone(),
-                op,
-                source: Box::new(source),
-            },
-        }
+        read_err(&self.config.path, op)
     }
 
     /// Run `f` in one write transaction committed with
@@ -645,7 +749,7 @@ impl Inbox {
                         mailboxes.insert(mailbox.0, (count + 1, held_bytes + len_bytes))?;
                         totals.messages += 1;
                         totals.bytes += len_bytes;
-                        StoreOutcome::Stored(MessageId(id))
+                        StoreOutcome::Stored(self.ids.hide(id))
                     }
                 };
                 outcomes.push(outcome);
@@ -675,20 +779,20 @@ impl Inbox {
         mailbox: MailboxId,
         max: usize,
     ) -> Result<Vec<(MessageId, Vec<u8>)>, InboxError> {
-        self.read("pending", |txn| {
-            let messages = txn.open_table(MESSAGES)?;
-            messages
-                .range((mailbox.0, 0)..=(mailbox.0, u64::MAX))?
-                .take(max)
-                .map(|r| {
-                    r.map(|(k, v)| {
-                        let (_, bytes) = v.value();
-                        (MessageId(k.value().1), bytes.to_vec())
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(redb::Error::from)
-        })
+        let mut out = Vec::new();
+        self.reader()
+            .snapshot()?
+            .pending(mailbox, max, |_| false, &mut out)?;
+        Ok(out)
+    }
+
+    /// A read handle for another thread: it sees every committed change.
+    pub fn reader(&self) -> InboxReader {
+        InboxReader {
+            db: Arc::clone(self.db.get()),
+            path: Arc::from(self.config.path.as_path()),
+            ids: self.ids,
+        }
     }
 
     /// Remove `mailbox`'s acknowledged messages in one durable transaction;
@@ -717,7 +821,8 @@ impl Inbox {
             let mut foreign = 0u64;
             let mut by_mailbox: HashMap<MailboxKey, (u64, u64)> = HashMap::new();
             for (mailbox, ids) in batch {
-                for &MessageId(id) in *ids {
+                for &exposed in *ids {
+                    let id = self.ids.reveal(exposed);
                     match remove_message(&mut messages, &mut owners, &mut expiry, mailbox.0, id)? {
                         Some(len_bytes) => {
                             removed += 1;
@@ -812,6 +917,85 @@ impl Inbox {
     /// Counters since open, and what is held now.
     pub fn stats(&self) -> InboxStats {
         self.stats
+    }
+}
+
+/// A shard's read handle on the inbox: committed snapshots, read while the
+/// writer commits (redb's MVCC), never blocking it.
+#[derive(Clone)]
+pub struct InboxReader {
+    db: Arc<Database>,
+    path: Arc<Path>,
+    ids: IdCipher,
+}
+
+/// One committed state of the inbox, for a round of reads.
+pub struct Snapshot {
+    txn: redb::ReadTransaction,
+    path: Arc<Path>,
+    ids: IdCipher,
+}
+
+/// The error for a failed redb call on `path` during `op`.
+fn read_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(redb::Error) -> InboxError + 'a {
+    move |e| match e {
+        redb::Error::Corrupted(problem) => corrupt(path, problem),
+        source => InboxError::Storage {
+            path: path.to_owned(),
+            op,
+            source: Box::new(source),
+        },
+    }
+}
+
+impl InboxReader {
+    /// The state as of the last commit.
+    pub fn snapshot(&self) -> Result<Snapshot, InboxError> {
+        let path = Arc::clone(&self.path);
+        let txn = contain_panic(&path, "snapshot", || {
+            self.db
+                .begin_read()
+                .map_err(|e| read_err(&path, "snapshot")(e.into()))
+        })?;
+        Ok(Snapshot {
+            txn,
+            path,
+            ids: self.ids,
+        })
+    }
+}
+
+impl Snapshot {
+    /// Append to `out` up to `max` oldest messages of `mailbox`, as (id,
+    /// bytes), skipping those `hidden` says are acknowledged already
+    /// (acknowledgements not yet committed).
+    pub fn pending(
+        &self,
+        mailbox: MailboxId,
+        max: usize,
+        hidden: impl Fn(MessageId) -> bool,
+        out: &mut Vec<(MessageId, Vec<u8>)>,
+    ) -> Result<(), InboxError> {
+        let mut run = || -> Result<(), redb::Error> {
+            let messages = self.txn.open_table(MESSAGES)?;
+            let mut taken = 0;
+            for r in messages.range((mailbox.0, 0)..=(mailbox.0, u64::MAX))? {
+                if taken == max {
+                    break;
+                }
+                let (k, v) = r?;
+                let id = self.ids.hide(k.value().1);
+                if hidden(id) {
+                    continue;
+                }
+                out.push((id, v.value().1.to_vec()));
+                taken += 1;
+            }
+            Ok(())
+        };
+        contain_panic(&self.path, "pending", || {
+            run().map_err(read_err(&self.path, "pending"))
+        })
     }
 }
 

@@ -1,39 +1,45 @@
 //! The provider role beyond what mixes do, in one folder: the inbox
-//! (`inbox.rs`, redb), the client registry (`registry.rs`), and here the
-//! inbox thread (group commit of delivered packets, pull answers, expiry,
-//! and the registry changes the control plane finds), the control plane's
+//! (`inbox.rs`, redb), the client registry (`registry.rs`), pull answers
+//! (`answer.rs`, run in the shards), and here the inbox writer thread (group
+//! commit of delivered packets and of acknowledgements, expiry, and the
+//! registry changes the control plane finds), the control plane's
 //! [`RegistryWatch`], and the `loopix provider register|unregister|clients`
 //! admin commands.
 //!
-//! The inbox thread alone owns the `Inbox`. Shards hand it packets to store
-//! and authenticated pulls over one bounded channel. It commits stores in
-//! groups (up to `commit_max_batch` packets, waiting at most
-//! `commit_max_wait_ms` for more), counts a packet as stored only after its
-//! transaction is durable, and only then answers the pulls taken with them.
+//! The writer thread alone writes the `Inbox`. Shards hand it packets to
+//! store and the acknowledgements of the pulls they answered over one
+//! bounded channel. It commits in groups (up to `commit_max_batch` packets,
+//! waiting at most `commit_max_wait_ms` for more) and counts a packet as
+//! stored only after its transaction is durable. Nobody waits for a commit:
+//! pulls are answered by the shard that received them, from the last
+//! committed snapshot (see `answer.rs` for why, and for what a crash between
+//! an answer and its acknowledgements' commit costs).
 //!
 //! Invariants:
 //! - a pull answer is exactly `pull_frames` delivery frames of one length,
 //!   real messages first, then dummies, all sealed with the client's key,
-//!   sent from the provider's own socket (so from its address) through an
-//!   `io` backend, the answers of a round in batches;
-//! - acknowledgements are applied, for the pulling client's mailbox only,
-//!   before the answer is built, so a message is delivered in every answer
-//!   until acknowledged and never after;
-//! - delivery frame counters are provider-wide and strictly increasing,
+//!   sent from the provider's own address by the receiving shard's `io`
+//!   backend, the answers of a receive batch in one batch;
+//! - a message is offered only once its store is durable, in every answer
+//!   until acknowledged, and never in an answer after the one to the pull
+//!   that acknowledged it;
+//! - delivery frame counters are per client and strictly increasing,
 //!   starting at the wall clock in microseconds (above any earlier run's);
+//!   message ids are a keyed permutation of the inbox's sequence: neither
+//!   tells a client how much traffic others have;
 //! - the registry directory is the source of truth for who is registered:
 //!   the control plane rescans it (every second when the directory changed,
-//!   at once on SIGHUP) and hands the inbox thread the new list, and the
+//!   at once on SIGHUP) and hands the writer the new list, and the
 //!   inbox registers and unregisters mailboxes to match it;
 //! - whatever is refused, expired or lost is counted (`ProviderMetrics`).
 
+pub mod answer;
 pub mod inbox;
 pub mod registry;
 
 use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,15 +47,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use loopix_crypto::access::{delivery_frame_len, seal_delivery, PullRequest};
+use loopix_crypto::access::{delivery_frame_len, seal_delivery};
 use loopix_crypto::{Geometry, MailboxId};
 use loopix_directory::Registration;
 
 use crate::config::{MixConfig, ProviderSection};
-use crate::io::Backend;
 use crate::keyfile::{self, unix_now_s};
 use crate::metrics::ProviderMetrics;
-use crate::shard::{Control, InboxWork};
+use crate::shard::Control;
+pub use answer::{Answerer, PullShared};
 use inbox::{Inbox, InboxConfig, InboxError, MessageId};
 use registry::{ClientEntry, ClientLink, ClientTable};
 
@@ -62,8 +68,8 @@ pub fn inbox_path(data_dir: &Path) -> std::path::PathBuf {
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 /// Longest wait for work, so the stop flag and timers are seen.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
-/// Pulls answered per round at most (each round also commits stores).
-const MAX_PULLS_PER_ROUND: usize = 256;
+/// Pulls whose acknowledgements one commit takes at most.
+const MAX_ACKS_PER_ROUND: usize = 1024;
 
 /// The `[provider]` section, or the error for a config without one.
 pub fn section(config: &MixConfig) -> Result<&ProviderSection, String> {
@@ -205,26 +211,38 @@ impl RegistryWatch {
     }
 }
 
-/// Everything the inbox thread needs.
-pub struct InboxThread {
-    /// The inbox (the thread's alone).
+/// What a provider's shards hand its inbox writer.
+#[derive(Debug)]
+pub enum WriterWork {
+    /// Store this processed packet (`packet_len` bytes) in `mailbox`.
+    Store(MailboxId, Vec<u8>),
+    /// Remove these acknowledged messages of `mailbox`: the
+    /// acknowledgements of the pull with sequence number `seq` (see
+    /// [`PullShared`]), already answered.
+    Acks {
+        /// The pulling client's mailbox.
+        mailbox: MailboxId,
+        /// The pull's sequence number.
+        seq: u64,
+        /// The acknowledged ids.
+        ids: Vec<MessageId>,
+    },
+}
+
+/// Everything the inbox writer thread needs.
+pub struct InboxWriter {
+    /// The inbox (the thread's alone for writing; shards read snapshots).
     pub inbox: Inbox,
     /// The `[provider]` settings.
     pub settings: ProviderSection,
-    /// Packet geometry.
-    pub geometry: Geometry,
     /// Work from the shards.
-    pub work: Receiver<InboxWork>,
-    /// The provider's listening socket behind an `io` backend, for pull
-    /// answers: they leave from the provider's own address, in batches
-    /// (`sendmmsg`), through `io/` like every datagram a node sends.
-    pub answers: Box<dyn Backend + Send>,
+    pub work: Receiver<WriterWork>,
+    /// What the shards' answerers share with the writer.
+    pub shared: Arc<PullShared>,
     /// The shards' control channels (new client tables go there).
     pub controls: Vec<Sender<Control>>,
     /// The registered clients now.
     pub clients: Vec<ClientEntry>,
-    /// The table built from `clients` (the shards hold the same).
-    pub table: Arc<ClientTable>,
     /// Counters and gauges.
     pub metrics: Arc<ProviderMetrics>,
     /// Stop flag (SIGTERM, SIGINT).
@@ -234,27 +252,78 @@ pub struct InboxThread {
 }
 
 struct Runner {
-    t: InboxThread,
-    counter: u64,
-    /// One pull answer's frames, back to back.
-    frames: Vec<u8>,
+    t: InboxWriter,
     broken: bool,
 }
 
-impl InboxThread {
+/// One round's work for the writer.
+#[derive(Default)]
+pub struct Round {
+    /// Packets to store, in arrival order.
+    pub stores: Vec<(MailboxId, Vec<u8>)>,
+    /// Acknowledgements: (mailbox, pull sequence number, ids).
+    pub acks: Vec<(MailboxId, u64, Vec<MessageId>)>,
+}
+
+impl Round {
+    /// Add one piece of work.
+    pub fn take(&mut self, w: WriterWork) {
+        match w {
+            WriterWork::Store(m, bytes) => self.stores.push((m, bytes)),
+            WriterWork::Acks { mailbox, seq, ids } => self.acks.push((mailbox, seq, ids)),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.stores.is_empty() && self.acks.is_empty()
+    }
+}
+
+/// Commit a round: the stores in one durable transaction, the
+/// acknowledgements in another; then tell the answerers (`shared`), whose
+/// hidden ids of those pulls become unnecessary, whether or not the
+/// commits succeeded (after a failed one the messages are offered again).
+/// Clears `round`. The errors are the operation and what failed.
+pub fn commit_round(
+    inbox: &mut Inbox,
+    shared: &PullShared,
+    now_unix_s: u64,
+    round: &mut Round,
+) -> Vec<(&'static str, u64, InboxError)> {
+    let mut errors = Vec::new();
+    if !round.stores.is_empty() {
+        let items: Vec<(MailboxId, &[u8])> = round
+            .stores
+            .iter()
+            .map(|(m, b)| (*m, b.as_slice()))
+            .collect();
+        if let Err(e) = inbox.store_batch(now_unix_s, &items) {
+            errors.push(("storing a batch", items.len() as u64, e));
+        }
+    }
+    if !round.acks.is_empty() {
+        let batch: Vec<(MailboxId, &[MessageId])> = round
+            .acks
+            .iter()
+            .map(|(m, _, ids)| (*m, ids.as_slice()))
+            .collect();
+        if let Err(e) = inbox.ack_batch(&batch) {
+            errors.push(("applying acknowledgements", 0, e));
+        }
+    }
+    let done: Vec<(MailboxId, u64)> = round.acks.iter().map(|(m, seq, _)| (*m, *seq)).collect();
+    shared.committed(&done);
+    round.stores.clear();
+    round.acks.clear();
+    errors
+}
+
+impl InboxWriter {
     /// Run until every shard has ended (they hold the work channel's
     /// senders) and the queue is drained.
     pub fn run(self) {
-        let wall_us = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        let frames = Vec::with_capacity(
-            delivery_frame_len(&self.geometry) * usize::from(self.settings.pull_frames),
-        );
         let mut r = Runner {
             t: self,
-            counter: wall_us,
-            frames,
             broken: false,
         };
         r.publish();
@@ -266,8 +335,7 @@ impl Runner {
     fn run(&mut self) {
         let batch_max = self.t.settings.commit_max_batch;
         let wait = Duration::from_millis(self.t.settings.commit_max_wait_ms);
-        let mut stores: Vec<(MailboxId, Vec<u8>)> = Vec::with_capacity(batch_max);
-        let mut pulls: Vec<Pull> = Vec::new();
+        let mut round = Round::default();
         let mut last_expire = Instant::now();
         loop {
             while let Ok(entries) = self.t.registry.try_recv() {
@@ -284,29 +352,17 @@ impl Runner {
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => return,
             };
-            take(first, &mut stores, &mut pulls);
+            round.take(first);
+            // Nobody waits for this commit (answers never do), so wait a
+            // little for more to share it.
             let deadline = Instant::now() + wait;
-            while stores.len() < batch_max && pulls.len() < MAX_PULLS_PER_ROUND {
-                // Wait for more only when there is a commit to share.
-                let next = if stores.is_empty() {
-                    self.t.work.try_recv().ok()
-                } else {
-                    self.t.work.recv_deadline(deadline).ok()
-                };
-                match next {
-                    Some(w) => take(w, &mut stores, &mut pulls),
-                    None => break,
+            while round.stores.len() < batch_max && round.acks.len() < MAX_ACKS_PER_ROUND {
+                match self.t.work.recv_deadline(deadline) {
+                    Ok(w) => round.take(w),
+                    Err(_) => break,
                 }
             }
-            self.commit(&mut stores);
-            // Every acknowledgement of this round in one commit, then the
-            // answers (which must not offer what was just acknowledged).
-            pulls.retain(|(slot, _, request)| self.valid_pull(*slot, request));
-            self.ack_all(&pulls);
-            for (slot, from, request) in pulls.drain(..) {
-                self.answer(slot, from, &request);
-            }
-            self.flush_answers();
+            self.commit(&mut round);
             self.publish();
         }
     }
@@ -322,122 +378,29 @@ impl Runner {
         }
     }
 
-    fn commit(&mut self, stores: &mut Vec<(MailboxId, Vec<u8>)>) {
-        if stores.is_empty() {
+    fn commit(&mut self, round: &mut Round) {
+        if round.is_empty() {
             return;
         }
-        let n = stores.len() as u64;
         if self.broken {
+            let n = round.stores.len() as u64;
             self.t.metrics.storage_error.fetch_add(n, Ordering::Relaxed);
-            stores.clear();
-            return;
+            round.stores.clear();
         }
-        let items: Vec<(MailboxId, &[u8])> =
-            stores.iter().map(|(m, b)| (*m, b.as_slice())).collect();
-        match self.t.inbox.store_batch(unix_now_s(), &items) {
-            // Outcomes are counted by the inbox (published from its stats).
-            Ok(_) => {
-                self.t.metrics.commits.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.t.metrics.storage_error.fetch_add(n, Ordering::Relaxed);
-                self.fail("storing a batch", &e);
-            }
+        let stores = round.stores.len();
+        let errors = commit_round(&mut self.t.inbox, &self.t.shared, unix_now_s(), round);
+        // Outcomes are counted by the inbox (published from its stats).
+        let stores_failed = errors.iter().any(|(_, n, _)| *n > 0);
+        if stores > 0 && !stores_failed {
+            self.t.metrics.commits.fetch_add(1, Ordering::Relaxed);
         }
-        stores.clear();
-    }
-
-    /// Still a registered client asking for its own mailbox (it may have
-    /// been unregistered since the shard checked it).
-    fn valid_pull(&self, slot: u32, request: &PullRequest) -> bool {
-        self.t
-            .table
-            .by_slot
-            .get(&slot)
-            .is_some_and(|c| c.mailbox == request.mailbox)
-    }
-
-    /// Apply the acknowledgements of `pulls` in one durable transaction.
-    fn ack_all(&mut self, pulls: &[Pull]) {
-        if self.broken {
-            return;
+        for (what, lost, e) in errors {
+            self.t
+                .metrics
+                .storage_error
+                .fetch_add(lost, Ordering::Relaxed);
+            self.fail(what, &e);
         }
-        let ids: Vec<(MailboxId, Vec<MessageId>)> = pulls
-            .iter()
-            .map(|(_, _, r)| (r.mailbox, r.acks.iter().map(|&id| MessageId(id)).collect()))
-            .collect();
-        let batch: Vec<(MailboxId, &[MessageId])> =
-            ids.iter().map(|(m, v)| (*m, v.as_slice())).collect();
-        if let Err(e) = self.t.inbox.ack_batch(&batch) {
-            self.fail("applying acknowledgements", &e);
-        }
-    }
-
-    /// Answer one pull (its acknowledgements already applied): exactly k
-    /// frames, real messages first.
-    fn answer(&mut self, slot: u32, from: SocketAddr, request: &PullRequest) {
-        let Some(client) = self.t.table.by_slot.get(&slot) else {
-            return;
-        };
-        if client.mailbox != request.mailbox || self.broken {
-            return;
-        }
-        let mailbox = request.mailbox;
-        let k = self.t.settings.pull_frames;
-        let pending = match self.t.inbox.pending(mailbox, usize::from(k)) {
-            Ok(p) => p,
-            Err(e) => {
-                self.fail("reading pending messages", &e);
-                return;
-            }
-        };
-        let g = self.t.geometry;
-        let counter = self.counter;
-        let sealed = seal_answer(
-            &g,
-            client,
-            slot,
-            counter,
-            request.request_id,
-            k,
-            &pending,
-            &mut self.frames,
-        );
-        self.counter += u64::from(k);
-        let m = &self.t.metrics;
-        m.pull_real_frames
-            .fetch_add(u64::from(sealed.real), Ordering::Relaxed);
-        m.pull_send_failed
-            .fetch_add(u64::from(sealed.failed), Ordering::Relaxed);
-        m.pulls.fetch_add(1, Ordering::Relaxed);
-        let frame_len = delivery_frame_len(&g);
-        for k in 0..self.frames.len() / frame_len {
-            let frame = &self.frames[k * frame_len..(k + 1) * frame_len];
-            if self.t.answers.send(from, frame) {
-                continue;
-            }
-            // The batch is full: send it, then queue this frame again.
-            self.flush_answers();
-            let frame = &self.frames[k * frame_len..(k + 1) * frame_len];
-            if !self.t.answers.send(from, frame) {
-                self.t
-                    .metrics
-                    .pull_send_failed
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Send every queued answer frame in one batch.
-    fn flush_answers(&mut self) {
-        if self.t.answers.queued() == 0 {
-            return;
-        }
-        let (sent, failed) = self.t.answers.flush();
-        let m = &self.t.metrics;
-        m.pull_frames.fetch_add(sent as u64, Ordering::Relaxed);
-        m.pull_send_failed
-            .fetch_add(failed as u64, Ordering::Relaxed);
     }
 
     /// Make the inbox and the shards' client table match `entries`.
@@ -451,10 +414,10 @@ impl Runner {
                     "loopix provider: client registry changed: {} client(s)",
                     entries.len()
                 );
-                self.t.table = Arc::new(ClientTable::new(&entries));
+                let table = Arc::new(ClientTable::new(&entries));
                 self.t.clients = entries;
                 for tx in &self.t.controls {
-                    let _ = tx.send(Control::Clients(Arc::clone(&self.t.table)));
+                    let _ = tx.send(Control::Clients(Arc::clone(&table)));
                 }
                 self.publish();
             }
@@ -565,19 +528,6 @@ pub fn seal_answer(
     debug_assert_eq!(out.len(), usize::from(done.frames) * frame_len);
     debug_assert_eq!(done.frames + done.failed, k);
     done
-}
-
-type Pull = (u32, SocketAddr, PullRequest);
-
-fn take(w: InboxWork, stores: &mut Vec<(MailboxId, Vec<u8>)>, pulls: &mut Vec<Pull>) {
-    match w {
-        InboxWork::Store(m, bytes) => stores.push((m, bytes)),
-        InboxWork::Pull {
-            slot,
-            from,
-            request,
-        } => pulls.push((slot, from, request)),
-    }
 }
 
 /// `loopix provider register`: add a client to the registry and return its
