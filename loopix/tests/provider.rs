@@ -1,7 +1,8 @@
 //! Multi-process tests of `loopix provider` on loopback: constant-size pull
 //! answers, acknowledgement semantics, durability across SIGKILL, bad input
 //! (each counted by reason while good clients are still served), a corrupt
-//! inbox at start, and the register / unregister / clients commands.
+//! inbox at start, the register / unregister / clients commands, and that
+//! a pull's answer time does not reveal what the previous answer held.
 //!
 //! The test plays the last-layer mix (it holds that mix's keys through
 //! `localnet`) to put packets in the inbox, and the clients to pull them.
@@ -175,8 +176,15 @@ impl Client {
         }
     }
 
-    /// Send a pull for `mailbox` as `slot` under `key` (for bad input).
-    fn send_pull_as(&mut self, key: &LinkKey, slot: u32, mailbox: MailboxId, acks: &[u64]) {
+    /// Send a pull for `mailbox` as `slot` under `key` (for bad input);
+    /// returns the instant just before the sealed frame went to the socket.
+    fn send_pull_as(
+        &mut self,
+        key: &LinkKey,
+        slot: u32,
+        mailbox: MailboxId,
+        acks: &[u64],
+    ) -> Instant {
         let mut frame = vec![0u8; pull_frame_len(&G)];
         self.request_id += 1;
         PullRequest {
@@ -187,33 +195,19 @@ impl Client {
         .seal(&G, key, slot, self.counter, &mut frame)
         .expect("seal");
         self.counter += 1;
+        let sent = Instant::now();
         self.socket
             .send_to(&frame, self.reg.provider_address)
             .expect("send");
+        sent
     }
 
     /// Pull with `acks`; the answer must be exactly K frames of one length,
-    /// real ones first.
+    /// real ones first, and nothing more may follow it.
     fn pull(&mut self, acks: &[u64]) -> Answer {
-        let key = LinkKey::from_bytes(&self.reg.access_key);
-        self.send_pull_as(&key, self.reg.slot, self.reg.mailbox, acks);
-        let mut answer: Answer = Vec::new();
-        let mut buf = vec![0u8; 4096];
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while answer.len() < usize::from(K) {
-            assert!(Instant::now() < deadline, "only {} frames", answer.len());
-            let Ok((n, from)) = self.socket.recv_from(&mut buf) else {
-                continue;
-            };
-            assert_eq!(from, self.reg.provider_address, "answer from the provider");
-            assert_eq!(n, delivery_frame_len(&G), "every frame has one length");
-            let (_, d) =
-                open_delivery(&G, &self.key, self.reg.slot, &mut buf[..n]).expect("authentic");
-            assert_eq!(d.request_id, self.request_id);
-            assert_eq!((d.index as usize, d.k), (answer.len(), K));
-            answer.push(d.message.map(|(id, p)| (id, p.to_vec())));
-        }
+        let (answer, _) = self.pull_timed(acks);
         // Nothing more arrives for this pull.
+        let mut buf = vec![0u8; 4096];
         self.socket
             .set_read_timeout(Some(Duration::from_millis(100)))
             .expect("timeout");
@@ -224,12 +218,41 @@ impl Client {
         self.socket
             .set_read_timeout(Some(Duration::from_millis(300)))
             .expect("timeout");
+        answer
+    }
+
+    /// Pull with `acks`: the answer (exactly K frames of one length, real
+    /// ones first) and the time from just before the pull went to the
+    /// socket to the arrival of its K-th frame. It does not wait to see that
+    /// nothing more follows ([`Client::pull`] does); a stray frame would
+    /// fail the next pull's request-id check.
+    fn pull_timed(&mut self, acks: &[u64]) -> (Answer, Duration) {
+        let key = LinkKey::from_bytes(&self.reg.access_key);
+        let sent = self.send_pull_as(&key, self.reg.slot, self.reg.mailbox, acks);
+        let mut answer: Answer = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut last = sent;
+        while answer.len() < usize::from(K) {
+            assert!(Instant::now() < deadline, "only {} frames", answer.len());
+            let Ok((n, from)) = self.socket.recv_from(&mut buf) else {
+                continue;
+            };
+            last = Instant::now();
+            assert_eq!(from, self.reg.provider_address, "answer from the provider");
+            assert_eq!(n, delivery_frame_len(&G), "every frame has one length");
+            let (_, d) =
+                open_delivery(&G, &self.key, self.reg.slot, &mut buf[..n]).expect("authentic");
+            assert_eq!(d.request_id, self.request_id);
+            assert_eq!((d.index as usize, d.k), (answer.len(), K));
+            answer.push(d.message.map(|(id, p)| (id, p.to_vec())));
+        }
         let real = answer.iter().filter(|m| m.is_some()).count();
         assert!(
             answer[..real].iter().all(|m| m.is_some()),
             "real messages first"
         );
-        answer
+        (answer, last.duration_since(sent))
     }
 }
 
@@ -587,4 +610,94 @@ fn register_unregister_clients_while_running() {
     let key = LinkKey::from_bytes(&reg.access_key);
     carol.send_pull_as(&key, reg.slot, reg.mailbox, &[]);
     p.wait_metric(names::DROPPED, &[("reason", "unknown_client")], 1.0);
+}
+
+/// The `q`-quantile (nearest rank) of sorted `xs`.
+fn quantile(xs: &[f64], q: f64) -> f64 {
+    let i = ((xs.len() as f64 * q).ceil() as usize).clamp(1, xs.len());
+    xs[i - 1]
+}
+
+/// The time a provider takes to answer a pull must not tell an observer
+/// (the client's network, or anyone timing its link) whether the previous
+/// answer held real messages. Two conditions, sampled alternately so that
+/// machine noise hits both alike, each pull spaced so that nothing queues:
+///
+/// - A, "empty": the inbox is empty and the pull carries no
+///   acknowledgements;
+/// - B, "full, previous acked": K real messages were delivered, stored, and
+///   handed out by an unmeasured pull; the measured pull acknowledges them.
+///
+/// Both measured answers are K dummies, so only their timing can differ.
+/// The pull-to-answer delay (from just before the pull is sent to the
+/// arrival of the K-th frame) of the two must not be told apart by a
+/// two-sample Kolmogorov–Smirnov test at α = 0.01.
+#[test]
+fn pull_answer_time_does_not_reveal_the_inbox() {
+    const PAIRS: usize = 250;
+    const GAP: Duration = Duration::from_millis(20);
+    const ALPHA: f64 = 0.01;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = LocalNet::create(dir.path(), &spec()).expect("lay out");
+    let config = provider_config(&net);
+    let reg = register(&config, "alice");
+    let p = start_provider(&config, net.nodes[0].metrics);
+    let mut mix = LastMix::new(&net);
+    let mut alice = Client::new(reg.clone());
+
+    // Warm up both paths (first redb transactions, caches, the socket).
+    for _ in 0..5 {
+        alice.pull_timed(&[]);
+        std::thread::sleep(GAP);
+    }
+
+    let mut empty: Vec<f64> = Vec::with_capacity(PAIRS);
+    let mut full: Vec<f64> = Vec::with_capacity(PAIRS);
+    let mut stored = 0.0;
+    let started = Instant::now();
+    for _ in 0..PAIRS {
+        // A: an empty inbox, no acknowledgements.
+        let (answer, t) = alice.pull_timed(&[]);
+        assert!(ids(&answer).is_empty(), "the inbox is empty");
+        empty.push(t.as_secs_f64() * 1e6);
+        std::thread::sleep(GAP);
+
+        // B: K real messages, stored durably, handed out (not measured)...
+        mix.deliver(reg.mailbox, usize::from(K));
+        stored += f64::from(K);
+        p.wait_metric(names::INBOX_STORED, &[], stored);
+        std::thread::sleep(GAP);
+        let (held, _) = alice.pull_timed(&[]);
+        let acks = ids(&held);
+        assert_eq!(acks.len(), usize::from(K), "the delivered messages");
+        std::thread::sleep(GAP);
+        // ...then the measured pull acknowledges them.
+        let (answer, t) = alice.pull_timed(&acks);
+        assert!(ids(&answer).is_empty(), "everything was acknowledged");
+        full.push(t.as_secs_f64() * 1e6);
+        std::thread::sleep(GAP);
+    }
+    assert_eq!(p.metric(names::INBOX_ACKED, &[]), stored);
+    assert_eq!(p.metric(names::INBOX_MESSAGES, &[]), 0.0);
+
+    let d = loopix_tuning::model::ks_two_sample(&mut empty, &mut full);
+    let (na, nb) = (empty.len() as f64, full.len() as f64);
+    let pv = loopix_tuning::model::ks_p_value(d, na * nb / (na + nb));
+    let report = format!(
+        "pull-to-answer delay, n = {} + {} in {:.1} s: KS D = {d:.3}, p = {pv:.3e}; \
+         empty: median {:.0} us, p90 {:.0} us; full, previous acked: median {:.0} us, p90 {:.0} us",
+        empty.len(),
+        full.len(),
+        started.elapsed().as_secs_f64(),
+        quantile(&empty, 0.5),
+        quantile(&empty, 0.9),
+        quantile(&full, 0.5),
+        quantile(&full, 0.9),
+    );
+    eprintln!("{report}");
+    assert!(
+        pv >= ALPHA,
+        "the answer time tells an empty inbox from an acknowledged one: {report}"
+    );
 }
