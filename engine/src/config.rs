@@ -310,6 +310,9 @@ fn default_commit_max_wait_ms() -> u64 {
 fn default_store_queue() -> usize {
     8192
 }
+fn default_answer_delay_us() -> u64 {
+    1_000
+}
 
 /// `[provider]`: the inbox, the client registry and pulls (providers only).
 #[derive(Debug, Clone, Deserialize)]
@@ -336,10 +339,17 @@ pub struct ProviderSection {
     /// Group commit: wait at most this long for more packets to join one.
     #[serde(default = "default_commit_max_wait_ms")]
     pub commit_max_wait_ms: u64,
-    /// Packets and pulls queued from the shards to the inbox thread; more are
-    /// dropped and counted (`inbox_queue_full`).
+    /// Packets and acknowledgements queued from the shards to the inbox
+    /// writer; more are dropped and counted (`inbox_queue_full`,
+    /// `loopix_inbox_acks_dropped_total`).
     #[serde(default = "default_store_queue")]
     pub store_queue: usize,
+    /// Every pull answer leaves this long after its pull arrived, whatever
+    /// the work it took (reading, hiding acknowledged ids, sealing), so its
+    /// timing says nothing of the inbox (docs/providers.md). Keep it above
+    /// the longest answer the shard builds; 0 sends at once and leaks.
+    #[serde(default = "default_answer_delay_us")]
+    pub answer_delay_us: u64,
 }
 
 fn default_lambda_m() -> f64 {
@@ -738,6 +748,15 @@ impl ProviderSection {
             return Err((
                 "provider.commit_max_wait_ms",
                 format!("is {}; use 0 to 1000", p.commit_max_wait_ms),
+            ));
+        }
+        if p.answer_delay_us > 1_000_000 {
+            return Err((
+                "provider.answer_delay_us",
+                format!(
+                    "is {}; use 0 to 1000000 (the default 1000 hides the answer's work)",
+                    p.answer_delay_us
+                ),
             ));
         }
         if !(1..=1_048_576).contains(&p.store_queue) {

@@ -92,8 +92,11 @@ pub enum DropReason {
     BadPull,
     /// (Provider) a pull request for a mailbox that is not the client's.
     PullWrongMailbox,
-    /// (Provider) the queue to the inbox thread is full.
+    /// (Provider) the queue to the inbox writer is full.
     InboxQueueFull,
+    /// (Provider) a pull while this shard already holds
+    /// `MAX_HELD_ANSWERS` answers waiting for their release time.
+    AnswerBacklog,
     /// (Mix) a client frame kind: only providers take those.
     NotAProvider,
     /// A topology reload removed the next hop of a packet waiting on the
@@ -111,7 +114,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 23] = [
+    pub const ALL: [DropReason; 24] = [
         DropReason::BadLength,
         DropReason::BadFrame,
         DropReason::Unauthenticated,
@@ -130,6 +133,7 @@ impl DropReason {
         DropReason::BadPull,
         DropReason::PullWrongMailbox,
         DropReason::InboxQueueFull,
+        DropReason::AnswerBacklog,
         DropReason::NotAProvider,
         DropReason::NextHopRemoved,
         DropReason::Aqm,
@@ -158,6 +162,7 @@ impl DropReason {
             DropReason::BadPull => "bad_pull",
             DropReason::PullWrongMailbox => "pull_wrong_mailbox",
             DropReason::InboxQueueFull => "inbox_queue_full",
+            DropReason::AnswerBacklog => "answer_backlog",
             DropReason::NotAProvider => "not_a_provider",
             DropReason::NextHopRemoved => "next_hop_removed",
             DropReason::Aqm => "aqm",

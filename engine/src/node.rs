@@ -380,6 +380,7 @@ impl ShardPlan<'_> {
                         self.geometry,
                         provider::section(config)?.pull_frames,
                     ),
+                    answer_delay_us: provider::section(config)?.answer_delay_us,
                 }),
                 None => shard,
             };

@@ -193,6 +193,25 @@ pub struct ProviderHooks {
     pub writer: Sender<WriterWork>,
     /// This shard's pull answering.
     pub answerer: Answerer,
+    /// Every answer leaves this long after its pull arrived.
+    pub answer_delay_us: u64,
+}
+
+/// Answers one shard holds for their release time at most; more pulls are
+/// dropped (`answer_backlog`). At the default 1 ms delay that is 4 million
+/// pulls a second, far above what a shard answers: the bound is for memory.
+const MAX_HELD_ANSWERS: usize = 4096;
+
+/// How often a provider shard hands the acknowledgements it answered to the
+/// inbox writer: on a clock of its own, so the writer's commits do not
+/// follow any one client's pulls (their ids stay hidden meanwhile).
+const ACK_HANDOFF_US: u64 = 100_000;
+
+/// A pull answer waiting for its release time.
+struct HeldAnswer {
+    release_us: u64,
+    to: SocketAddr,
+    frames: Vec<u8>,
 }
 
 /// A provider shard's client state.
@@ -200,10 +219,11 @@ struct ProviderState {
     clients: Arc<ClientTable>,
     writer: Sender<WriterWork>,
     answerer: Answerer,
-    /// Answer frames of this receive batch, back to back, and where each
-    /// goes: sent by the shard once the batch is handled.
-    outbox: Vec<u8>,
-    outbox_to: Vec<SocketAddr>,
+    answer_delay_us: u64,
+    /// Answers waiting for their release (pull arrival plus the delay), in
+    /// release order; their buffers are reused.
+    held: std::collections::VecDeque<HeldAnswer>,
+    spare: Vec<Vec<u8>>,
     /// The mailbox of each pool slot holding a `Deliver` packet on the
     /// wheel (its next hop is `TO_INBOX`).
     deliveries: HashMap<u32, MailboxId>,
@@ -502,8 +522,9 @@ impl Shard {
             clients: hooks.clients,
             writer: hooks.writer,
             answerer: hooks.answerer,
-            outbox: Vec::new(),
-            outbox_to: Vec::new(),
+            answer_delay_us: hooks.answer_delay_us,
+            held: std::collections::VecDeque::new(),
+            spare: Vec::new(),
             deliveries: HashMap::new(),
             windows: HashMap::new(),
             scratch: vec![0u8; self.state.settings.geometry.frame_len()],
@@ -601,39 +622,56 @@ impl Shard {
         }
         let standing = now.saturating_sub(state.input_empty_at_us);
         state.aqm.observe_backlog(standing, now);
-        self.send_answers();
+        if let Some(p) = state.provider.as_mut() {
+            p.answerer.end_round();
+        }
         Ok(n)
     }
 
-    /// Send the pull answers the last receive batch built, in batches.
-    fn send_answers(&mut self) {
+    /// Send the held pull answers whose release time is `now` or earlier,
+    /// in batches.
+    fn release_answers(&mut self, now: u64) {
         let Some(p) = self.state.provider.as_mut() else {
             return;
         };
-        p.answerer.end_round();
-        if p.outbox_to.is_empty() {
+        if p.held.front().is_none_or(|h| h.release_us > now) {
             return;
         }
         let len = p.answerer.frame_len();
         let mut sent_frames = 0u64;
         let mut failed_frames = 0u64;
-        for (frame, to) in p.outbox.chunks_exact(len).zip(&p.outbox_to) {
-            if self.backend.send(*to, frame) {
-                continue;
+        while p.held.front().is_some_and(|h| h.release_us <= now) {
+            let Some(h) = p.held.pop_front() else { break };
+            for frame in h.frames.chunks_exact(len) {
+                if self.backend.send(h.to, frame) {
+                    continue;
+                }
+                let (sent, failed) = self.backend.flush();
+                sent_frames += sent as u64;
+                failed_frames += failed as u64;
+                if !self.backend.send(h.to, frame) {
+                    failed_frames += 1;
+                }
             }
-            let (sent, failed) = self.backend.flush();
-            sent_frames += sent as u64;
-            failed_frames += failed as u64;
-            if !self.backend.send(*to, frame) {
-                failed_frames += 1;
-            }
+            p.spare.push(h.frames);
         }
         let (sent, failed) = self.backend.flush();
         sent_frames += sent as u64;
         failed_frames += failed as u64;
         p.answerer.count_sent(sent_frames, failed_frames);
-        p.outbox.clear();
-        p.outbox_to.clear();
+    }
+
+    /// Hand the acknowledgements answered so far to the inbox writer.
+    fn hand_over_acks(&mut self) {
+        if let Some(p) = self.state.provider.as_mut() {
+            p.answerer.hand_over_acks();
+        }
+    }
+
+    /// When the first held answer is due.
+    fn next_answer_us(&self) -> Option<u64> {
+        let p = self.state.provider.as_ref()?;
+        p.held.front().map(|h| h.release_us)
     }
 
     /// One turn of the loop without waiting, for a caller that owns time
@@ -643,6 +681,7 @@ impl Shard {
     pub fn turn(&mut self, now_us: u64) -> usize {
         self.apply_control();
         self.send_due(now_us);
+        self.hand_over_acks();
         // The simulated backend cannot fail; a real one that does is
         // reported by `run`, which a caller of `turn` does not use.
         self.receive(Duration::ZERO).unwrap_or_default()
@@ -652,10 +691,15 @@ impl Shard {
     pub fn run(mut self) {
         let mut stop_at: Option<u64> = None;
         let mut last_stats = 0u64;
+        let mut last_acks = 0u64;
         loop {
             let now = self.clock.now_us();
             self.send_due(now);
             self.apply_control();
+            if now.saturating_sub(last_acks) >= ACK_HANDOFF_US {
+                self.hand_over_acks();
+                last_acks = now;
+            }
             if now.saturating_sub(last_stats) >= 1_000_000 {
                 self.state.publish_stats();
                 self.state.publish_link_state();
@@ -671,10 +715,15 @@ impl Shard {
                     return;
                 }
                 let wake = self.state.wheel.next_wakeup_us().unwrap_or(at).min(at);
+                let wake = self.next_answer_us().map_or(wake, |a| a.min(wake));
                 std::thread::sleep(Duration::from_micros(wake.saturating_sub(now)).min(IDLE_WAIT));
                 continue;
             }
-            let timeout = match self.state.wheel.next_wakeup_us() {
+            let next = match (self.state.wheel.next_wakeup_us(), self.next_answer_us()) {
+                (Some(w), Some(a)) => Some(w.min(a)),
+                (w, a) => w.or(a),
+            };
+            let timeout = match next {
                 Some(w) => Duration::from_micros(w.saturating_sub(now)).min(IDLE_WAIT),
                 None => IDLE_WAIT,
             };
@@ -687,6 +736,7 @@ impl Shard {
 
     /// Seal and send every packet whose deadline has passed.
     fn send_due(&mut self, now: u64) {
+        self.release_answers(now);
         loop {
             self.due.clear();
             let due = &mut self.due;
@@ -780,6 +830,10 @@ impl Shard {
     fn finish_drain(&mut self) {
         let now = self.clock.now_us();
         self.send_due(now);
+        // Answers still held go now rather than never, and the writer
+        // commits what they acknowledged before it ends.
+        self.release_answers(u64::MAX);
+        self.hand_over_acks();
         let st = &mut self.state;
         let mut left = 0u64;
         let mut deliveries = Vec::new();
@@ -1153,11 +1207,18 @@ impl State {
             if request.mailbox != client.mailbox {
                 return metrics.count_drop(DropReason::PullWrongMailbox);
             }
-            let len = p.answerer.frame_len();
+            if p.held.len() >= MAX_HELD_ANSWERS {
+                return metrics.count_drop(DropReason::AnswerBacklog);
+            }
             let frames = p.answerer.answer(slot, client, &request);
-            let n = frames.len() / len;
-            p.outbox.extend_from_slice(frames);
-            p.outbox_to.extend(std::iter::repeat_n(d.from, n));
+            let mut buf = p.spare.pop().unwrap_or_default();
+            buf.clear();
+            buf.extend_from_slice(frames);
+            p.held.push_back(HeldAnswer {
+                release_us: arrival_us + p.answer_delay_us,
+                to: d.from,
+                frames: buf,
+            });
             return;
         }
         if client.link.open(d.data).is_err() {

@@ -75,11 +75,13 @@ fn check_inbox(rx: &Receiver<WriterWork>, seen: &mut InboxSeen) {
                 assert_eq!(packet.len(), g.packet_len(), "stored packet length");
                 seen.stores += 1;
             }
-            WriterWork::Acks { mailbox, ids, .. } => {
-                let own = (0..CLIENT_SLOTS - 1).any(|s| fixed::mailbox(s) == mailbox);
-                assert!(own, "acknowledgements for a foreign mailbox");
-                assert!(!ids.is_empty() && ids.len() <= access::max_acks(&g));
-                seen.acks += 1;
+            WriterWork::Acks(acks) => {
+                for (mailbox, _, ids) in acks {
+                    let own = (0..CLIENT_SLOTS - 1).any(|s| fixed::mailbox(s) == mailbox);
+                    assert!(own, "acknowledgements for a foreign mailbox");
+                    assert!(!ids.is_empty() && ids.len() <= access::max_acks(&g));
+                    seen.acks += 1;
+                }
             }
         }
     }
@@ -175,6 +177,7 @@ impl Harness {
                 Geometry::DEFAULT,
                 PULL_FRAMES,
             ),
+            answer_delay_us: 1_000,
         })
         .with_clock(Clock::Sim(Arc::clone(&now)), 1);
         Harness {

@@ -125,6 +125,8 @@ pub fn provider_pull(data: &[u8]) {
             _ => panic!("frame {i}: real and pending disagree"),
         }
     }
+    assert!(rx.is_empty(), "acknowledgements wait for the hand-over");
+    answerer.hand_over_acks();
     let mut round = Round::default();
     while let Ok(w) = rx.try_recv() {
         round.take(w);

@@ -372,6 +372,7 @@ impl SimNetwork {
                         g,
                         self.config.pull_frames,
                     ),
+                    answer_delay_us: 1_000,
                 });
                 inbox = Some(SimInbox {
                     work: rx,

@@ -117,6 +117,8 @@ pub struct Answerer {
     /// The snapshot of this round and the commit count it was taken at.
     snapshot: Option<(Snapshot, u64)>,
     hidden: Vec<MessageId>,
+    /// Acknowledgements answered but not yet handed to the writer.
+    acks: Vec<(MailboxId, u64, Vec<MessageId>)>,
     pending: Vec<(MessageId, Vec<u8>)>,
     frames: Vec<u8>,
 }
@@ -141,6 +143,7 @@ impl Answerer {
             k,
             snapshot: None,
             hidden: Vec::new(),
+            acks: Vec::new(),
             pending: Vec::new(),
             frames: Vec::with_capacity(delivery_frame_len(&geometry) * usize::from(k)),
         }
@@ -177,17 +180,8 @@ impl Answerer {
             (counter, seq, st.commits)
         };
         if !request.acks.is_empty() {
-            let work = WriterWork::Acks {
-                mailbox,
-                seq,
-                ids: request.acks.iter().map(|&a| MessageId(a)).collect(),
-            };
-            if self.writer.try_send(work).is_err() {
-                // The writer is behind: the ids become visible again and
-                // are offered once more (the client ignores a repeat).
-                forget(&mut self.shared.lock(), mailbox, seq);
-                self.metrics.acks_dropped.fetch_add(1, Ordering::Relaxed);
-            }
+            let ids = request.acks.iter().map(|&a| MessageId(a)).collect();
+            self.acks.push((mailbox, seq, ids));
         }
         self.read(mailbox, commits);
         let sealed = seal_answer(
@@ -243,6 +237,27 @@ impl Answerer {
             // The writer stops the provider on a damaged file; say it once
             // here too.
             eprintln!("loopix provider: reading the inbox for a pull: {e}");
+        }
+    }
+
+    /// Hand the acknowledgements answered since the last call to the
+    /// writer, in one piece of work. A full queue makes their ids visible
+    /// again (offered once more; the client ignores a repeat), counted.
+    pub fn hand_over_acks(&mut self) {
+        if self.acks.is_empty() {
+            return;
+        }
+        let acks = std::mem::take(&mut self.acks);
+        if let Err(e) = self.writer.try_send(WriterWork::Acks(acks)) {
+            let WriterWork::Acks(acks) = e.into_inner() else {
+                return;
+            };
+            let mut st = self.shared.lock();
+            for (mailbox, seq, _) in &acks {
+                forget(&mut st, *mailbox, *seq);
+            }
+            let n = acks.len() as u64;
+            self.metrics.acks_dropped.fetch_add(n, Ordering::Relaxed);
         }
     }
 

@@ -216,17 +216,11 @@ impl RegistryWatch {
 pub enum WriterWork {
     /// Store this processed packet (`packet_len` bytes) in `mailbox`.
     Store(MailboxId, Vec<u8>),
-    /// Remove these acknowledged messages of `mailbox`: the
-    /// acknowledgements of the pull with sequence number `seq` (see
-    /// [`PullShared`]), already answered.
-    Acks {
-        /// The pulling client's mailbox.
-        mailbox: MailboxId,
-        /// The pull's sequence number.
-        seq: u64,
-        /// The acknowledged ids.
-        ids: Vec<MessageId>,
-    },
+    /// Remove acknowledged messages: per answered pull, the client's
+    /// mailbox, the pull's sequence number (see [`PullShared`]) and the
+    /// ids. A shard hands them over every `ACK_HANDOFF_US`, not per pull, so
+    /// the writer's activity does not follow any one client's pulls.
+    Acks(Vec<(MailboxId, u64, Vec<MessageId>)>),
 }
 
 /// Everything the inbox writer thread needs.
@@ -270,7 +264,7 @@ impl Round {
     pub fn take(&mut self, w: WriterWork) {
         match w {
             WriterWork::Store(m, bytes) => self.stores.push((m, bytes)),
-            WriterWork::Acks { mailbox, seq, ids } => self.acks.push((mailbox, seq, ids)),
+            WriterWork::Acks(mut acks) => self.acks.append(&mut acks),
         }
     }
 
