@@ -1,12 +1,15 @@
 //! Fixtures shared by the criterion benches, `peer-compare` and
 //! `sphinx-demo`: a set of nodes with keys, Loopix message paths, delays
 //! drawn from an exponential distribution, medians, hex formatting and
-//! output that survives a closed pipe; and (`node`) the node process the
-//! node benchmarks run.
+//! output that survives a closed pipe; (`node`) the node process the
+//! node benchmarks run; and (`provider`) the provider process, emulated
+//! pulling clients and one open-loop step for `provider-bench` and the
+//! provider capacity test.
 //!
 //! Nothing here is timed; it only prepares what the timed code consumes.
 
 pub mod node;
+pub mod provider;
 
 use core::time::Duration;
 

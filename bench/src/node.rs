@@ -23,18 +23,8 @@ pub fn run_mix_child(bench: &'static str, config: Option<&String>) -> ExitCode {
         eprintln!("{bench} {RUN_MIX}: needs a config file");
         return ExitCode::from(2);
     };
-    let parent = std::os::unix::process::parent_id();
-    let watchdog = std::thread::Builder::new()
-        .name("parent-watch".into())
-        .spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(200));
-            if std::os::unix::process::parent_id() != parent {
-                eprintln!("{bench} {RUN_MIX}: the benchmark is gone; exiting");
-                std::process::exit(3);
-            }
-        });
-    if let Err(e) = watchdog {
-        eprintln!("{bench} {RUN_MIX}: cannot start the watchdog: {e}");
+    if let Err(e) = watch_parent(bench, RUN_MIX) {
+        eprintln!("{e}");
         return ExitCode::FAILURE;
     }
     match MixConfig::load(Path::new(path))
@@ -47,6 +37,24 @@ pub fn run_mix_child(bench: &'static str, config: Option<&String>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Start the child's watchdog: when the benchmark that started this node
+/// (as `bench mode ...`) is gone, it has been re-parented, and the node
+/// exits within 0.2 s instead of running on.
+pub fn watch_parent(bench: &'static str, mode: &'static str) -> Result<(), String> {
+    let parent = std::os::unix::process::parent_id();
+    std::thread::Builder::new()
+        .name("parent-watch".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(200));
+            if std::os::unix::process::parent_id() != parent {
+                eprintln!("{bench} {mode}: the benchmark is gone; exiting");
+                std::process::exit(3);
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("{bench} {mode}: cannot start the watchdog: {e}"))
 }
 
 /// Pin the calling thread to `core`, or explain why not.

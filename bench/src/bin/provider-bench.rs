@@ -1,0 +1,384 @@
+//! `provider-bench`: how many pulls one real provider process answers.
+//!
+//! Usage: `cargo run --release -p loopix-bench --bin provider-bench -- [--json]
+//! [--quick] [--clients N] [--k K] [--start-rate R] [--factor F]
+//! [--max-steps N] [--step-s S] [--timeout-ms MS] [--provider-core N]
+//! [--gen-core N] [--io auto|uring|portable] [--seal-iters N]`.
+//!
+//! What it does (the pieces are in `loopix_bench::provider`):
+//! - measures `seal_k_us`, the median time to seal one answer of k dummy
+//!   frames with the provider's own `seal_answer`, pinned to the provider's
+//!   core before the provider starts;
+//! - starts one provider process (this binary re-executed as
+//!   `loopix provider --config` would run it, pinned to `--provider-core`)
+//!   with `--clients` registered clients and `provider.pull_frames = k`;
+//! - steps the offered rate R (pulls/s over all clients, Poisson send
+//!   times, sent open loop from one UDP socket on `--gen-core`, each pull
+//!   from the next client in turn, with its own increasing counter) from
+//!   `--start-rate`, times `--factor` per step, until a step loses 1% or
+//!   more, or `--max-steps` ran. A receiver on the generator's core opens
+//!   every delivery frame with its client's access key and matches it to
+//!   its pull by (slot, request id); a pull is lost unless its k frames all
+//!   arrived within `--timeout-ms` of its send. Mailboxes are empty: every
+//!   answer is k dummies, sealed like real ones.
+//!
+//! Per step: offered and answered pulls/s, loss (late: all k frames, after
+//! the timeout; unans: never all k), p50/p99 send to last frame, the
+//! provider's CPU time (all its threads, `/proc/PID/task/*/schedstat`,
+//! over sending and drain) per frame received, its drops
+//! (`loopix_dropped_total` by reason, those that moved) and VmRSS.
+//!
+//! `pulls_per_s_max` is the highest offered rate with loss < 1%,
+//! `frames_per_s_max = pulls_per_s_max * k`, `answer_p99_us` the p99 at
+//! that step. Output: progress on stderr; a table and a summary on stdout;
+//! with `--json` one JSON object as the last line.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use loopix_bench::node::pin;
+use loopix_bench::provider::{
+    run_provider_child, seal_k_us, Load, Provider, ProviderSpec, StepResult, RUN_PROVIDER,
+};
+use loopix_bench::{emit, options_or_exit, say};
+use loopix_engine::config::IoChoice;
+use serde_json::{json, Value};
+
+/// The same allocator as the `loopix` binary, for the provider this
+/// binary runs as a child.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Loss allowed for a rate to pass.
+const LOSS_MAX: f64 = 0.01;
+
+const USAGE: &str = "\
+usage: provider-bench [--json] [--quick] [--clients N] [--k K] [--start-rate R]
+                      [--factor F] [--max-steps N] [--step-s S]
+                      [--timeout-ms MS] [--provider-core N] [--gen-core N]
+                      [--io auto|uring|portable] [--seal-iters N]
+  --json             after the table, print one JSON object as the last line
+  --quick            smoke run: 1 s steps, factor 2, 2000 seal iterations
+                     (explicit flags win)
+  --clients N        registered clients, all pulling (default 2000)
+  --k K              provider.pull_frames: frames per answer (default 16)
+  --start-rate R     first offered rate, pulls/s (default 500)
+  --factor F         rate multiplier per step (default 1.5)
+  --max-steps N      at most N steps (default 16)
+  --step-s S         seconds of sending per step (default 3)
+  --timeout-ms MS    a pull is lost unless all k frames arrive within MS
+                     of its send (default 1000)
+  --provider-core N  core of the whole provider process (default 0)
+  --gen-core N       core of the sender and the receiver (default 1)
+  --io B             the provider's datagram backend (default auto)
+  --seal-iters N     timed iterations of seal_answer (default 20000)";
+
+/// Command-line options.
+#[derive(Debug, Clone)]
+struct Options {
+    json: bool,
+    clients: usize,
+    k: u16,
+    start_rate: f64,
+    factor: f64,
+    max_steps: usize,
+    step_s: f64,
+    timeout_ms: u64,
+    provider_core: usize,
+    gen_core: usize,
+    io: IoChoice,
+    seal_iters: usize,
+}
+
+fn defaults(quick: bool) -> Options {
+    Options {
+        json: false,
+        clients: 2000,
+        k: 16,
+        start_rate: 500.0,
+        factor: if quick { 2.0 } else { 1.5 },
+        max_steps: 16,
+        step_s: if quick { 1.0 } else { 3.0 },
+        timeout_ms: 1000,
+        provider_core: 0,
+        gen_core: 1,
+        io: IoChoice::Auto,
+        seal_iters: if quick { 2000 } else { 20_000 },
+    }
+}
+
+fn parse_args(args: &[String]) -> Result<Options, String> {
+    let mut o = defaults(args.iter().any(|a| a == "--quick"));
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().cloned().ok_or(format!("{arg} needs a value"));
+        let positive = |v: String| match v.parse::<f64>() {
+            Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+            _ => Err(format!("{arg} needs a positive number, got {v:?}")),
+        };
+        let whole = |v: String| match v.parse::<u64>() {
+            Ok(x) => Ok(x),
+            _ => Err(format!("{arg} needs a whole number, got {v:?}")),
+        };
+        match arg.as_str() {
+            "--json" => o.json = true,
+            "--quick" => {}
+            "--clients" => o.clients = whole(value()?)?.clamp(1, 1_000_000) as usize,
+            "--k" => o.k = whole(value()?)?.clamp(1, 1024) as u16,
+            "--start-rate" => o.start_rate = positive(value()?)?,
+            "--factor" => o.factor = positive(value()?)?,
+            "--max-steps" => o.max_steps = whole(value()?)?.clamp(1, 100) as usize,
+            "--step-s" => o.step_s = positive(value()?)?,
+            "--timeout-ms" => o.timeout_ms = whole(value()?)?.max(1),
+            "--provider-core" => o.provider_core = whole(value()?)? as usize,
+            "--gen-core" => o.gen_core = whole(value()?)? as usize,
+            "--seal-iters" => o.seal_iters = whole(value()?)?.max(10) as usize,
+            "--io" => {
+                o.io = match value()?.as_str() {
+                    "auto" => IoChoice::Auto,
+                    "uring" => IoChoice::Uring,
+                    "portable" => IoChoice::Portable,
+                    other => return Err(format!("--io is auto, uring or portable, not {other:?}")),
+                }
+            }
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if o.factor <= 1.0 {
+        return Err("--factor must be above 1".into());
+    }
+    if o.provider_core == o.gen_core {
+        return Err("--provider-core and --gen-core must differ".into());
+    }
+    Ok(o)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(RUN_PROVIDER) {
+        return run_provider_child("provider-bench", &args[1..]);
+    }
+    let opts = match options_or_exit("provider-bench", USAGE, parse_args(&args)) {
+        Ok(o) => o,
+        Err(code) => return code,
+    };
+    match run(&opts) {
+        Ok(out) => {
+            emit(&out);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("provider-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The CPU model from `/proc/cpuinfo`.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// A JSON number rounded to 0.1 (3 decimals below 100), `null` for NaN.
+fn num(x: f64) -> Value {
+    if !x.is_finite() {
+        return Value::Null;
+    }
+    let r = if x.abs() >= 100.0 {
+        (x * 10.0).round() / 10.0
+    } else {
+        (x * 1000.0).round() / 1000.0
+    };
+    json!(r)
+}
+
+const STEP_HEADER: &str = "  offered  answered   loss% behind%   late  unans    p50us    p99us  cpu%  gen%  us/frame   dropped  rss_MiB  gen99us  drops by reason";
+
+fn mib(kib: Option<u64>) -> f64 {
+    kib.map_or(f64::NAN, |k| k as f64 / 1024.0)
+}
+
+fn step_line(s: &StepResult) -> String {
+    let reasons: Vec<String> = s.drops.iter().map(|(r, n)| format!("{r}={n}")).collect();
+    format!(
+        "{:>9.0} {:>9.0} {:>7.2} {:>7.2} {:>6} {:>6} {:>8.0} {:>8.0} {:>5.0} {:>5.0} {:>9.2} {:>9.0} {:>8.1} {:>8.0}  {}{}",
+        s.offered_pps,
+        s.answered_pps,
+        s.loss * 100.0,
+        s.behind * 100.0,
+        s.late,
+        s.unanswered,
+        s.p50_us,
+        s.p99_us,
+        s.cpu_share * 100.0,
+        s.gen_cpu_share * 100.0,
+        s.cpu_us_per_frame,
+        s.dropped,
+        mib(s.rss_end_kib),
+        s.sender_late_p99_us,
+        if reasons.is_empty() { "-".into() } else { reasons.join(" ") },
+        if s.gen_kernel_drops > 0 || s.send_failed > 0 || s.bad_frames > 0 {
+            format!(
+                " [generator: {} kernel drops, {} send failures, {} bad frames]",
+                s.gen_kernel_drops, s.send_failed, s.bad_frames
+            )
+        } else {
+            String::new()
+        }
+    )
+}
+
+fn step_json(s: &StepResult) -> Value {
+    json!({
+        "offered_pps": num(s.offered_pps),
+        "sent": s.sent,
+        "answered_pps": num(s.answered_pps),
+        "loss": num(s.loss),
+        "behind": num(s.behind),
+        "late": s.late,
+        "unanswered": s.unanswered,
+        "p50_us": num(s.p50_us),
+        "p99_us": num(s.p99_us),
+        "frames": s.frames,
+        "provider_cpu_share": num(s.cpu_share),
+        "provider_cpu_us_per_frame": num(s.cpu_us_per_frame),
+        "generator_cpu_share": num(s.gen_cpu_share),
+        "pulls_counted": num(s.pulls_counted),
+        "dropped": num(s.dropped),
+        "drops": s.drops,
+        "rss_early_mib": num(mib(s.rss_early_kib)),
+        "rss_end_mib": num(mib(s.rss_end_kib)),
+        "gen_kernel_drops": s.gen_kernel_drops,
+        "send_failed": s.send_failed,
+        "bad_frames": s.bad_frames,
+        "sender_late_p99_us": num(s.sender_late_p99_us),
+    })
+}
+
+/// The steps: from the start rate, times the factor, until loss >= 1%.
+fn run_steps(opts: &Options, provider: &mut Provider) -> Result<Vec<StepResult>, String> {
+    let mut steps = Vec::new();
+    let mut rate = opts.start_rate;
+    eprintln!("{STEP_HEADER}");
+    for _ in 0..opts.max_steps {
+        let load = Load {
+            rate: rate.round(),
+            secs: opts.step_s,
+            timeout: Duration::from_millis(opts.timeout_ms),
+            core: Some(opts.gen_core),
+            rss_early: Duration::from_secs_f64(opts.step_s / 4.0),
+        };
+        let s = provider.step(&load)?;
+        eprintln!("{}", step_line(&s));
+        let failed = s.loss >= LOSS_MAX;
+        steps.push(s);
+        if failed {
+            break;
+        }
+        rate *= opts.factor;
+    }
+    Ok(steps)
+}
+
+fn run(opts: &Options) -> Result<String, String> {
+    let started = Instant::now();
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let core = opts.provider_core;
+    let (k, iters) = (opts.k, opts.seal_iters);
+    let seal_us = std::thread::scope(|s| {
+        s.spawn(|| pin(core).map(|()| seal_k_us(k, iters)))
+            .join()
+            .unwrap_or_else(|_| Err("the seal thread panicked".into()))
+    })?;
+    eprintln!("provider-bench: seal_answer of k={k}: {seal_us:.2} us (median of {iters}); registering {} clients", opts.clients);
+    let spec = ProviderSpec {
+        clients: opts.clients,
+        k: opts.k,
+        core: Some(opts.provider_core),
+        io: opts.io,
+        exe,
+        dir: None,
+    };
+    let mut provider = Provider::start(&spec)?;
+    let steps = run_steps(opts, &mut provider)?;
+    let best = steps
+        .iter()
+        .filter(|s| s.loss < LOSS_MAX)
+        .max_by(|a, b| a.offered_pps.total_cmp(&b.offered_pps));
+    let max = best.map_or(0.0, |s| s.offered_pps);
+    let p99 = best.map_or(f64::NAN, |s| s.p99_us);
+    let p50 = best.map_or(f64::NAN, |s| s.p50_us);
+    let cpu_frame = best.map_or(f64::NAN, |s| s.cpu_us_per_frame);
+    let frames_max = max * f64::from(opts.k);
+    let model = cpu_model();
+
+    let mut out = String::new();
+    say!(out, "provider-bench: one provider (core {}), {} clients, k = {}, generator on core {}, {} s steps, timeout {} ms; CPU {model}", opts.provider_core, opts.clients, opts.k, opts.gen_core, opts.step_s, opts.timeout_ms);
+    say!(out, "");
+    say!(out, "{STEP_HEADER}");
+    for s in &steps {
+        say!(out, "{}", step_line(s));
+    }
+    say!(out, "rates in pulls/s; loss = pulls not answered (all k frames) within the timeout; behind = sent but neither answered nor dropped by the provider (its metrics) when the sender stopped, i.e. still queued there; late = all k frames, after the timeout; unans = never all k; p50/p99: send to last frame of answered pulls; cpu%: provider process CPU time / wall time while sending; us/frame: its CPU time over the step (sending and drain) per frame received; gen%: this process (sender, and receiver opening every frame) CPU time / wall time over the step; dropped: loopix_dropped_total moved; rss: provider VmRSS when the sender stopped; gen99us: sender lateness p99");
+    say!(out, "");
+    say!(out, "seal_k_us {seal_us:.2} (seal_answer of {} frames in process) -> {:.0} answers/s per core for sealing alone", opts.k, 1e6 / seal_us);
+    say!(out, "pulls_per_s_max {max:.0} (loss < 1%) = frames_per_s_max {frames_max:.0}; at that rate answer p50 {p50:.0} us, p99 {p99:.0} us, provider CPU {cpu_frame:.2} us per frame ({:.1} us per answer, {:.2} x seal_k_us)", cpu_frame * f64::from(opts.k), cpu_frame * f64::from(opts.k) / seal_us);
+    say!(out, "total time {:.1} s", started.elapsed().as_secs_f64());
+    if opts.json {
+        let v = json!({
+            "tool": "provider-bench",
+            "cpu_model": model,
+            "clients": opts.clients,
+            "k": opts.k,
+            "step_s": opts.step_s,
+            "timeout_ms": opts.timeout_ms,
+            "provider_core": opts.provider_core,
+            "gen_core": opts.gen_core,
+            "seal_k_us": num(seal_us),
+            "pulls_per_s_max": num(max),
+            "frames_per_s_max": num(frames_max),
+            "answer_p50_us": num(p50),
+            "answer_p99_us": num(p99),
+            "cpu_us_per_frame_at_max": num(cpu_frame),
+            "steps": steps.iter().map(step_json).collect::<Vec<_>>(),
+            "total_s": num(started.elapsed().as_secs_f64()),
+        });
+        say!(out, "{v}");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn options_defaults_quick_and_errors() {
+        let o = parse_args(&[]).expect("no arguments are valid");
+        assert_eq!((o.clients, o.k, o.step_s, o.factor), (2000, 16, 3.0, 1.5));
+        let q = parse_args(&args(&["--step-s", "2", "--quick", "--k", "8"])).expect("valid");
+        assert_eq!((q.step_s, q.factor, q.k), (2.0, 2.0, 8));
+        for bad in [
+            &["--factor", "1"][..],
+            &["--gen-core", "0"],
+            &["--io", "fast"],
+            &["--clients"],
+            &["--what"],
+        ] {
+            assert!(parse_args(&args(bad)).is_err(), "{bad:?} accepted");
+        }
+    }
+}
