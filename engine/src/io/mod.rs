@@ -88,6 +88,15 @@ pub trait Backend {
     /// Datagrams queued and not yet flushed.
     fn queued(&self) -> usize;
 
+    /// Send `data` to `to` as back-to-back datagrams of `seg_len` bytes
+    /// (a pull answer's k frames), after everything queued. Returns (sent,
+    /// failed) datagrams, the flushed ones included. Socket backends hand
+    /// the kernel the whole run at once (UDP segmentation offload); this
+    /// default queues and flushes datagram by datagram.
+    fn send_segments(&mut self, to: SocketAddr, data: &[u8], seg_len: usize) -> (usize, usize) {
+        send_one_by_one(self, to, data, seg_len)
+    }
+
     /// Whether more received datagrams wait to be handed over (checked
     /// after a full batch: the shard's AQM needs to know when its input was
     /// last empty). Cheap: a look at the completion queue, or one `ioctl`.
@@ -120,6 +129,55 @@ pub fn open(
             ))
         }
     })
+}
+
+/// [`Backend::send_segments`] without segmentation offload.
+pub(crate) fn send_one_by_one<B: Backend + ?Sized>(
+    b: &mut B,
+    to: SocketAddr,
+    data: &[u8],
+    seg_len: usize,
+) -> (usize, usize) {
+    let (mut sent, mut failed) = (0, 0);
+    for frame in data.chunks(seg_len.max(1)) {
+        if b.send(to, frame) {
+            continue;
+        }
+        let (s, f) = b.flush();
+        sent += s;
+        failed += f;
+        if !b.send(to, frame) {
+            failed += 1;
+        }
+    }
+    let (s, f) = b.flush();
+    (sent + s, failed + f)
+}
+
+/// Segmented send for a socket backend whose socket (a second handle on
+/// it) is in `gso`: flush what is queued, then offloaded sends, or datagram
+/// by datagram where the kernel cannot (found once: `gso` is emptied).
+pub(crate) fn send_segments_on<B: Backend + ?Sized>(
+    b: &mut B,
+    gso: &mut Option<std::net::UdpSocket>,
+    to: SocketAddr,
+    data: &[u8],
+    seg_len: usize,
+) -> (usize, usize) {
+    let Some(sock) = gso.take() else {
+        return send_one_by_one(b, to, data, seg_len);
+    };
+    let (sent, failed) = b.flush();
+    match socket::send_gso(&sock, to, data, seg_len) {
+        Ok((s, f)) => {
+            *gso = Some(sock);
+            (sent + s, failed + f)
+        }
+        Err(socket::GsoUnsupported) => {
+            let (s, f) = send_one_by_one(b, to, data, seg_len);
+            (sent + s, failed + f)
+        }
+    }
 }
 
 /// Ask the kernel for tight timer wake-ups on this thread (1 us of slack

@@ -73,6 +73,8 @@ impl Batch {
 /// The portable backend over one socket.
 pub struct Portable {
     socket: UdpSocket,
+    /// A second handle for segmented sends; `None` once the kernel refused.
+    gso: Option<UdpSocket>,
     rx: Batch,
     tx: Batch,
     tx_queued: usize,
@@ -84,6 +86,7 @@ impl Portable {
         assert!(batch >= 1 && buf_len >= 1);
         socket.set_nonblocking(true)?;
         Ok(Portable {
+            gso: socket.try_clone().ok(),
             socket,
             rx: Batch::new(batch, buf_len),
             tx: Batch::new(batch, buf_len),
@@ -234,6 +237,13 @@ impl Backend for Portable {
 
     fn queued(&self) -> usize {
         self.tx_queued
+    }
+
+    fn send_segments(&mut self, to: SocketAddr, data: &[u8], seg_len: usize) -> (usize, usize) {
+        let mut gso = self.gso.take();
+        let r = super::send_segments_on(self, &mut gso, to, data, seg_len);
+        self.gso = gso;
+        r
     }
 
     fn kernel_drops(&self) -> Option<u32> {

@@ -255,6 +255,8 @@ pub struct Uring {
     slots: Box<[SendSlot]>,
     tx_bufs: Box<[u8]>,
     socket: UdpSocket,
+    /// A second handle for segmented sends; `None` once the kernel refused.
+    gso: Option<UdpSocket>,
     /// Receive completions (result, flags) reaped by `flush`, oldest first.
     stash: VecDeque<(i32, u32)>,
     batch: usize,
@@ -354,6 +356,7 @@ impl Uring {
             recv_msg,
             slots,
             tx_bufs: vec![0u8; batch * buf_len].into_boxed_slice(),
+            gso: socket.try_clone().ok(),
             socket,
             stash: VecDeque::with_capacity(ring_entries + 16),
             batch,
@@ -794,6 +797,13 @@ impl Backend for Uring {
 
     fn queued(&self) -> usize {
         self.tx_queued
+    }
+
+    fn send_segments(&mut self, to: SocketAddr, data: &[u8], seg_len: usize) -> (usize, usize) {
+        let mut gso = self.gso.take();
+        let r = super::send_segments_on(self, &mut gso, to, data, seg_len);
+        self.gso = gso;
+        r
     }
 
     fn kernel_drops(&self) -> Option<u32> {
