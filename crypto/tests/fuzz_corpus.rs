@@ -178,7 +178,6 @@ fn packet_seeds() -> Vec<(&'static str, Vec<u8>)> {
         kind,
         id: *b"fuzz-recipient-1",
     };
-
     let six = packet(
         &route,
         &[

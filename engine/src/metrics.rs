@@ -727,9 +727,9 @@ pub fn render(node_labels: &[(&str, &str)], shards: &[Arc<ShardMetrics>], io: &s
     render_with(node_labels, shards, io, None)
 }
 
-fn register_provider(registry: &mut Registry, base: &Labels, p: &ProviderMetrics) {
-    let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
-    let counters: [(&'static str, &str, &AtomicU64); 12] = [
+/// A provider's plain counters: (name, help, value).
+fn provider_counters(p: &ProviderMetrics) -> [(&'static str, &'static str, &AtomicU64); 12] {
+    [
         (
             names::INBOX_STORED,
             "Packets durably stored in the inbox",
@@ -782,8 +782,12 @@ fn register_provider(registry: &mut Registry, base: &Labels, p: &ProviderMetrics
             "Pulls whose acknowledgements the inbox writer's queue refused (messages offered again)",
             &p.acks_dropped,
         ),
-    ];
-    for (name, help, v) in counters {
+    ]
+}
+
+fn register_provider(registry: &mut Registry, base: &Labels, p: &ProviderMetrics) {
+    let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
+    for (name, help, v) in provider_counters(p) {
         let c = Family::<Labels, Counter>::default();
         c.get_or_create(base).inc_by(load(v));
         registry.register(counter(name), help, c);

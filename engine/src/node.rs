@@ -163,6 +163,26 @@ impl ProviderStart {
     }
 }
 
+impl ProviderStart {
+    /// What one shard needs to be this provider's.
+    fn hooks(&self, config: &MixConfig, geometry: Geometry) -> Result<ProviderHooks, String> {
+        let settings = provider::section(config)?;
+        Ok(ProviderHooks {
+            clients: Arc::clone(&self.table),
+            writer: self.work_tx.clone(),
+            answerer: Answerer::new(
+                self.inbox.reader(),
+                Arc::clone(&self.shared),
+                self.work_tx.clone(),
+                Arc::clone(&self.metrics),
+                geometry,
+                settings.pull_frames,
+            ),
+            answer_delay_us: settings.answer_delay_us,
+        })
+    }
+}
+
 /// What makes a node one process and carries its replay state across
 /// restarts (docs/restarts.md), all taken before any socket is bound:
 /// exclusive locks on its key, state and (a provider's) data directories,
@@ -369,19 +389,7 @@ impl ShardPlan<'_> {
             let shard = shard.with_link_state(&self.persist.saved, Arc::clone(&published));
             out.link_state.push(published);
             let shard = match self.provider {
-                Some(p) => shard.with_provider(ProviderHooks {
-                    clients: Arc::clone(&p.table),
-                    writer: p.work_tx.clone(),
-                    answerer: Answerer::new(
-                        p.inbox.reader(),
-                        Arc::clone(&p.shared),
-                        p.work_tx.clone(),
-                        Arc::clone(&p.metrics),
-                        self.geometry,
-                        provider::section(config)?.pull_frames,
-                    ),
-                    answer_delay_us: provider::section(config)?.answer_delay_us,
-                }),
+                Some(p) => shard.with_provider(p.hooks(config, self.geometry)?),
                 None => shard,
             };
             out.shards.push(shard);

@@ -24,6 +24,7 @@ use loopix_crypto::link::{FRAME_HEADER_LEN, FRAME_OVERHEAD, KIND_PULL, TAG_LEN};
 use loopix_crypto::{Geometry, LinkKey, MailboxId};
 use loopix_engine::metrics::ProviderMetrics;
 use loopix_engine::provider::inbox::{Inbox, InboxConfig, MessageId};
+use loopix_engine::provider::registry::ClientLink;
 use loopix_engine::provider::{commit_round, Answerer, PullShared, Round};
 
 use crate::fixed::{self, PULL_FRAMES};
@@ -81,7 +82,13 @@ pub fn provider_pull(data: &[u8]) {
         return;
     }
 
-    // The answerer's part, then the writer's.
+    answer_and_commit(&mut inbox, &client, &request);
+    finish(inbox, &path);
+}
+
+/// The answerer's part, then the writer's, with their checks.
+fn answer_and_commit(inbox: &mut Inbox, client: &ClientLink, request: &access::PullRequest) {
+    let g = Geometry::DEFAULT;
     let k = usize::from(PULL_FRAMES);
     let hidden = |id: &MessageId| request.acks.contains(&id.0);
     let want: Vec<(MessageId, Vec<u8>)> = inbox
@@ -101,7 +108,7 @@ pub fn provider_pull(data: &[u8]) {
         g,
         PULL_FRAMES,
     );
-    let mut out = answerer.answer(0, &client, &request).to_vec();
+    let mut out = answerer.answer(0, client, request).to_vec();
     let dlen = access::delivery_frame_len(&g);
     assert_eq!(out.len(), dlen * k, "an answer is exactly k frames");
     let key = LinkKey::from_bytes(&fixed::access_key(0));
@@ -132,7 +139,7 @@ pub fn provider_pull(data: &[u8]) {
         round.take(w);
     }
     assert_eq!(round.acks.len(), usize::from(!request.acks.is_empty()));
-    assert!(commit_round(&mut inbox, &shared, 1, &mut round).is_empty());
+    assert!(commit_round(inbox, &shared, 1, &mut round).is_empty());
     assert_eq!(
         shared.unconfirmed_len(),
         0,
@@ -150,8 +157,6 @@ pub fn provider_pull(data: &[u8]) {
             .collect::<Vec<_>>(),
         offered
     );
-    drop(answerer);
-    finish(inbox, &path);
 }
 
 /// Close the inbox and remove its file and scratch directory (the next

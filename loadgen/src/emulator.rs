@@ -56,6 +56,7 @@ use loopix_client::{
 use loopix_crypto::access;
 use loopix_crypto::link::{FrameHeader, KIND_DELIVERY};
 use loopix_crypto::{Geometry, SecretKey};
+use loopix_engine::io::socket;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
@@ -343,6 +344,34 @@ pub struct ReplayOptions {
     pub label: String,
 }
 
+/// The socket the clients of the provider at `provider` share.
+fn client_socket(provider: SocketAddr) -> Result<UdpSocket, String> {
+    let bind = if provider.ip().is_loopback() {
+        "127.0.0.1:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let s = UdpSocket::bind(bind).map_err(|e| format!("bind a UDP socket: {e}"))?;
+    // Pull answers arrive in bursts (k frames per pull, many clients): a
+    // large receive buffer keeps them from being lost here. The kernel caps
+    // it at net.core.rmem_max; best effort.
+    let _ = socket2::SockRef::from(&s).set_recv_buffer_size(RECV_BUFFER);
+    // An answer's k frames leave the provider in one segmented send: take
+    // each run in one read where the kernel can (`recv_segments` either way).
+    socket::enable_gro(&s);
+    s.set_read_timeout(Some(Duration::from_millis(20)))
+        .map_err(|e| format!("socket timeout: {e}"))?;
+    Ok(s)
+}
+
+/// What one receiving socket counted.
+struct Tally {
+    c: ReplayCounts,
+    latency: Histogram<u64>,
+    loop_rtt: Histogram<u64>,
+    seen: HashSet<u64>,
+}
+
 /// Many clients, their sockets and their shared tables.
 pub struct Emulator {
     geometry: Geometry,
@@ -472,22 +501,10 @@ impl Emulator {
         for part in made {
             emus.extend(part?.into_iter().map(Mutex::new));
         }
-        let mut sockets = Vec::new();
-        for p in &providers {
-            let bind = if p.ip().is_loopback() {
-                "127.0.0.1:0"
-            } else {
-                "0.0.0.0:0"
-            };
-            let s = UdpSocket::bind(bind).map_err(|e| format!("bind a UDP socket: {e}"))?;
-            // Pull answers arrive in bursts (k frames per pull, many
-            // clients): a large receive buffer keeps them from being lost
-            // here. The kernel caps it at net.core.rmem_max; best effort.
-            let _ = socket2::SockRef::from(&s).set_recv_buffer_size(RECV_BUFFER);
-            s.set_read_timeout(Some(Duration::from_millis(20)))
-                .map_err(|e| format!("socket timeout: {e}"))?;
-            sockets.push(Arc::new(s));
-        }
+        let sockets = providers
+            .iter()
+            .map(|p| client_socket(*p).map(Arc::new))
+            .collect::<Result<Vec<_>, String>>()?;
         Ok(Emulator {
             geometry: spec.geometry,
             emus,
@@ -734,108 +751,125 @@ impl Emulator {
         clock: Clock,
         stop: &AtomicBool,
     ) -> io::Result<(ReplayCounts, Histogram<u64>, Histogram<u64>)> {
-        let mut c = ReplayCounts::default();
-        let mut latency = histogram();
-        let mut loop_rtt = histogram();
-        let mut seen: HashSet<u64> = HashSet::new();
-        let len = access::delivery_frame_len(&self.geometry);
-        let mut buf = vec![0u8; len + 1];
+        let mut t = Tally {
+            c: ReplayCounts::default(),
+            latency: histogram(),
+            loop_rtt: histogram(),
+            seen: HashSet::new(),
+        };
+        // With GRO an answer's k frames come as one buffer.
+        let mut buf = vec![0u8; 1 << 16];
         let socket = &self.sockets[p];
         while !stop.load(Ordering::Relaxed) {
-            let (n, from) = match socket.recv_from(&mut buf) {
+            let (n, from, seg) = match socket::recv_segments(socket, &mut buf) {
                 Ok(x) => x,
                 Err(e) => match recv_error(&e) {
                     RecvError::NoData => continue,
                     RecvError::Transient => {
-                        c.recv_errors += 1;
+                        t.c.recv_errors += 1;
                         continue;
                     }
                     RecvError::Fatal => return Err(e),
                 },
             };
-            c.frames_received += 1;
-            if from != self.providers[p] {
-                c.drop_wrong_source += 1;
-                continue;
-            }
-            if n != len {
-                c.drop_wrong_length += 1;
-                continue;
-            }
-            let frame = &mut buf[..n];
-            let Ok(header) = FrameHeader::peek(frame) else {
-                c.drop_wrong_kind += 1;
-                continue;
-            };
-            let slot = match access::addressed_slot(header.sender) {
-                Some(s) if header.kind == KIND_DELIVERY => s,
-                _ => {
-                    c.drop_wrong_kind += 1;
+            for frame in buf[..n].chunks_mut(seg) {
+                t.c.frames_received += 1;
+                if from != self.providers[p] {
+                    t.c.drop_wrong_source += 1;
                     continue;
                 }
-            };
-            let Some(&idx) = self.by_slot.get(&(p, slot)) else {
-                c.drop_unknown_slot += 1;
-                continue;
-            };
-            let mut emu = self.emus[idx as usize]
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let emu = &mut *emu;
-            let packet = match emu.session.handle_frame(frame) {
-                Received::Message { packet, .. } => {
-                    c.deliveries_real += 1;
-                    packet
-                }
-                Received::Dummy => {
-                    c.deliveries_dummy += 1;
-                    continue;
-                }
-                Received::Duplicate => {
-                    c.deliveries_real += 1;
-                    c.duplicates += 1;
-                    continue;
-                }
-                Received::Refused(why) => {
-                    match why {
-                        Refusal::WrongLength => c.drop_wrong_length += 1,
-                        Refusal::WrongKind => c.drop_wrong_kind += 1,
-                        Refusal::Replayed => c.drop_replayed += 1,
-                        Refusal::BadTag => c.drop_bad_tag += 1,
-                        Refusal::Malformed => c.drop_malformed += 1,
-                        Refusal::UnknownRequest => c.drop_unknown_request += 1,
-                    }
-                    continue;
-                }
-            };
-            let vnow = clock.virtual_now();
-            let bad_before = emu.client.stats().bad_packets;
-            emu.client.handle_packet(vnow, packet);
-            c.bad_packets += emu.client.stats().bad_packets - bad_before;
-            while let Some(ev) = emu.client.poll_event() {
-                match ev {
-                    Event::LoopReturned { rtt_us } => {
-                        c.loops_received += 1;
-                        loop_rtt.saturating_record(rtt_us.max(1));
-                    }
-                    // The ledger, not the tag's step, says whether it was
-                    // sent in this step: a message queued near the end of
-                    // one step leaves in the next. Sequence numbers are
-                    // unique across steps.
-                    Event::Message { data, .. } => match parse_message_body(&data)
-                        .and_then(|(_, seq)| schedule.ledger.get(&seq).map(|&at| (seq, at)))
-                    {
-                        Some((seq, at)) if seen.insert(seq) => {
-                            c.real_received += 1;
-                            latency.saturating_record(vnow.saturating_sub(at).max(1));
-                        }
-                        _ => c.real_unmatched += 1,
-                    },
-                    _ => {}
-                }
+                self.take_frame(p, frame, schedule, clock, &mut t);
             }
         }
-        Ok((c, latency, loop_rtt))
+        Ok((t.c, t.latency, t.loop_rtt))
+    }
+
+    /// One delivery frame from provider `p`'s address: checks, the
+    /// client's session, then what the client makes of the packet.
+    fn take_frame(
+        &self,
+        p: usize,
+        frame: &mut [u8],
+        schedule: &Schedule,
+        clock: Clock,
+        t: &mut Tally,
+    ) {
+        let c = &mut t.c;
+        if frame.len() != access::delivery_frame_len(&self.geometry) {
+            c.drop_wrong_length += 1;
+            return;
+        }
+        let Ok(header) = FrameHeader::peek(frame) else {
+            c.drop_wrong_kind += 1;
+            return;
+        };
+        let slot = match access::addressed_slot(header.sender) {
+            Some(s) if header.kind == KIND_DELIVERY => s,
+            _ => {
+                c.drop_wrong_kind += 1;
+                return;
+            }
+        };
+        let Some(&idx) = self.by_slot.get(&(p, slot)) else {
+            c.drop_unknown_slot += 1;
+            return;
+        };
+        let mut emu = self.emus[idx as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let emu = &mut *emu;
+        let packet = match emu.session.handle_frame(frame) {
+            Received::Message { packet, .. } => {
+                c.deliveries_real += 1;
+                packet
+            }
+            Received::Dummy => {
+                c.deliveries_dummy += 1;
+                return;
+            }
+            Received::Duplicate => {
+                c.deliveries_real += 1;
+                c.duplicates += 1;
+                return;
+            }
+            Received::Refused(why) => {
+                match why {
+                    Refusal::WrongLength => c.drop_wrong_length += 1,
+                    Refusal::WrongKind => c.drop_wrong_kind += 1,
+                    Refusal::Replayed => c.drop_replayed += 1,
+                    Refusal::BadTag => c.drop_bad_tag += 1,
+                    Refusal::Malformed => c.drop_malformed += 1,
+                    Refusal::UnknownRequest => c.drop_unknown_request += 1,
+                }
+                return;
+            }
+        };
+        let vnow = clock.virtual_now();
+        let bad_before = emu.client.stats().bad_packets;
+        emu.client.handle_packet(vnow, packet);
+        c.bad_packets += emu.client.stats().bad_packets - bad_before;
+        while let Some(ev) = emu.client.poll_event() {
+            match ev {
+                Event::LoopReturned { rtt_us } => {
+                    c.loops_received += 1;
+                    t.loop_rtt.saturating_record(rtt_us.max(1));
+                }
+                // The ledger, not the tag's step, says whether it was
+                // sent in this step: a message queued near the end of
+                // one step leaves in the next. Sequence numbers are
+                // unique across steps.
+                Event::Message { data, .. } => match parse_message_body(&data)
+                    .and_then(|(_, seq)| schedule.ledger.get(&seq).map(|&at| (seq, at)))
+                {
+                    Some((seq, at)) if t.seen.insert(seq) => {
+                        c.real_received += 1;
+                        t.latency.saturating_record(vnow.saturating_sub(at).max(1));
+                    }
+                    _ => c.real_unmatched += 1,
+                },
+                _ => {}
+            }
+        }
     }
 }
 

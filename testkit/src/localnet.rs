@@ -375,7 +375,7 @@ impl Driver {
     }
 
     /// Build a packet that provider `provider` stores in `mailbox` (it reads
-    /// `Deliver`), for a recipient whose Sphinx key is `recipient`,
+    /// `Deliver`) at once, for a recipient whose Sphinx key is `recipient`,
     /// carrying `payload`: what a last-layer mix hands a provider.
     pub fn build_delivery(
         &self,
@@ -383,6 +383,21 @@ impl Driver {
         mailbox: loopix_crypto::MailboxId,
         recipient: &RouteKey,
         payload: &[u8],
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Vec<u8>, String> {
+        let now = loopix_crypto::Delay::ZERO;
+        self.build_delivery_after(provider, mailbox, recipient, payload, now, rng)
+    }
+
+    /// [`Driver::build_delivery`] whose `Deliver` hop carries `delay`: the
+    /// provider holds the packet that long before storing it.
+    pub fn build_delivery_after(
+        &self,
+        provider: usize,
+        mailbox: loopix_crypto::MailboxId,
+        recipient: &RouteKey,
+        payload: &[u8],
+        delay: loopix_crypto::Delay,
         rng: &mut impl CryptoRngCore,
     ) -> Result<Vec<u8>, String> {
         let key = self.route_keys[provider]
@@ -393,11 +408,7 @@ impl Driver {
         let hops = [
             Hop {
                 key,
-                // No mixing delay: tests want the packet stored at once.
-                command: RoutingCommand::Deliver {
-                    mailbox,
-                    delay: loopix_crypto::Delay::ZERO,
-                },
+                command: RoutingCommand::Deliver { mailbox, delay },
             },
             Hop {
                 key: recipient,

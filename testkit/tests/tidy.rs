@@ -31,8 +31,6 @@ const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
         "departures_are_poisson_at_the_configured_rate",
         111,
     ),
-    ("loadgen/src/emulator.rs", "receive", 110),
-    ("loadgen/src/emulator.rs", "new", 110),
     ("crypto/tests/fuzz_corpus.rs", "packet_seeds", 110),
 ];
 

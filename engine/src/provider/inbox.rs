@@ -13,6 +13,10 @@
 //!   (fsync before return), so a packet `store_batch` reports as stored
 //!   survives a crash of the process, or of the machine as far as the disk
 //!   honours fsync (group commit: one fsync per batch, not per packet);
+//!   except acknowledgements (`ack_batch`), committed without an fsync and
+//!   made durable by the next durable commit (`persist`, or any store): a
+//!   crash in between offers those messages again, which clients already
+//!   deduplicate, and no fsync follows a client's acknowledgement in time;
 //! - a message leaves only through `ack` by its own mailbox, `expire`, or
 //!   `unregister`; `pending` never removes anything;
 //! - message ids are unique and never reused (the next id is persisted in
@@ -281,6 +285,15 @@ pub struct Inbox {
     config: InboxConfig,
     stats: InboxStats,
     ids: IdCipher,
+    /// A commit without fsync happened since the last durable one.
+    unpersisted: bool,
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        // A clean close keeps the last acknowledgements.
+        let _ = self.persist();
+    }
 }
 
 /// The database, dropped inside `catch_unwind`: redb's `Drop` commits (its
@@ -500,6 +513,7 @@ impl Inbox {
             config,
             stats: InboxStats::default(),
             ids: IdCipher::new([0; 32]),
+            unpersisted: false,
         };
         contain_panic(&path, "open", || inbox.init_tables())?;
         Ok(inbox)
@@ -585,13 +599,25 @@ impl Inbox {
     /// Run `f` in one write transaction committed with
     /// `Durability::Immediate`; an error before the commit applies nothing.
     fn write<T>(
+        &mut self,
+        op: &'static str,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T, InboxError> {
+        let out = self.write_as(op, Durability::Immediate, f)?;
+        self.unpersisted = false;
+        Ok(out)
+    }
+
+    /// [`Inbox::write`] with the given durability.
+    fn write_as<T>(
         &self,
         op: &'static str,
+        durability: Durability,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
     ) -> Result<T, InboxError> {
         let run = || -> Result<T, redb::Error> {
             let mut txn = self.db.get().begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
+            txn.set_durability(durability)?;
             let out = f(&txn)?;
             txn.commit()?;
             Ok(out)
@@ -599,6 +625,14 @@ impl Inbox {
         contain_panic(&self.config.path, op, || {
             run().map_err(self.storage_err(op))
         })
+    }
+
+    /// Make every commit so far durable (one fsync), if one was not.
+    pub fn persist(&mut self) -> Result<(), InboxError> {
+        if !self.unpersisted {
+            return Ok(());
+        }
+        self.write("persist", |_| Ok(()))
     }
 
     /// The config the inbox was opened with.
@@ -718,6 +752,7 @@ impl Inbox {
         }
         let max_count = self.config.max_messages_per_client;
         let max_bytes = self.config.max_bytes_per_client;
+        let ids = self.ids;
         let (outcomes, totals) = self.write("store_batch", |txn| {
             let mut messages = txn.open_table(MESSAGES)?;
             let mut owners = txn.open_table(OWNERS)?;
@@ -749,7 +784,7 @@ impl Inbox {
                         mailboxes.insert(mailbox.0, (count + 1, held_bytes + len_bytes))?;
                         totals.messages += 1;
                         totals.bytes += len_bytes;
-                        StoreOutcome::Stored(self.ids.hide(id))
+                        StoreOutcome::Stored(ids.hide(id))
                     }
                 };
                 outcomes.push(outcome);
@@ -810,7 +845,8 @@ impl Inbox {
         if batch.iter().all(|(_, ids)| ids.is_empty()) {
             return Ok(0);
         }
-        let (removed, foreign, totals) = self.write("ack", |txn| {
+        let ids = self.ids;
+        let (removed, foreign, totals) = self.write_as("ack", Durability::None, |txn| {
             let mut messages = txn.open_table(MESSAGES)?;
             let mut owners = txn.open_table(OWNERS)?;
             let mut expiry = txn.open_table(EXPIRY)?;
@@ -820,9 +856,9 @@ impl Inbox {
             let mut removed = 0u64;
             let mut foreign = 0u64;
             let mut by_mailbox: HashMap<MailboxKey, (u64, u64)> = HashMap::new();
-            for (mailbox, ids) in batch {
-                for &exposed in *ids {
-                    let id = self.ids.reveal(exposed);
+            for (mailbox, batch_ids) in batch {
+                for &exposed in *batch_ids {
+                    let id = ids.reveal(exposed);
                     match remove_message(&mut messages, &mut owners, &mut expiry, mailbox.0, id)? {
                         Some(len_bytes) => {
                             removed += 1;
@@ -844,6 +880,7 @@ impl Inbox {
             }
             Ok((removed, foreign, totals))
         })?;
+        self.unpersisted = true;
         self.stats.acked += removed;
         self.stats.foreign_acks += foreign;
         self.stats.held_messages = totals.messages;
@@ -1043,7 +1080,7 @@ mod tests {
             .expect("store");
         let got = stored(&out);
         assert_eq!(got.len(), 2);
-        assert!(got[0] < got[1]);
+        assert_ne!(got[0], got[1]);
         let p = inbox.pending(A, 10).expect("pending");
         assert_eq!(
             p,
@@ -1280,7 +1317,34 @@ mod tests {
         assert_eq!((s.held_messages, s.held_bytes), (2, 4));
         assert_eq!(s.stored, 0, "counters are since open");
         let next = stored(&inbox.store_batch(2, &[(B, b"b2")]).expect("store"));
-        assert!(next[0] > first[2], "{next:?} after {first:?}");
+        assert!(
+            !first.contains(&next[0]),
+            "{next:?} reuses one of {first:?}"
+        );
+        // The permutation's key is the file's: the same message keeps its id.
+        drop(inbox);
+        let inbox = Inbox::open(config(&path)).expect("reopen");
+        assert_eq!(ids(&inbox.pending(B, 10).expect("pending")), next);
+    }
+
+    #[test]
+    fn ids_are_a_keyed_permutation_that_hides_the_sequence() {
+        let c = IdCipher::new([7; 32]);
+        let other = IdCipher::new([8; 32]);
+        let mut seen = std::collections::HashSet::new();
+        for n in 1..=10_000u64 {
+            let id = c.hide(n);
+            assert_eq!(c.reveal(id), n, "round trip");
+            assert!(seen.insert(id), "a permutation: {n} collides");
+            assert_ne!(other.hide(n), id, "another key, other ids");
+        }
+        // Consecutive numbers give unrelated ids: neither close nor ordered.
+        let close = (1..1000u64)
+            .filter(|&n| c.hide(n + 1).0.abs_diff(c.hide(n).0) < 1 << 40)
+            .count();
+        assert!(close < 5, "{close} consecutive pairs are close");
+        let up = (1..1000u64).filter(|&n| c.hide(n + 1) > c.hide(n)).count();
+        assert!((400..600).contains(&up), "{up} of 999 increase");
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub fn inbox_path(data_dir: &Path) -> std::path::PathBuf {
 
 /// How often old messages are expired.
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+/// How often acknowledgements committed without an fsync are made durable.
+const PERSIST_EVERY: Duration = Duration::from_secs(1);
 /// Longest wait for work, so the stop flag and timers are seen.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// Pulls whose acknowledgements one commit takes at most.
@@ -331,9 +333,16 @@ impl Runner {
         let wait = Duration::from_millis(self.t.settings.commit_max_wait_ms);
         let mut round = Round::default();
         let mut last_expire = Instant::now();
+        let mut last_persist = Instant::now();
         loop {
             while let Ok(entries) = self.t.registry.try_recv() {
                 self.apply_registry(entries);
+            }
+            // Acknowledgements are committed without an fsync; make them
+            // durable on this clock, not after any one client's pull.
+            if last_persist.elapsed() >= PERSIST_EVERY {
+                self.persist();
+                last_persist = Instant::now();
             }
             if last_expire.elapsed() >= EXPIRE_EVERY {
                 self.expire();
@@ -344,7 +353,10 @@ impl Runner {
             let first = match self.t.work.recv_timeout(IDLE_WAIT) {
                 Ok(w) => w,
                 Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.persist();
+                    return;
+                }
             };
             round.take(first);
             // Nobody waits for this commit (answers never do), so wait a
@@ -416,6 +428,15 @@ impl Runner {
                 self.publish();
             }
             Err(e) => self.fail("syncing the client registry", &e),
+        }
+    }
+
+    fn persist(&mut self) {
+        if self.broken {
+            return;
+        }
+        if let Err(e) = self.t.inbox.persist() {
+            self.fail("making acknowledgements durable", &e);
         }
     }
 
