@@ -23,7 +23,7 @@ use loopix_engine::config::IoChoice;
 use loopix_engine::metrics::names;
 use loopix_testkit::localnet::{free_tcp_addr, Driver, LocalNet, LocalNetSpec};
 use loopix_testkit::process::{NodeProcess, START_BOUND};
-use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 const G: Geometry = Geometry::DEFAULT;
@@ -745,13 +745,15 @@ fn quantile(xs: &[f64], q: f64) -> f64 {
 
 /// The time a provider takes to answer a pull must not tell an observer
 /// (the client's network, or anyone timing its link) whether the previous
-/// answer held real messages. Two conditions, sampled alternately so that
-/// machine noise hits both alike, each pull spaced so that nothing queues:
+/// answer held real messages. Two conditions, in a shuffled order so that
+/// machine noise hits both alike, each pull spaced so that nothing queues,
+/// and each measured pull preceded by the same work at the provider (K
+/// packets stored, an unmeasured pull), so that only the condition differs:
 ///
-/// - A, "empty": the inbox is empty and the pull carries no
-///   acknowledgements;
-/// - B, "full, previous acked": K real messages were delivered, stored, and
-///   handed out by an unmeasured pull; the measured pull acknowledges them.
+/// - A, "empty": the K packets went to another client; the inbox is empty
+///   and the pull carries no acknowledgements;
+/// - B, "full, previous acked": the K packets were this client's, handed
+///   out by the unmeasured pull; the measured pull acknowledges them.
 ///
 /// Both measured answers are K dummies, so only their timing can differ.
 /// The pull-to-answer delay (from just before the pull is sent to the
@@ -767,6 +769,7 @@ fn pull_answer_time_does_not_reveal_the_inbox() {
     let net = LocalNet::create(dir.path(), &spec()).expect("lay out");
     let config = provider_config(&net);
     let reg = register(&config, "alice");
+    let bob = register(&config, "bob");
     let p = start_provider(&config, net.nodes[0].metrics);
     let mut mix = LastMix::new(&net);
     let mut alice = Client::new(reg.clone());
@@ -777,36 +780,48 @@ fn pull_answer_time_does_not_reveal_the_inbox() {
         std::thread::sleep(GAP);
     }
 
+    // Both conditions in a shuffled order, each measured pull preceded by
+    // the same work at the provider: K packets delivered and stored (to
+    // Alice before a "full" turn, to Bob before an "empty" one), then an
+    // unmeasured pull by Alice, each a pause apart.
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    let mut turns: Vec<bool> = (0..2 * PAIRS).map(|i| i % 2 == 0).collect();
+    for i in (1..turns.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        turns.swap(i, j);
+    }
     let mut empty: Vec<f64> = Vec::with_capacity(PAIRS);
     let mut full: Vec<f64> = Vec::with_capacity(PAIRS);
     let mut stored = 0.0;
     let started = Instant::now();
-    for _ in 0..PAIRS {
-        // A: an empty inbox, no acknowledgements.
-        let (answer, t) = alice.pull_timed(&[]);
-        assert!(ids(&answer).is_empty(), "the inbox is empty");
-        empty.push(t.as_secs_f64() * 1e6);
-        std::thread::sleep(GAP);
-
-        // B: K real messages, stored durably, handed out (not measured)...
-        mix.deliver(reg.mailbox, usize::from(K));
+    for full_turn in turns {
+        let mailbox = if full_turn { reg.mailbox } else { bob.mailbox };
+        mix.deliver(mailbox, usize::from(K));
         stored += f64::from(K);
         p.wait_metric(names::INBOX_STORED, &[], stored);
         std::thread::sleep(GAP);
         let (held, _) = alice.pull_timed(&[]);
         let acks = ids(&held);
-        assert_eq!(acks.len(), usize::from(K), "the delivered messages");
+        let want = if full_turn { usize::from(K) } else { 0 };
+        assert_eq!(acks.len(), want, "what Alice's inbox holds");
         std::thread::sleep(GAP);
-        // ...then the measured pull acknowledges them.
+        // Measured: "full" acknowledges what the last answer held; "empty"
+        // pulls an empty inbox with nothing to acknowledge.
         let (answer, t) = alice.pull_timed(&acks);
-        assert!(ids(&answer).is_empty(), "everything was acknowledged");
-        full.push(t.as_secs_f64() * 1e6);
+        assert!(ids(&answer).is_empty(), "nothing left for Alice");
+        let sample = t.as_secs_f64() * 1e6;
+        if full_turn {
+            full.push(sample);
+        } else {
+            empty.push(sample);
+        }
         std::thread::sleep(GAP);
     }
     // Acknowledgements reach the writer on the shard's own clock (every
-    // 100 ms), after the answers: wait for the last ones.
-    assert_eq!(p.wait_metric(names::INBOX_ACKED, &[], stored), stored);
-    assert_eq!(p.metric(names::INBOX_MESSAGES, &[]), 0.0);
+    // 100 ms), after the answers: wait for the last ones. Bob's stay.
+    let acked = PAIRS as f64 * f64::from(K);
+    assert_eq!(p.wait_metric(names::INBOX_ACKED, &[], acked), acked);
+    assert_eq!(p.metric(names::INBOX_MESSAGES, &[]), stored - acked);
 
     let d = loopix_tuning::model::ks_two_sample(&mut empty, &mut full);
     let (na, nb) = (empty.len() as f64, full.len() as f64);
