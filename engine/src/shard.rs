@@ -775,6 +775,11 @@ impl Shard {
             _ => st.links.own_index,
         };
         if st.halted && !own_loop {
+            if peer_index == TO_INBOX {
+                if let Some(p) = st.provider.as_mut() {
+                    p.deliveries.remove(&idx);
+                }
+            }
             st.metrics.count_drop(DropReason::Halted);
             st.pool.free.push(idx);
             return;

@@ -366,17 +366,18 @@ pub fn report(s: &Scenario, steps: Vec<StepResult>, layers: u8, stopped: Option<
         knee_step: knee.map(|k| k.0),
         knee_offered_pps: knee.map(|k| k.1),
         steps,
-        model_hops: u32::from(layers) + 1,
+        model_hops: u32::from(layers) + 2,
         paper_ratio,
         stopped,
     }
 }
 
-/// The latency model of a scenario, in milliseconds: `layers + 1`
-/// exponential delays and a uniform wait for the pull.
+/// The latency model of a scenario, in milliseconds: `layers + 2`
+/// exponential delays (the first provider, every layer, and the last
+/// provider before it stores) and a uniform wait for the pull.
 pub fn latency_model(s: &Scenario, layers: u8) -> LatencyModel {
     LatencyModel {
-        hops: u32::from(layers) + 1,
+        hops: u32::from(layers) + 2,
         mean_delay: s.mean_delay_ms,
         pull_period: s.pull_ms as f64,
         offset: 0.0,

@@ -27,8 +27,8 @@ use loopix_testkit::testnet::Manifest;
 pub struct Target {
     /// The clients' view of the network in the current key epoch.
     pub topology: Arc<ClientTopology>,
-    /// Mix layers (for the latency model: a message crosses layers + 1
-    /// delays).
+    /// Mix layers (for the latency model: a message crosses layers + 2
+    /// delays, the two providers' included).
     pub layers: u8,
     /// One registration per emulated client.
     pub registrations: Vec<Registration>,

@@ -245,7 +245,7 @@ fn a_network_without_clients_is_not_silent() {
 
 /// The paper's Figure 11 as a test: with per-hop delays large against
 /// processing time (mean 250 ms, processing well under 10 ms end to end),
-/// loop round trips follow Erlang(layers + 1, 250 ms) plus a uniform wait
+/// loop round trips follow Erlang(layers + 2, 250 ms) plus a uniform wait
 /// for the next pull. Kolmogorov-Smirnov at alpha = 0.01 on at least 500
 /// loops; the measured median must also sit within 5% of the model's.
 #[test]

@@ -214,10 +214,11 @@ impl TestnetOptions {
         Ok(())
     }
 
-    /// Hops that add an `Exp(mu)` delay on a path: the first provider and
-    /// every layer (the last provider stores at once).
+    /// Hops that add an `Exp(mu)` delay on a path: the first provider,
+    /// every layer, and the last provider (it holds a delivery for the delay
+    /// its sender drew before storing it).
     pub fn delayed_hops(&self) -> u32 {
-        u32::from(self.layers) + 1
+        u32::from(self.layers) + 2
     }
 
     /// The model of a loop's round trip, seconds: per-hop delays plus the
