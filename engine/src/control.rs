@@ -7,7 +7,7 @@
 //! (verified, checked against the successor rule and this node's listing,
 //! then sent to every shard as new links), and a provider's client registry
 //! (rescanned when its directory changed, at once on SIGHUP, the new list
-//! handed to the inbox thread), and the node's own loops (the paper's λM:
+//! handed to the inbox writer), and the node's own loops (the paper's λM:
 //! drawn and built here ahead of their departure by a
 //! [`crate::loops::LoopMaker`], handed to the shards round-robin to leave
 //! at their time), and the (n−1) detector on those loops (their ids come

@@ -1,7 +1,7 @@
 //! The Loopix node engine: a thread-per-core sharded mix node.
 //!
 //! `node::run_mix` and `node::run_provider` assemble a node from its config,
-//! key directory and topology (a provider adds `provider`'s inbox thread and
+//! key directory and topology (a provider adds `provider`'s inbox writer and
 //! `registry`'s clients); each `shard::Shard` owns its socket backend, buffer pool,
 //! timing wheel and counters, and shares the node's replay filters
 //! (`replay`, kept across restarts by `state`); the control plane (the calling

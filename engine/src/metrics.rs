@@ -11,7 +11,7 @@
 //!   `loopix_loops_received_total`, `loopix_dropped_total{reason}`, pool,
 //!   replay filter and latency series: every node;
 //! - providers only: `loopix_delivered_to_inbox_total` (packets with a
-//!   `Deliver` command handed to the inbox thread),
+//!   `Deliver` command handed to the inbox writer),
 //!   `loopix_cover_discarded_total` (`Drop` cover discarded),
 //!   `loopix_inbox_stored_total` (durably stored: counted only after the
 //!   commit), `loopix_inbox_refused_total{reason=count_quota|bytes_quota|
@@ -303,7 +303,7 @@ pub struct ShardMetrics {
     pub loop_returns_queue_full: AtomicU64,
     /// The AQM's drop probability now, as `f64::to_bits`.
     pub aqm_drop_bits: AtomicU64,
-    /// (Provider) `Deliver` packets handed to the inbox thread.
+    /// (Provider) `Deliver` packets handed to the inbox writer.
     pub to_inbox: AtomicU64,
     /// (Provider) `Drop` cover packets discarded.
     pub cover_discarded: AtomicU64,
@@ -494,7 +494,7 @@ pub mod names {
     pub const SCHEDULING_LATENESS_US: &str = "loopix_scheduling_lateness_microseconds";
     /// Static facts (`io`), value 1.
     pub const NODE_INFO: &str = "loopix_node_info";
-    /// Providers: packets handed to the inbox thread, per shard.
+    /// Providers: packets handed to the inbox writer, per shard.
     pub const DELIVERED_TO_INBOX: &str = "loopix_delivered_to_inbox_total";
     /// Providers: drop cover discarded, per shard.
     pub const COVER_DISCARDED: &str = "loopix_cover_discarded_total";
@@ -1051,7 +1051,7 @@ impl ShardFamilies {
         if self.provider {
             r.register(
                 counter(DELIVERED_TO_INBOX),
-                "Packets with a Deliver command handed to the inbox thread",
+                "Packets with a Deliver command handed to the inbox writer",
                 self.to_inbox,
             );
             r.register(

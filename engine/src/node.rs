@@ -1,12 +1,12 @@
 //! Assembling and running a node, mix or provider: config, keys and
 //! topology in; shards, the metrics endpoint and the key-epoch control loop
 //! out. A provider adds its inbox (opened before any socket is bound), its
-//! client table in every shard and its inbox thread (see `provider`).
+//! client table in every shard and its inbox writer thread (see `provider`).
 //!
 //! Start-up checks everything it can before binding a socket, and every
 //! failure is a message naming the file or field. Shutdown: SIGTERM or
 //! SIGINT set one stop flag; shards stop receiving, send what falls due
-//! within `shutdown.drain_ms`, count the rest, the inbox thread commits what
+//! within `shutdown.drain_ms`, count the rest, the inbox writer commits what
 //! is queued, and the process exits 0.
 //!
 //! SIGHUP reloads the topology (`node.topology`) and, at a provider, also

@@ -1168,7 +1168,7 @@ impl State {
     }
 
     /// Client frames (providers only): slot lookup, window, tag; then a
-    /// packet goes the Sphinx path and a pull to the inbox thread.
+    /// packet goes the Sphinx path and a pull is answered (`provider::answer`).
     fn handle_client(&mut self, d: Datagram<'_>, header: FrameHeader, arrival_us: u64) {
         let metrics = &self.metrics;
         let Some(p) = self.provider.as_mut() else {

@@ -712,7 +712,7 @@ fn register_unregister_clients_while_running() {
 
     // The running provider picks the client up within a couple of seconds.
     p.wait_metric(names::REGISTERED_CLIENTS, &[], 1.0);
-    // The gauge moves when the inbox thread has sent the shards the new
+    // The gauge moves when the inbox writer has sent the shards the new
     // table; they apply it between batches (within their 20 ms idle wait).
     std::thread::sleep(Duration::from_millis(200));
     let mut carol = Client::new(reg.clone());

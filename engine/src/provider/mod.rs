@@ -148,10 +148,10 @@ fn sync_mailboxes(inbox: &mut Inbox, entries: &[ClientEntry]) -> Result<(), Inbo
 /// one scan a second, and only when the directory's modification time
 /// moved (a register or an unregister creates or removes a file), so that
 /// thousands of clients do not cost thousands of reads a second; on SIGHUP
-/// at once. A changed list goes to the inbox thread, which owns the inbox.
+/// at once. A changed list goes to the inbox writer, which owns the inbox.
 pub struct RegistryWatch {
     data_dir: PathBuf,
-    /// The list the inbox thread was last handed.
+    /// The list the inbox writer was last handed.
     clients: Vec<ClientEntry>,
     /// Unreadable files, as last reported.
     problems: Vec<String>,
@@ -163,7 +163,7 @@ pub struct RegistryWatch {
 }
 
 impl RegistryWatch {
-    /// A watch on `data_dir` whose inbox thread already has `clients`;
+    /// A watch on `data_dir` whose inbox writer already has `clients`;
     /// changes go to `updates`.
     pub fn new(
         data_dir: &Path,
@@ -202,8 +202,8 @@ impl RegistryWatch {
         let settled = mtime_s.is_some_and(|t| now_unix_s.saturating_sub(t) >= 2);
         self.mtime_s = if settled { mtime_s } else { None };
         if entries != self.clients {
-            // A full queue (the inbox thread is behind) or a stopped inbox
-            // thread: keep the old list, so the next scan sends it again.
+            // A full queue (the inbox writer is behind) or a stopped
+            // writer: keep the old list, so the next scan sends it again.
             if self.updates.try_send(entries.clone()).is_ok() {
                 self.clients = entries;
             } else {
@@ -616,7 +616,7 @@ mod tests {
         w.tick(102, false);
         assert!(rx.try_recv().is_err(), "unchanged: nothing sent");
 
-        // The inbox thread is behind: the list waits in the queue, and a
+        // The inbox writer is behind: the list waits in the queue, and a
         // later change is sent once it has taken it.
         let b = registry::register(dir.path(), "b").expect("register b");
         w.tick(103, false);
