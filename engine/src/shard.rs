@@ -83,6 +83,11 @@ const COUNTER_SHARD_SHIFT: u32 = 56;
 /// The counter bits below the sending shard's.
 const COUNTER_LOW_MASK: u64 = (1 << COUNTER_SHARD_SHIFT) - 1;
 
+/// Where the Sphinx packet sits in a link frame (and a pool slot).
+fn packet_range(g: &Geometry) -> std::ops::Range<usize> {
+    FRAME_HEADER_LEN..g.frame_len() - TAG_LEN
+}
+
 /// Shard `index`'s link counter with `low` as its sequence part.
 fn shard_counter(index: u32, low: u64) -> u64 {
     (u64::from(index) << COUNTER_SHARD_SHIFT) | (low & COUNTER_LOW_MASK)
@@ -309,7 +314,7 @@ impl State {
             return;
         };
         let g = self.settings.geometry;
-        let range = FRAME_HEADER_LEN..g.frame_len() - TAG_LEN;
+        let range = packet_range(&g);
         let packet = self.pool.slot(idx)[range].to_vec();
         match p.writer.try_send(WriterWork::Store(mailbox, packet)) {
             Ok(()) => {
@@ -930,7 +935,7 @@ impl State {
     fn inject_loop(&mut self, p: &LoopPacket, now: u64) {
         let g = self.settings.geometry;
         let m = &self.metrics;
-        let range = FRAME_HEADER_LEN..g.frame_len() - TAG_LEN;
+        let range = packet_range(&g);
         let Some(&peer) = self.links.next_hop.get(&p.first_hop) else {
             // A reload removed the first hop after the loop was built.
             m.loops_refused.fetch_add(1, Ordering::Relaxed);
@@ -1155,7 +1160,7 @@ impl State {
         let Some(idx) = self.pool.free.pop() else {
             return self.drop(DropReason::PoolFull);
         };
-        let packet_range = FRAME_HEADER_LEN..g.frame_len() - TAG_LEN;
+        let packet_range = packet_range(&g);
         let slot = self.pool.slot(idx);
         slot[packet_range.clone()].copy_from_slice(&d.data[packet_range.clone()]);
         match self.process(idx, packet_range, arrival_us, false) {
@@ -1231,7 +1236,7 @@ impl State {
         let Some(idx) = self.pool.free.pop() else {
             return self.drop(DropReason::PoolFull);
         };
-        let packet_range = FRAME_HEADER_LEN..g.frame_len() - TAG_LEN;
+        let packet_range = packet_range(&g);
         let pool_slot = self.pool.slot(idx);
         pool_slot[packet_range.clone()].copy_from_slice(&d.data[packet_range.clone()]);
         if let Err(reason) = self.process(idx, packet_range, arrival_us, true) {

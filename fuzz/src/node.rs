@@ -93,10 +93,9 @@ fn empty_inbox() -> InboxReader {
     static INBOX: OnceLock<Inbox> = OnceLock::new();
     INBOX
         .get_or_init(|| {
-            let dir = std::env::temp_dir().join(format!("loopix-fuzz-node-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Inbox::open(InboxConfig::new(dir.join("inbox.redb"), 8, 1 << 20, 3600)).unwrap()
+            let path = crate::pull::scratch_path("node-inbox.redb");
+            let _ = std::fs::remove_file(&path);
+            Inbox::open(InboxConfig::new(path, 8, 1 << 20, 3600)).unwrap()
         })
         .reader()
 }

@@ -33,9 +33,9 @@ use crate::Input;
 /// Most messages stored before the pull.
 const MAX_STORES: u8 = 12;
 
-/// A scratch inbox file for this process (tmpfs when there is one: the
-/// inbox syncs every commit).
-fn scratch_path() -> PathBuf {
+/// A scratch inbox file `name` for this process (tmpfs when there is one:
+/// the inbox syncs every commit).
+pub(crate) fn scratch_path(name: &str) -> PathBuf {
     let base = ["/dev/shm", "/tmp"]
         .iter()
         .map(PathBuf::from)
@@ -43,13 +43,13 @@ fn scratch_path() -> PathBuf {
         .unwrap_or_else(std::env::temp_dir);
     let dir = base.join(format!("loopix-fuzz-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    dir.join("inbox.redb")
+    dir.join(name)
 }
 
 /// See the module documentation.
 pub fn provider_pull(data: &[u8]) {
     let g = Geometry::DEFAULT;
-    let path = scratch_path();
+    let path = scratch_path("inbox.redb");
     let _ = std::fs::remove_file(&path);
     let mut inbox = Inbox::open(InboxConfig::new(&path, 8, 1 << 20, 3600)).unwrap();
     inbox.register(fixed::mailbox(0)).unwrap();
