@@ -273,6 +273,15 @@ impl Round {
     fn is_empty(&self) -> bool {
         self.stores.is_empty() && self.acks.is_empty()
     }
+
+    /// The round is over, committed or not: the answerers may forget the
+    /// ids it acknowledged (and see what it stored); empty it.
+    fn close(&mut self, shared: &PullShared) {
+        let done: Vec<(MailboxId, u64)> = self.acks.iter().map(|(m, seq, _)| (*m, *seq)).collect();
+        shared.committed(&done);
+        self.stores.clear();
+        self.acks.clear();
+    }
 }
 
 /// Commit a round: the stores in one durable transaction, the
@@ -307,10 +316,7 @@ pub fn commit_round(
             errors.push(("applying acknowledgements", 0, e));
         }
     }
-    let done: Vec<(MailboxId, u64)> = round.acks.iter().map(|(m, seq, _)| (*m, *seq)).collect();
-    shared.committed(&done);
-    round.stores.clear();
-    round.acks.clear();
+    round.close(shared);
     errors
 }
 
@@ -389,9 +395,12 @@ impl Runner {
             return;
         }
         if self.broken {
+            // Nothing more is written to a damaged inbox: the packets are
+            // lost (counted), and the acknowledged ids become visible again.
             let n = round.stores.len() as u64;
             self.t.metrics.storage_error.fetch_add(n, Ordering::Relaxed);
-            round.stores.clear();
+            round.close(&self.t.shared);
+            return;
         }
         let stores = round.stores.len();
         let errors = commit_round(&mut self.t.inbox, &self.t.shared, unix_now_s(), round);
