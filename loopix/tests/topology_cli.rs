@@ -77,8 +77,7 @@ struct Setup {
 }
 
 fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
+    loopix_testkit::localnet::free_port()
         .expect("free port")
         .port()
 }

@@ -176,14 +176,66 @@ pub fn register_at(
     })
 }
 
-/// A free UDP port on 127.0.0.1 (bound, read, released: a small race).
+/// A free UDP port on 127.0.0.1, for a node that binds it later (see [`free_port`]).
 pub fn free_udp_addr() -> std::io::Result<SocketAddr> {
-    UdpSocket::bind("127.0.0.1:0")?.local_addr()
+    free_port()
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, for a node that binds it later (see [`free_port`]).
 pub fn free_tcp_addr() -> std::io::Result<SocketAddr> {
-    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+    free_port()
+}
+
+/// The lowest port [`free_port`] hands out.
+const FREE_PORT_LOW: u16 = 10_000;
+
+/// A port on 127.0.0.1 that is free for both TCP and UDP now and that no
+/// other call in this process has handed out.
+///
+/// A port is released between this call and the node binding it, so
+/// something else may take it in between. Asking the kernel for port 0 makes
+/// that likely: the kernel gives out the same ephemeral range for every
+/// outgoing connection, and the tests open thousands (a `/metrics` scrape
+/// is one each), so a CI run once lost a node to "address already in use".
+/// The ports here are drawn at random from below the ephemeral range
+/// (`net.ipv4.ip_local_port_range`), which outgoing connections never use;
+/// two processes collide only if both draw the same port in the moment
+/// before the first binds it.
+pub fn free_port() -> std::io::Result<SocketAddr> {
+    use rand_core::{RngCore, SeedableRng};
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let high = ephemeral_low().unwrap_or(32_768);
+    if high <= FREE_PORT_LOW + 1_000 {
+        // No room below the ephemeral range: the kernel's choice it is.
+        return UdpSocket::bind("127.0.0.1:0")?.local_addr();
+    }
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    let mut rng = rand_chacha::ChaCha8Rng::from_entropy();
+    for _ in 0..1_000 {
+        let port = FREE_PORT_LOW + (rng.next_u32() % u32::from(high - FREE_PORT_LOW)) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let free = UdpSocket::bind(addr).is_ok() && std::net::TcpListener::bind(addr).is_ok();
+        if free {
+            given.insert(port);
+            return Ok(addr);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("no free port found in {FREE_PORT_LOW}..{high} after 1000 tries"),
+    ))
+}
+
+/// The first port of the kernel's ephemeral range, if it can be read.
+fn ephemeral_low() -> Option<u16> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
 }
 
 impl LocalNet {
@@ -549,4 +601,25 @@ fn config_text(
     );
     n.data_dir = Some(data_dir);
     config + &section
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() {
+        let high = ephemeral_low().unwrap_or(32_768);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let addr = free_port().expect("a free port");
+            assert!(seen.insert(addr.port()), "port {} handed out twice", addr.port());
+            if high > FREE_PORT_LOW + 1_000 {
+                assert!((FREE_PORT_LOW..high).contains(&addr.port()), "{addr}");
+            }
+            // Still free for both protocols a moment later.
+            let _udp = UdpSocket::bind(addr).expect("UDP bind");
+            let _tcp = std::net::TcpListener::bind(addr).expect("TCP bind");
+        }
+    }
 }
