@@ -383,122 +383,10 @@ impl Topology {
             origin: origin.to_owned(),
             problem,
         };
-        if file.version != VERSION {
-            return Err(bad(format!(
-                "version {} is not supported (this loopix reads version {VERSION})",
-                file.version
-            )));
-        }
-        if file.epoch_s == 0 {
-            return Err(bad("epoch_s must be at least 1".into()));
-        }
-        if file.layers == 0 {
-            return Err(bad("layers must be at least 1".into()));
-        }
+        check_header(&file).map_err(bad)?;
         let doc_nodes = file.document_nodes().map_err(bad)?;
-        let mut nodes = Vec::with_capacity(doc_nodes.len());
-        let mut by_id: HashMap<NodeId, u32> = HashMap::new();
-        let mut by_identity: HashMap<IdentityPublic, usize> = HashMap::new();
-        let mut by_addr: HashMap<SocketAddr, usize> = HashMap::new();
-        for (i, (n, d)) in file.nodes.iter().zip(&doc_nodes).enumerate() {
-            let who = format!("node {i} ({})", n.id);
-            verify_claims(&who, &d.claims, &n.signature).map_err(bad)?;
-            if let Some(&j) = by_id.get(&d.claims.id) {
-                let other = &file.nodes[j as usize];
-                return Err(bad(format!(
-                    "{who}: also listed as node {j} ({:?} in layer {}); a node may be listed once, in one layer",
-                    other.role, other.layer
-                )));
-            }
-            by_id.insert(d.claims.id, i as u32);
-            if let Some(j) = by_identity.insert(d.claims.identity, i) {
-                return Err(bad(format!(
-                    "{who}: identity key {} is also node {j}'s",
-                    d.claims.identity.fingerprint()
-                )));
-            }
-            if let Some(j) = by_addr.insert(n.address, i) {
-                return Err(bad(format!(
-                    "{who}: address {} is also node {j}'s",
-                    n.address
-                )));
-            }
-            match n.role {
-                Role::Provider if n.layer != 0 => {
-                    return Err(bad(format!(
-                        "{who}: a provider must be in layer 0, not {}",
-                        n.layer
-                    )))
-                }
-                Role::Mix if n.layer == 0 || n.layer > file.layers => {
-                    return Err(bad(format!(
-                        "{who}: a mix must be in layer 1 to {}, not {}",
-                        file.layers, n.layer
-                    )))
-                }
-                _ => {}
-            }
-            nodes.push(Node {
-                id: d.claims.id,
-                role: n.role,
-                layer: n.layer,
-                address: n.address,
-                link_key: d.claims.link,
-                mix_keys: d.claims.mix_keys.iter().map(|k| (k.epoch, k.key)).collect(),
-                identity_key: d.claims.identity,
-            });
-        }
-        if !nodes.iter().any(|n| n.role == Role::Provider) {
-            return Err(bad(
-                "no provider: providers are the first and last layer".into()
-            ));
-        }
-        for l in 1..=file.layers {
-            if !nodes.iter().any(|n| n.role == Role::Mix && n.layer == l) {
-                return Err(bad(format!(
-                    "layer {l} has no mix (layers = {}; every layer needs at least one)",
-                    file.layers
-                )));
-            }
-        }
-        let operator = IdentityPublic::from_hex(&file.operator_key)
-            .map_err(|e| bad(format!("operator_key: {e}")))?;
-        if operator != *trusted_operator {
-            return Err(bad(format!(
-                "signed by operator key {}, but the trusted operator key is {} (node.operator_key or --operator-pub)",
-                operator.fingerprint(),
-                trusted_operator.fingerprint()
-            )));
-        }
-        let signature =
-            Signature::from_hex(&file.signature).map_err(|e| bad(format!("signature: {e}")))?;
-        let bytes = canonical::document(&file.header(operator), &doc_nodes);
-        if !operator.verify(canonical::DOCUMENT_CONTEXT, &bytes, &signature) {
-            return Err(bad(format!(
-                "operator signature by {} does not verify (the document was changed after signing)",
-                operator.fingerprint()
-            )));
-        }
-        if file.valid_until <= file.valid_from {
-            return Err(bad(format!(
-                "valid_until {} is not after valid_from {}",
-                file.valid_until, file.valid_from
-            )));
-        }
-        if now_s < file.valid_from {
-            return Err(bad(format!(
-                "not valid yet: valid_from is {}, {} s from now; check this host's clock",
-                file.valid_from,
-                file.valid_from - now_s
-            )));
-        }
-        if now_s >= file.valid_until {
-            return Err(bad(format!(
-                "expired: valid_until was {}, {} s ago; build a new document with `loopix topology build`",
-                file.valid_until,
-                now_s - file.valid_until
-            )));
-        }
+        let (nodes, by_id) = check_nodes(&file, &doc_nodes).map_err(bad)?;
+        let operator = check_signature(&file, &doc_nodes, trusted_operator, now_s).map_err(bad)?;
         Ok(Topology {
             epoch_s: file.epoch_s,
             layers: file.layers,
@@ -532,6 +420,141 @@ impl Topology {
     pub fn sends_to(&self, from: &Node, to: &Node) -> bool {
         self.accepts_from(to, from)
     }
+}
+
+/// The document's version, epoch length and layer count are usable.
+fn check_header(file: &TopologyFile) -> Result<(), String> {
+    if file.version != VERSION {
+        return Err(format!(
+            "version {} is not supported (this loopix reads version {VERSION})",
+            file.version
+        ));
+    }
+    if file.epoch_s == 0 {
+        return Err("epoch_s must be at least 1".into());
+    }
+    if file.layers == 0 {
+        return Err("layers must be at least 1".into());
+    }
+    Ok(())
+}
+
+/// Every node's descriptor verifies, no node, identity key or address is
+/// listed twice, every node sits in a layer its role allows, and there are
+/// providers and a mix in every layer. Returns the nodes and their index by id.
+fn check_nodes(
+    file: &TopologyFile,
+    doc_nodes: &[DocumentNode],
+) -> Result<(Vec<Node>, HashMap<NodeId, u32>), String> {
+    let mut nodes = Vec::with_capacity(doc_nodes.len());
+    let mut by_id: HashMap<NodeId, u32> = HashMap::new();
+    let mut by_identity: HashMap<IdentityPublic, usize> = HashMap::new();
+    let mut by_addr: HashMap<SocketAddr, usize> = HashMap::new();
+    for (i, (n, d)) in file.nodes.iter().zip(doc_nodes).enumerate() {
+        let who = format!("node {i} ({})", n.id);
+        verify_claims(&who, &d.claims, &n.signature)?;
+        if let Some(&j) = by_id.get(&d.claims.id) {
+            let other = &file.nodes[j as usize];
+            return Err(format!(
+                "{who}: also listed as node {j} ({:?} in layer {}); a node may be listed once, in one layer",
+                other.role, other.layer
+            ));
+        }
+        by_id.insert(d.claims.id, i as u32);
+        if let Some(j) = by_identity.insert(d.claims.identity, i) {
+            return Err(format!(
+                "{who}: identity key {} is also node {j}'s",
+                d.claims.identity.fingerprint()
+            ));
+        }
+        if let Some(j) = by_addr.insert(n.address, i) {
+            return Err(format!("{who}: address {} is also node {j}'s", n.address));
+        }
+        match n.role {
+            Role::Provider if n.layer != 0 => {
+                return Err(format!(
+                    "{who}: a provider must be in layer 0, not {}",
+                    n.layer
+                ))
+            }
+            Role::Mix if n.layer == 0 || n.layer > file.layers => {
+                return Err(format!(
+                    "{who}: a mix must be in layer 1 to {}, not {}",
+                    file.layers, n.layer
+                ))
+            }
+            _ => {}
+        }
+        nodes.push(Node {
+            id: d.claims.id,
+            role: n.role,
+            layer: n.layer,
+            address: n.address,
+            link_key: d.claims.link,
+            mix_keys: d.claims.mix_keys.iter().map(|k| (k.epoch, k.key)).collect(),
+            identity_key: d.claims.identity,
+        });
+    }
+    if !nodes.iter().any(|n| n.role == Role::Provider) {
+        return Err("no provider: providers are the first and last layer".into());
+    }
+    for l in 1..=file.layers {
+        if !nodes.iter().any(|n| n.role == Role::Mix && n.layer == l) {
+            return Err(format!(
+                "layer {l} has no mix (layers = {}; every layer needs at least one)",
+                file.layers
+            ));
+        }
+    }
+    Ok((nodes, by_id))
+}
+
+/// The document is signed by `trusted_operator` and valid at `now_s`.
+/// Returns the operator's key.
+fn check_signature(
+    file: &TopologyFile,
+    doc_nodes: &[DocumentNode],
+    trusted_operator: &IdentityPublic,
+    now_s: u64,
+) -> Result<IdentityPublic, String> {
+    let operator =
+        IdentityPublic::from_hex(&file.operator_key).map_err(|e| format!("operator_key: {e}"))?;
+    if operator != *trusted_operator {
+        return Err(format!(
+            "signed by operator key {}, but the trusted operator key is {} (node.operator_key or --operator-pub)",
+            operator.fingerprint(),
+            trusted_operator.fingerprint()
+        ));
+    }
+    let signature = Signature::from_hex(&file.signature).map_err(|e| format!("signature: {e}"))?;
+    let bytes = canonical::document(&file.header(operator), doc_nodes);
+    if !operator.verify(canonical::DOCUMENT_CONTEXT, &bytes, &signature) {
+        return Err(format!(
+            "operator signature by {} does not verify (the document was changed after signing)",
+            operator.fingerprint()
+        ));
+    }
+    if file.valid_until <= file.valid_from {
+        return Err(format!(
+            "valid_until {} is not after valid_from {}",
+            file.valid_until, file.valid_from
+        ));
+    }
+    if now_s < file.valid_from {
+        return Err(format!(
+            "not valid yet: valid_from is {}, {} s from now; check this host's clock",
+            file.valid_from,
+            file.valid_from - now_s
+        ));
+    }
+    if now_s >= file.valid_until {
+        return Err(format!(
+            "expired: valid_until was {}, {} s ago; build a new document with `loopix topology build`",
+            file.valid_until,
+            now_s - file.valid_until
+        ));
+    }
+    Ok(operator)
 }
 
 #[cfg(test)]

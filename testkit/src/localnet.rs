@@ -613,7 +613,11 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..200 {
             let addr = free_port().expect("a free port");
-            assert!(seen.insert(addr.port()), "port {} handed out twice", addr.port());
+            assert!(
+                seen.insert(addr.port()),
+                "port {} handed out twice",
+                addr.port()
+            );
             if high > FREE_PORT_LOW + 1_000 {
                 assert!((FREE_PORT_LOW..high).contains(&addr.port()), "{addr}");
             }

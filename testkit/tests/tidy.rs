@@ -24,7 +24,6 @@ const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
         159,
     ),
     ("loopix/src/main.rs", "main", 154),
-    ("directory/src/topology.rs", "from_file", 138),
     ("loadgen/src/emulator.rs", "prepare_part", 115),
     (
         "loadgen/tests/departures.rs",
