@@ -917,6 +917,78 @@ struct PartOut {
     real_refused: u64,
 }
 
+/// What the loop in [`prepare_part`] must respect for every packet.
+struct Bounds<'a> {
+    step: u32,
+    end_us: u64,
+    drain_end_us: u64,
+    packet_len: usize,
+    /// Memory one prepared packet takes, arena and schedule entry.
+    per_packet: u64,
+    cap: u64,
+    used: &'a AtomicU64,
+}
+
+impl PartOut {
+    /// Take the packets and pulls `e`'s core made ready into the part: its
+    /// schedule entries, packet bytes and the real messages' ledger.
+    fn collect(&mut self, e: &mut Emu, client_index: u32, b: &Bounds) -> Result<(), String> {
+        while let Some(tx) = e.client.poll_transmit() {
+            let seq = (tx.kind == PacketKind::Real)
+                .then(|| e.queued_real.pop_front())
+                .flatten();
+            // Packets drawn during the drain are not sent: the drain only
+            // pulls. Their messages count as neither sent nor lost.
+            if tx.at_us >= b.end_us {
+                continue;
+            }
+            if tx.packet.len() != b.packet_len {
+                return Err(format!(
+                    "a core built a packet of {} bytes, expected {}",
+                    tx.packet.len(),
+                    b.packet_len
+                ));
+            }
+            if b.used.fetch_add(b.per_packet, Ordering::Relaxed) + b.per_packet > b.cap {
+                return Err(format!(
+                    "step {}: prepared packets passed memory_cap_mb = {} (the estimate was \
+                     below it: an unlucky draw); raise memory_cap_mb or shorten duration_s",
+                    b.step,
+                    b.cap >> 20
+                ));
+            }
+            if let Some(seq) = seq {
+                if let MapEntry::Vacant(v) = self.ledger.entry(seq) {
+                    v.insert(tx.at_us);
+                }
+            }
+            let index = (self.arena.len() / b.packet_len) as u32;
+            self.arena.extend_from_slice(&tx.packet);
+            self.entries.push(Entry {
+                at_us: tx.at_us,
+                client: client_index,
+                index,
+                part: 0,
+                kind: kind_code(tx.kind),
+            });
+        }
+        while let Some(ev) = e.client.poll_event() {
+            if let Event::Pull { at_us } = ev {
+                if at_us < b.drain_end_us {
+                    self.entries.push(Entry {
+                        at_us,
+                        client: client_index,
+                        index: u32::MAX,
+                        part: 0,
+                        kind: KIND_PULL,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Heap item: (time, client index within the part, 0 = core, 1 = message).
 type Due = std::cmp::Reverse<(u64, u32, u8)>;
 
@@ -952,7 +1024,15 @@ fn prepare_part(
             heap.push(std::cmp::Reverse((t, i as u32, 1)));
         }
     }
-    let per_packet = (packet_len + Schedule::BYTES_PER_PACKET_OVERHEAD) as u64;
+    let bounds = Bounds {
+        step: spec.step,
+        end_us,
+        drain_end_us,
+        packet_len,
+        per_packet: (packet_len + Schedule::BYTES_PER_PACKET_OVERHEAD) as u64,
+        cap,
+        used,
+    };
     while let Some(std::cmp::Reverse((t, i, what))) = heap.pop() {
         if t >= drain_end_us {
             break;
@@ -978,57 +1058,7 @@ fn prepare_part(
             continue;
         }
         e.client.handle_timeout(t, rng);
-        while let Some(tx) = e.client.poll_transmit() {
-            let seq = (tx.kind == PacketKind::Real)
-                .then(|| e.queued_real.pop_front())
-                .flatten();
-            // Packets drawn during the drain are not sent: the drain only
-            // pulls. Their messages count as neither sent nor lost.
-            if tx.at_us >= end_us {
-                continue;
-            }
-            if tx.packet.len() != packet_len {
-                return Err(format!(
-                    "a core built a packet of {} bytes, expected {packet_len}",
-                    tx.packet.len()
-                ));
-            }
-            if used.fetch_add(per_packet, Ordering::Relaxed) + per_packet > cap {
-                return Err(format!(
-                    "step {}: prepared packets passed memory_cap_mb = {} (the estimate was \
-                     below it: an unlucky draw); raise memory_cap_mb or shorten duration_s",
-                    spec.step,
-                    cap >> 20
-                ));
-            }
-            if let Some(seq) = seq {
-                if let MapEntry::Vacant(v) = out.ledger.entry(seq) {
-                    v.insert(tx.at_us);
-                }
-            }
-            let index = (out.arena.len() / packet_len) as u32;
-            out.arena.extend_from_slice(&tx.packet);
-            out.entries.push(Entry {
-                at_us: tx.at_us,
-                client: client_index,
-                index,
-                part: 0,
-                kind: kind_code(tx.kind),
-            });
-        }
-        while let Some(ev) = e.client.poll_event() {
-            if let Event::Pull { at_us } = ev {
-                if at_us < drain_end_us {
-                    out.entries.push(Entry {
-                        at_us,
-                        client: client_index,
-                        index: u32::MAX,
-                        part: 0,
-                        kind: KIND_PULL,
-                    });
-                }
-            }
-        }
+        out.collect(e, client_index, &bounds)?;
         if let Some(next) = e.client.poll_timeout() {
             heap.push(std::cmp::Reverse((next, i, 0)));
         }

@@ -24,7 +24,6 @@ const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
         159,
     ),
     ("loopix/src/main.rs", "main", 154),
-    ("loadgen/src/emulator.rs", "prepare_part", 115),
     (
         "loadgen/tests/departures.rs",
         "departures_are_poisson_at_the_configured_rate",
