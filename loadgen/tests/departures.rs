@@ -22,7 +22,9 @@
 mod common;
 
 use loopix_client::Rates;
-use loopix_loadgen::emulator::{Emulator, EmulatorSpec, ReplayOptions, StepSpec};
+use loopix_loadgen::emulator::{
+    Emulator, EmulatorSpec, Measured, ReplayOptions, Schedule, StepSpec,
+};
 use loopix_tuning::model::{exp_cdf, ks_p_value, ks_statistic};
 
 const CLIENTS: u32 = 400;
@@ -34,13 +36,54 @@ fn inter_departures(times: &[u64]) -> Vec<f64> {
     times.windows(2).map(|w| (w[1] - w[0]) as f64).collect()
 }
 
+/// An emulator of [`CLIENTS`] clients of `net` sending at `rates`, all to `sink`.
+fn emulator(
+    net: &common::Net,
+    sink: &loopix_testkit::fake_provider::Sink,
+    rates: Rates,
+) -> Emulator {
+    let regs = (0..CLIENTS)
+        .map(|i| common::registration(net, sink.addr, i))
+        .collect();
+    Emulator::new(EmulatorSpec {
+        geometry: common::G,
+        topology: std::sync::Arc::clone(&net.topology),
+        registrations: regs,
+        rates,
+        seed: 7,
+        threads: 2,
+    })
+    .expect("emulator")
+}
+
+/// The control: every scheduled packet was sent, at the configured total
+/// rate (packets/s) within 10 %, and the scheduled inter-departures pass the
+/// KS test against the exponential.
+fn assert_scheduled_is_poisson(attempt: u32, schedule: &Schedule, m: &Measured, total: f64) {
+    let n = m.departures.len();
+    assert_eq!(n as u64, m.counts.packets_sent);
+    assert_eq!(n, schedule.packets());
+    let rate = n as f64 / DURATION_S;
+    assert!(
+        (rate - total).abs() <= 0.10 * total,
+        "measured {rate:.1} packets/s, configured {total}"
+    );
+    let mut gaps = inter_departures(&schedule.departure_times());
+    let d = ks_statistic(&mut gaps, |x| exp_cdf(1e6 / total, x));
+    let p = ks_p_value(d, gaps.len() as f64);
+    eprintln!(
+        "attempt {attempt}: scheduled: {n} departures, {rate:.1}/s, KS D = {d:.4}, p = {p:.3}"
+    );
+    assert!(
+        p > 0.01,
+        "scheduled inter-departures are not Exp: D {d}, p {p}"
+    );
+}
+
 #[test]
 fn departures_are_poisson_at_the_configured_rate() {
     let net = common::Net::new(1);
     let sink = common::sink();
-    let regs = (0..CLIENTS)
-        .map(|i| common::registration(&net, sink.addr, i))
-        .collect();
     let rates = Rates {
         lambda_p: 0.5,
         lambda_l: 0.5,
@@ -49,15 +92,7 @@ fn departures_are_poisson_at_the_configured_rate() {
         pull_period_us: 1_000_000,
     };
     let total = f64::from(CLIENTS) * (rates.lambda_p + rates.lambda_l + rates.lambda_d);
-    let mut emu = Emulator::new(EmulatorSpec {
-        geometry: common::G,
-        topology: std::sync::Arc::clone(&net.topology),
-        registrations: regs,
-        rates,
-        seed: 7,
-        threads: 2,
-    })
-    .expect("emulator");
+    let mut emu = emulator(&net, &sink, rates);
     let mut failures = Vec::new();
     let (mut passed, mut fed) = (false, 0);
     let mut vstart = 0;
@@ -82,25 +117,8 @@ fn departures_are_poisson_at_the_configured_rate() {
                 },
             )
             .expect("replay");
-        let n = m.departures.len();
-        assert_eq!(n as u64, m.counts.packets_sent);
-        assert_eq!(n, schedule.packets());
-        let rate = n as f64 / DURATION_S;
-        assert!(
-            (rate - total).abs() <= 0.10 * total,
-            "measured {rate:.1} packets/s, configured {total}"
-        );
+        assert_scheduled_is_poisson(attempt, &schedule, &m, total);
         let mean_us = 1e6 / total;
-        let mut gaps = inter_departures(&schedule.departure_times());
-        let d = ks_statistic(&mut gaps, |x| exp_cdf(mean_us, x));
-        let p = ks_p_value(d, gaps.len() as f64);
-        eprintln!(
-            "attempt {attempt}: scheduled: {n} departures, {rate:.1}/s, KS D = {d:.4}, p = {p:.3}"
-        );
-        assert!(
-            p > 0.01,
-            "scheduled inter-departures are not Exp: D {d}, p {p}"
-        );
         let mut gaps = inter_departures(&m.departures);
         let d = ks_statistic(&mut gaps, |x| exp_cdf(mean_us, x));
         let p = ks_p_value(d, gaps.len() as f64);

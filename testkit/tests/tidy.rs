@@ -24,11 +24,6 @@ const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
         159,
     ),
     ("loopix/src/main.rs", "main", 154),
-    (
-        "loadgen/tests/departures.rs",
-        "departures_are_poisson_at_the_configured_rate",
-        111,
-    ),
     ("crypto/tests/fuzz_corpus.rs", "packet_seeds", 110),
 ];
 
