@@ -224,8 +224,26 @@ fn packet_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let other_route = RouteKey::new(&other.public_key()).expect("honest key");
     let for_other = packet(&other_route, &[RoutingCommand::Drop], b"", 6);
 
+    let mut seeds = vec![
+        ("valid_message_6hop.bin", six.clone()),
+        ("valid_drop_1hop.bin", drop1),
+        ("valid_loop_3hop.bin", loop3),
+        ("valid_recipient_full_message.bin", full1.clone()),
+        ("valid_reply_3hop.bin", reply),
+    ];
+    seeds.extend(broken_seeds(&six, &full1));
+    seeds.push(("for_other_node.bin", for_other));
+    seeds.push(("surb_bytes.bin", surb.to_bytes()));
+    seeds
+}
+
+/// Damaged copies of the valid six-hop message `six` and of the full
+/// one-hop message `full1`: wrong lengths, low-order and non-canonical
+/// alphas, flipped header, MAC and payload bits.
+fn broken_seeds(six: &[u8], full1: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+    let g = Geometry::DEFAULT;
     let with_alpha = |alpha: [u8; 32]| {
-        let mut p = six.clone();
+        let mut p = six.to_vec();
         p[..32].copy_from_slice(&alpha);
         p
     };
@@ -243,21 +261,16 @@ fn packet_seeds() -> Vec<(&'static str, Vec<u8>)> {
     p_plus_1[0] = 0xee;
     p_plus_1[31] = 0x7f;
 
-    let mut header_flip = six.clone();
+    let mut header_flip = six.to_vec();
     header_flip[BETA_OFFSET + 5] ^= 0x10;
-    let mut payload_flip = full1.clone();
+    let mut payload_flip = full1.to_vec();
     payload_flip[g.header_len() + 100] ^= 0x01;
-    let mut gamma_flip = six.clone();
+    let mut gamma_flip = six.to_vec();
     gamma_flip[sphinx::GAMMA_OFFSET] ^= 0x80;
 
     vec![
-        ("valid_message_6hop.bin", six.clone()),
-        ("valid_drop_1hop.bin", drop1),
-        ("valid_loop_3hop.bin", loop3),
-        ("valid_recipient_full_message.bin", full1),
-        ("valid_reply_3hop.bin", reply),
         ("truncated_by_one.bin", six[..six.len() - 1].to_vec()),
-        ("longer_by_one.bin", [six.as_slice(), &[0]].concat()),
+        ("longer_by_one.bin", [six, &[0]].concat()),
         ("alpha_only.bin", six[..32].to_vec()),
         ("empty.bin", Vec::new()),
         ("all_zeros.bin", vec![0u8; g.packet_len()]),
@@ -269,8 +282,6 @@ fn packet_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("header_bit_flipped.bin", header_flip),
         ("gamma_bit_flipped.bin", gamma_flip),
         ("payload_bit_flipped.bin", payload_flip),
-        ("for_other_node.bin", for_other),
-        ("surb_bytes.bin", surb.to_bytes()),
     ]
 }
 

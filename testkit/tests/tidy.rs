@@ -24,7 +24,6 @@ const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
         159,
     ),
     ("loopix/src/main.rs", "main", 154),
-    ("crypto/tests/fuzz_corpus.rs", "packet_seeds", 110),
 ];
 
 /// Dependencies the layout forbids but the tree still has: (crate, on).
