@@ -11,7 +11,7 @@
 //! the test fails.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -109,10 +109,9 @@ impl Online {
     }
 }
 
-#[test]
-fn multi_packet_message_to_a_client_started_later_and_a_surb_reply() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let root = tmp.path();
+/// A network of two providers and three layers of one mix under `root`,
+/// every node started and serving its metrics.
+fn start_network(root: &Path) -> (LocalNet, Supervisor) {
     let spec = LocalNetSpec {
         providers: 2,
         layers: 3,
@@ -147,9 +146,13 @@ fn multi_packet_message_to_a_client_started_later_and_a_surb_reply() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    (net, nodes)
+}
 
-    // Register A at the first provider and B at the second, as an operator
-    // would, and set both clients up from what registration printed.
+/// Register client "a" at the first provider and "b" at the second, as an
+/// operator would, and set both up from what registration printed; returns
+/// their directories.
+fn register_a_and_b(root: &Path, net: &LocalNet) -> Vec<PathBuf> {
     let providers: Vec<_> = net
         .nodes
         .iter()
@@ -194,6 +197,15 @@ fn multi_packet_message_to_a_client_started_later_and_a_surb_reply() {
         assert_eq!(code, 0, "init {who}: {err}");
         dirs.push(dir);
     }
+    dirs
+}
+
+#[test]
+fn multi_packet_message_to_a_client_started_later_and_a_surb_reply() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let (net, mut nodes) = start_network(root);
+    let dirs = register_a_and_b(root, &net);
     // The providers pick registrations up within about a second.
     std::thread::sleep(Duration::from_millis(1500));
 
