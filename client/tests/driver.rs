@@ -229,7 +229,7 @@ fn surb_reply_leaves_through_the_driver() {
             Flow::Continue
         })
         .expect("no socket error");
-        if replied && d.client().queued() == 0 && d.client().stats().sent_reply == 1 {
+        if replied && d.queued() == 0 && d.client().stats().sent_reply == 1 {
             break;
         }
     }
@@ -255,4 +255,124 @@ fn registration_must_match_the_client() {
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let reg = registration(&fake, &net, MailboxId([0xc; 16]));
     assert!(Driver::new(a, &reg, G, socket).is_err());
+}
+
+/// Total packet rate of the departure tests, per second: three streams of 100.
+const WIRE_RATE: f64 = 300.0;
+/// Seconds each departure capture lasts (about 2,400 gaps).
+const WIRE_SECONDS: u64 = 8;
+
+/// Run a client sending [`WIRE_RATE`] packets/s for [`WIRE_SECONDS`] through
+/// a driver to a socket that stands where the provider would and only
+/// timestamps arrivals. A `busy` client has a message with a SURB queued for
+/// every `lambda_p` event, so its payload stream carries real packets; an
+/// idle one sends drops there. Returns the inter-departure gaps seen on
+/// the wire (us), the real packets sent and the driver's lateness count.
+fn wire_gaps(seed: u64, busy: bool) -> (Vec<f64>, u64, u64) {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let net = Arc::new(Net::new(&mut rng));
+    let mailbox = MailboxId([0xd; 16]);
+    let mut client = Client::new(
+        G,
+        Arc::clone(&net.topology),
+        Rates {
+            lambda_p: WIRE_RATE / 3.0,
+            lambda_l: WIRE_RATE / 3.0,
+            lambda_d: WIRE_RATE / 3.0,
+            mean_delay_us: 1_000.0,
+            pull_period_us: 0,
+        },
+        ClientLimits::default(),
+        SecretKey::generate(&mut rng),
+        mailbox,
+        net.provider,
+        driver::now_us(),
+        &mut rng,
+    )
+    .expect("valid client");
+    if busy {
+        let me = client.address();
+        for i in 0..1_000u32 {
+            client
+                .send(me, &i.to_le_bytes(), true, &mut rng)
+                .expect("queued");
+        }
+    }
+    let sink = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sink.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let reg = net.registration(sink.local_addr().expect("addr"), &access(mailbox));
+    let end = Instant::now() + Duration::from_secs(WIRE_SECONDS);
+    let capture = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 4096];
+        let mut times = Vec::new();
+        while Instant::now() < end + Duration::from_millis(100) {
+            if let Ok((n, _)) = sink.recv_from(&mut buf) {
+                if n == G.frame_len() {
+                    times.push(Instant::now());
+                }
+            }
+        }
+        times
+    });
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let mut d = Driver::new(client, &reg, G, socket).expect("driver");
+    d.run_until(end, |_, _| Flow::Continue)
+        .expect("no socket error");
+    let times = capture.join().expect("capture thread");
+    let gaps: Vec<f64> = times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64() * 1e6)
+        .collect();
+    assert!(
+        gaps.len() >= 2_000,
+        "only {} gaps captured in {WIRE_SECONDS} s at {WIRE_RATE}/s",
+        gaps.len()
+    );
+    (gaps, d.client().stats().sent_real, d.stats().packets_late)
+}
+
+/// The driver's departures, captured on the wire, are Poisson and do not
+/// depend on what the packets are. An idle client's ~2,400 gaps must pass
+/// a one-sample KS test against Exp(1/300 s) at α = 0.01; a busy client's
+/// (a real message with a SURB at every payload event, built ahead like a
+/// drop) must pass a two-sample KS test against the idle client's at
+/// α = 0.01. The driver before this test waited on a socket receive
+/// time-out, which put its departures on the kernel's millisecond ticks,
+/// and built each packet at its departure time: in release, on a 2-core
+/// machine also running builds, it failed both in all three attempts
+/// (against Exp D = 0.63 to 0.64; busy against idle D = 0.09 to 0.29; over
+/// 90% of its packets more than 1 ms late), where this driver passed with
+/// D = 0.018 and 0.017.
+///
+/// The machine may be busy with other tests: a driver starved of CPU
+/// bunches its departures, which the wire truthfully shows. So up to three
+/// attempts are made and one must pass both checks (an ideal driver fails
+/// all three about once in 10^5 runs).
+#[test]
+fn departures_leave_at_their_poisson_times_whatever_they_carry() {
+    use loopix_tuning::model::{exp_cdf, ks_p_value, ks_statistic, ks_two_sample};
+    let mut failures = Vec::new();
+    for attempt in 0..3 {
+        let (mut idle, _, idle_late) = wire_gaps(20 + attempt, false);
+        let n = idle.len() as f64;
+        let d = ks_statistic(&mut idle, |x| exp_cdf(1e6 / WIRE_RATE, x));
+        let p = ks_p_value(d, n);
+        let (mut busy, real, busy_late) = wire_gaps(40 + attempt, true);
+        assert!(real >= 600, "the busy client sent only {real} real packets");
+        let m = busy.len() as f64;
+        let d2 = ks_two_sample(&mut busy, &mut idle);
+        let p2 = ks_p_value(d2, n * m / (n + m));
+        eprintln!(
+            "attempt {attempt}: idle {n} gaps, KS against Exp: D = {d:.4}, p = {p:.3}; busy \
+             ({real} real) against idle: D = {d2:.4}, p = {p2:.3}; sent over {} us late: \
+             idle {idle_late}, busy {busy_late}",
+            driver::LATE_US
+        );
+        if p > 0.01 && p2 > 0.01 {
+            return;
+        }
+        failures.push(format!("Exp p {p:.2e}, busy/idle p {p2:.2e}"));
+    }
+    panic!("departures on the wire are not Poisson in any attempt: {failures:?}");
 }

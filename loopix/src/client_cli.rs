@@ -653,10 +653,10 @@ fn send_online(
         .client_mut()
         .send(to, data, with_surb, &mut OsRng)
         .map_err(|e| e.to_string())?;
-    let fragments = online.driver.client().queued();
+    let fragments = online.driver.queued();
     eprintln!("sending {} bytes in {fragments} fragments", data.len());
     let mut reply: Option<Vec<u8>> = None;
-    while online.driver.client().queued() > 0 {
+    while online.driver.queued() > 0 {
         if online.stopped() {
             return Err("interrupted before every fragment left".into());
         }
@@ -729,7 +729,7 @@ fn recv_online(
         }
         if count.is_some_and(|n| r.received >= n) {
             // Stay until the replies have left.
-            while online.driver.client().queued() > 0 && !online.stopped() {
+            while online.driver.queued() > 0 && !online.stopped() {
                 online.step(|c, e| r.handle(c, e))?;
             }
             return Ok(());

@@ -516,7 +516,7 @@ fn client_thread(
     }
     let s = drv.client().stats();
     let mut l = ledger.lock().expect("ledger lock");
-    l.unsent += drv.client().queued() as u64;
+    l.unsent += drv.queued() as u64;
     for (k, v) in [
         ("real", s.sent_real),
         ("reply", s.sent_reply),
