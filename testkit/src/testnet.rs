@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use loopix_client::driver::{self, Driver, Flow};
+use loopix_client::driver::{self, Driver, Flow, BUILD_AHEAD_US};
 use loopix_client::{Address, Client, ClientLimits, ClientTopology, Event, Rates, Registration};
 use loopix_crypto::{Geometry, SecretKey};
 use loopix_tuning::model::{ks_p_value, ks_statistic, LatencyModel};
@@ -328,7 +328,7 @@ pub struct Summary {
     /// Loops that came back.
     pub loops_returned: u64,
     /// Message latency (from the send call to delivery), seconds; the
-    /// model adds the wait for the next `lambda_P` slot.
+    /// model adds the time in the sender's FIFO buffer (M/M/1).
     pub message_latency: LatencyReport,
     /// Loop round trip, seconds.
     pub loop_latency: LatencyReport,
@@ -372,9 +372,12 @@ fn model_quantiles(q: impl Fn(f64) -> f64) -> Quantiles {
     }
 }
 
-/// Samples of the message model: `Exp(1/lambda_P)` (the wait for the next
-/// payload slot, with an empty queue) plus the loop model. Seeded, so the
-/// reported figures are reproducible.
+/// Samples of the message model: the time in the sender's FIFO buffer plus
+/// the loop model. The buffer is an M/M/1 queue: one-fragment messages
+/// arrive at `message_rate` and leave at `lambda_P` events, so a message's
+/// time in it is `Exp(lambda_P - message_rate)`; the driver decides each
+/// payload event [`BUILD_AHEAD_US`] before it, which adds that much. Seeded,
+/// so the reported figures are reproducible.
 fn message_model_samples(opts: &TestnetOptions, n: usize) -> Vec<f64> {
     use rand_chacha::rand_core::SeedableRng;
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(0x6c6f6f706978);
@@ -383,7 +386,9 @@ fn message_model_samples(opts: &TestnetOptions, n: usize) -> Vec<f64> {
     let pull = opts.pull_ms as f64 / 1000.0;
     let mut xs: Vec<f64> = (0..n)
         .map(|_| {
-            let mut t = -u().ln() / opts.lambda_p + pull * u();
+            let mut t = -u().ln() / (opts.lambda_p - opts.message_rate)
+                + BUILD_AHEAD_US as f64 / 1e6
+                + pull * u();
             for _ in 0..opts.delayed_hops() {
                 t += -u().ln() * mean;
             }
@@ -1315,7 +1320,9 @@ mod tests {
         let o = TestnetOptions::default();
         let xs = message_model_samples(&o, 50_000);
         let mean = xs.iter().sum::<f64>() / xs.len() as f64;
-        let expect = 1.0 / o.lambda_p + o.loop_model().mean();
+        let expect = 1.0 / (o.lambda_p - o.message_rate)
+            + BUILD_AHEAD_US as f64 / 1e6
+            + o.loop_model().mean();
         assert!((mean - expect).abs() < 0.02 * expect, "{mean} vs {expect}");
     }
 }
