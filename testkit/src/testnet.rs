@@ -7,7 +7,7 @@
 //! each other for the run's duration, and then stops everything and prints
 //! (and with `--json FILE` writes) a summary: messages sent, delivered and
 //! lost; message and loop latency quantiles beside the Poisson model's
-//! (per-hop `Exp(mu)` delays, the wait for the next `lambda_P` slot and for
+//! (per-hop `Exp(mu)` delays, the time in the sender's FIFO buffer and the wait for
 //! the next pull); per-node packets per second and drops by reason.
 //!
 //! Invariants: every child is stopped and the directory removed (unless
