@@ -90,6 +90,29 @@ impl Default for ClientLimits {
     }
 }
 
+/// Sphinx hops of the longest path beyond one per mix layer: the sender's
+/// provider, the recipient's provider and the recipient (messages, loops,
+/// and SURBs alike).
+pub const PATH_HOPS_BEYOND_LAYERS: usize = 3;
+
+/// Every mix layer has a node, and a path through all of them fits in
+/// `geometry`. Refused here because a path that does not fit would make
+/// every message a drop and stop the loop stream, silently.
+fn check_layers(topology: &ClientTopology, geometry: &Geometry) -> Result<(), ClientError> {
+    if topology.layers.is_empty() || topology.layers.iter().any(|l| l.is_empty()) {
+        return Err(ClientError::Topology("every mix layer needs a node"));
+    }
+    let needed = topology.layers.len() + PATH_HOPS_BEYOND_LAYERS;
+    if needed > geometry.max_hops() {
+        return Err(ClientError::PathTooLong {
+            layers: topology.layers.len(),
+            needed,
+            max_hops: geometry.max_hops(),
+        });
+    }
+    Ok(())
+}
+
 /// Why a call was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ClientError {
@@ -114,6 +137,21 @@ pub enum ClientError {
     /// The topology lacks something a path needs.
     #[error("topology: {0}")]
     Topology(&'static str),
+    /// The packet geometry cannot hold a path through every layer.
+    #[error(
+        "a path through {layers} mix layers needs {needed} Sphinx hops (own provider, one mix \
+         a layer, the recipient's provider, the recipient), but the packet geometry holds at \
+         most {max_hops}: use at most {} layers, or a geometry with more hops",
+        max_hops.saturating_sub(PATH_HOPS_BEYOND_LAYERS)
+    )]
+    PathTooLong {
+        /// Mix layers in the topology.
+        layers: usize,
+        /// Hops a path needs.
+        needed: usize,
+        /// Hops the geometry holds.
+        max_hops: usize,
+    },
     /// A recipient key or provider that cannot be used.
     #[error("address: {0}")]
     Address(&'static str),
@@ -267,9 +305,7 @@ impl Client {
         now_us: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Result<Client, ClientError> {
-        if topology.layers.is_empty() || topology.layers.iter().any(|l| l.is_empty()) {
-            return Err(ClientError::Topology("every mix layer needs a node"));
-        }
+        check_layers(&topology, &geometry)?;
         let provider_index = topology
             .providers
             .iter()
@@ -322,9 +358,7 @@ impl Client {
     /// Own provider must still be in it; packets already built keep the
     /// old keys, and the queue, SURBs and loops in flight are kept.
     pub fn set_topology(&mut self, topology: Arc<ClientTopology>) -> Result<(), ClientError> {
-        if topology.layers.is_empty() || topology.layers.iter().any(|l| l.is_empty()) {
-            return Err(ClientError::Topology("every mix layer needs a node"));
-        }
+        check_layers(&topology, &self.geometry)?;
         let provider = topology
             .providers
             .iter()

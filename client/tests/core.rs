@@ -302,3 +302,104 @@ fn ks_rejects_a_regular_process() {
     let d = ks_exponential(&mut regular, 4.0);
     assert!(d > 1.628 / (3000f64).sqrt());
 }
+
+/// A network of two providers and `layers` layers of two mixes, with the
+/// nodes' secrets.
+fn layered(
+    layers: usize,
+    rng: &mut ChaCha20Rng,
+) -> (Arc<ClientTopology>, HashMap<NodeId, SecretKey>) {
+    let mut secrets = HashMap::new();
+    let providers = (0..2).map(|_| node(rng, &mut secrets)).collect();
+    let layers = (0..layers)
+        .map(|_| (0..2).map(|_| node(rng, &mut secrets)).collect())
+        .collect();
+    (Arc::new(ClientTopology { providers, layers }), secrets)
+}
+
+/// Today's 6-hop packets hold 3 layers; a fourth is refused when the
+/// client is made (and when a new topology is set), naming the numbers,
+/// rather than turning every message into a drop. A geometry with more
+/// hops carries a message through 10 layers (the paper's Figure 7 goes
+/// that far), every hop processed for real.
+#[test]
+fn a_path_that_does_not_fit_the_geometry_is_refused_and_one_that_fits_arrives() {
+    let mut rng = ChaCha20Rng::seed_from_u64(70);
+    let make = |g: Geometry, t: &Arc<ClientTopology>, rng: &mut ChaCha20Rng| {
+        Client::new(
+            g,
+            Arc::clone(t),
+            rates(5.0),
+            ClientLimits::default(),
+            SecretKey::generate(rng),
+            MailboxId([7; 16]),
+            t.providers[0].id,
+            0,
+            rng,
+        )
+    };
+    for layers in 1..=3 {
+        let (t, _) = layered(layers, &mut rng);
+        assert!(
+            make(Geometry::DEFAULT, &t, &mut rng).is_ok(),
+            "{layers} layers"
+        );
+    }
+    let (four, _) = layered(4, &mut rng);
+    let e = make(Geometry::DEFAULT, &four, &mut rng)
+        .err()
+        .expect("4 layers do not fit 6 hops")
+        .to_string();
+    assert!(
+        e.contains("4 mix layers needs 7 Sphinx hops")
+            && e.contains("at most 6")
+            && e.contains("at most 3 layers"),
+        "{e}"
+    );
+    let (three, _) = layered(3, &mut rng);
+    let mut c = make(Geometry::DEFAULT, &three, &mut rng).expect("3 layers fit");
+    assert!(
+        c.set_topology(Arc::clone(&four)).is_err(),
+        "set_topology checks too"
+    );
+
+    // Ten layers in a 13-hop geometry: a message to oneself arrives.
+    let g = Geometry::new(13, Geometry::DEFAULT.payload_len()).expect("valid geometry");
+    let (ten, secrets) = layered(10, &mut rng);
+    let mut c = make(g, &ten, &mut rng).expect("10 layers fit 13 hops");
+    let me = c.address();
+    c.send(me, b"through ten layers", false, &mut rng)
+        .expect("queued");
+    let mut delivered = Vec::new();
+    let mut t = 0;
+    while c.stats().sent_real == 0 {
+        t = c.poll_timeout().expect("streams run");
+        c.handle_timeout(t, &mut rng);
+        while let Some(tx) = c.poll_transmit() {
+            let mut packet = tx.packet;
+            let mut at = ten.providers[0].id;
+            for hop in 0.. {
+                assert!(hop < 20, "routing loop");
+                let out = sphinx::process(&g, &secrets[&at], &mut packet).expect("every hop");
+                match out.command {
+                    RoutingCommand::Relay { next, .. } => at = next,
+                    RoutingCommand::Deliver { .. } => {
+                        if tx.kind == PacketKind::Real {
+                            assert_eq!(hop, 11, "own provider, 10 mixes, then delivery");
+                            delivered.push(packet);
+                        }
+                        break;
+                    }
+                    RoutingCommand::Drop => break,
+                    other => panic!("a node read {other:?}"),
+                }
+            }
+        }
+    }
+    assert_eq!(delivered.len(), 1);
+    c.handle_packet(t, &mut delivered[0]);
+    match c.poll_event() {
+        Some(Event::Message { data, .. }) => assert_eq!(data, b"through ten layers"),
+        other => panic!("expected the message, got {other:?}"),
+    }
+}

@@ -158,8 +158,16 @@ impl TestnetOptions {
     /// Refuse values that cannot make a network, naming the option.
     pub fn check(&self) -> Result<(), String> {
         let bad = |what: &str, why: &str| Err(format!("--{what} {why}"));
-        if self.layers == 0 || self.layers > 4 {
-            return bad("layers", "must be 1 to 4 (a Sphinx header holds 6 hops)");
+        let max_hops = Geometry::DEFAULT.max_hops();
+        let max_layers = max_hops - loopix_client::PATH_HOPS_BEYOND_LAYERS;
+        if self.layers == 0 || usize::from(self.layers) > max_layers {
+            return Err(format!(
+                "--layers must be 1 to {max_layers}: a path through {} layers needs {} Sphinx \
+                 hops (own provider, one mix a layer, the recipient's provider, the recipient) \
+                 and the packet geometry holds {max_hops}",
+                self.layers,
+                usize::from(self.layers) + loopix_client::PATH_HOPS_BEYOND_LAYERS
+            ));
         }
         if self.mixes_per_layer == 0 || self.mixes_per_layer > 16 {
             return bad("mixes-per-layer", "must be 1 to 16");
@@ -1313,6 +1321,27 @@ mod tests {
         .check()
         .expect_err("rate above lambda_p");
         assert!(e.contains("--message-rate"), "{e}");
+    }
+
+    #[test]
+    fn layers_the_packets_cannot_hold_are_refused_naming_the_numbers() {
+        for layers in 1..=3 {
+            let o = TestnetOptions {
+                layers,
+                ..TestnetOptions::default()
+            };
+            assert!(o.check().is_ok(), "{layers} layers");
+        }
+        let e = TestnetOptions {
+            layers: 4,
+            ..TestnetOptions::default()
+        }
+        .check()
+        .expect_err("4 layers need 7 hops");
+        assert!(
+            e.contains("--layers must be 1 to 3") && e.contains("needs 7 Sphinx hops"),
+            "{e}"
+        );
     }
 
     #[test]
