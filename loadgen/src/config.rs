@@ -1,6 +1,7 @@
 //! The scenario: everything a run needs, from a TOML file (`--scenario`),
 //! overridden by command-line flags (`--lambda-p 2` sets `lambda_p`). The
-//! flags are the fields' names with `-` for `_`, so the two can never
+//! flags ([`Args`], parsed by clap) are derived from the file's fields
+//! ([`ScenarioFile`]), their names with `-` for `_`, so the two can never
 //! drift apart; unknown fields and flags are refused by name.
 //!
 //! [`Scenario::check`] checks every value against its range and names the
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// What to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// One fixed load for `duration_s`.
@@ -24,7 +25,7 @@ pub enum Mode {
 }
 
 /// What a sweep raises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum SweepBy {
     /// Every per-client rate times `factor` each step.
@@ -34,62 +35,155 @@ pub enum SweepBy {
 }
 
 /// The scenario file (and the flags), every field optional; defaults in
-/// [`Scenario::resolve`].
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// [`Scenario::resolve`]. Every field is also a flag of the same name with
+/// `-` for `_` (clap derives them from this struct, the doc comments are
+/// their help), so the file and the flags cannot drift apart.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct ScenarioFile {
-    /// `run` or `sweep`.
+    /// `run` (one fixed load for duration-s) or `sweep` (raise the load
+    /// step by step until a bound is passed). Default: run.
+    #[arg(long)]
     pub mode: Option<Mode>,
-    /// Topology file of the network.
+    /// Topology file of the network (with --registrations).
+    #[arg(long, value_name = "FILE")]
     pub topology: Option<PathBuf>,
     /// Directory of registration TOML files (as `loopix provider register`
     /// prints them), one per emulated client.
+    #[arg(long, value_name = "DIR")]
     pub registrations: Option<PathBuf>,
-    /// A `loopix testnet --keep DIR` network (wired by the lead).
+    /// A running `loopix testnet --clients 0 --keep DIR` network.
+    #[arg(long, value_name = "DIR")]
     pub testnet: Option<PathBuf>,
-    /// Node metrics endpoints, `name=host:port` or `host:port`.
+    /// Node metrics endpoints, `name=host:port` or `host:port`, comma
+    /// separated.
+    #[arg(long, value_name = "ENDPOINTS", value_delimiter = ',')]
     pub metrics: Option<Vec<String>>,
     /// Emulated clients (the first N registrations, by file name).
+    /// Default 1000; 1 to 1000000.
+    #[arg(long, value_name = "N")]
     pub clients: Option<usize>,
-    /// Per-client payload stream rate, per second.
+    /// Per-client payload stream rate, per second. Default 1; 0 to 1000.
+    #[arg(long, value_name = "X", allow_negative_numbers = true)]
     pub lambda_p: Option<f64>,
-    /// Per-client loop rate, per second.
+    /// Per-client loop rate, per second. Default 0.5; 0 to 1000.
+    #[arg(long, value_name = "X", allow_negative_numbers = true)]
     pub lambda_l: Option<f64>,
-    /// Per-client drop rate, per second.
+    /// Per-client drop rate, per second. Default 0.5; 0 to 1000.
+    #[arg(long, value_name = "X", allow_negative_numbers = true)]
     pub lambda_d: Option<f64>,
-    /// Mean per-hop delay (1/mu), milliseconds.
+    /// Mean per-hop delay (1/mu), milliseconds. Default 1; 0 to 60000.
+    #[arg(long, value_name = "MS", allow_negative_numbers = true)]
     pub mean_delay_ms: Option<f64>,
-    /// Pull period, milliseconds.
+    /// Pull period, milliseconds. Default 200; 1 to 60000.
+    #[arg(long, value_name = "MS")]
     pub pull_ms: Option<u64>,
-    /// Share of `lambda_p` slots that carry a real message.
+    /// Share of lambda-p slots that carry a real message. Default 0.1;
+    /// 0 to 1.
+    #[arg(long, value_name = "X", allow_negative_numbers = true)]
     pub real_share: Option<f64>,
-    /// Sending time of a step, seconds.
+    /// Sending time of a step, seconds. Default 10; 0.1 to 86400.
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
     pub duration_s: Option<f64>,
-    /// Pull-only time after each step, seconds.
+    /// Pull-only time after each step, seconds. Default 2; 0 to 600.
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
     pub drain_s: Option<f64>,
-    /// `rate` or `clients`.
+    /// What a sweep raises: `rate` (every per-client rate) or `clients`
+    /// (active clients, up to --clients). Default: rate.
+    #[arg(long)]
     pub sweep_by: Option<SweepBy>,
-    /// Multiplier from one sweep step to the next.
+    /// Multiplier from one sweep step to the next. Default 1.5; 1.01 to
+    /// 100.
+    #[arg(long, value_name = "X", allow_negative_numbers = true)]
     pub factor: Option<f64>,
-    /// Most steps of a sweep.
+    /// Most steps of a sweep. Default 8; 1 to 100.
+    #[arg(long, value_name = "N")]
     pub max_steps: Option<u32>,
-    /// A step is within bounds while its loss is at most this (0..1).
+    /// A step is within bounds while its loss is at most this. Default
+    /// 0.01; 0 to 1.
+    #[arg(long, value_name = "X", allow_negative_numbers = true)]
     pub loss_bound: Option<f64>,
-    /// ... and its p99 end-to-end latency at most this, milliseconds.
+    /// ... and while its p99 end-to-end latency is at most this,
+    /// milliseconds. Default 5000; above 0.
+    #[arg(long, value_name = "MS", allow_negative_numbers = true)]
     pub p99_bound_ms: Option<f64>,
-    /// Largest prepared schedule, megabytes.
+    /// Largest prepared schedule, megabytes. Default 2048; 16 to 1048576.
+    #[arg(long, value_name = "MB")]
     pub memory_cap_mb: Option<u64>,
-    /// Threads for creating clients and preparing packets.
+    /// Threads for creating clients and preparing packets. Default 2; 1
+    /// to 64.
+    #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Seed of client keys and every random choice. Default: a fresh
     /// random seed each run (reported in report.json). A seed reused
     /// against the same network in the same key epoch rebuilds the same
     /// packets, which the nodes rightly drop as replays.
+    #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
-    /// Output directory (report.json, report.csv, *.svg).
+    /// Output directory (report.json, report.csv, *.svg). Default:
+    /// loadgen-out.
+    #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Print progress to stderr.
+    /// Print progress to stderr. Default: true.
+    #[arg(long, value_name = "BOOL")]
     pub progress: Option<bool>,
+}
+
+/// The `loopix-loadgen` command line: `--scenario FILE`, then every field
+/// of [`ScenarioFile`] as a flag that overrides the file's value only when
+/// given; or the hidden `node` subcommand.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "loopix-loadgen",
+    version,
+    about,
+    arg_required_else_help = true,
+    args_conflicts_with_subcommands = true,
+    after_help = "Every field of the scenario file is also a flag, with - for _ \
+                  (lambda_p is --lambda-p); flags override the file. See \
+                  loadgen/README.md for every field and its range.\n\
+                  Exit status: 0 done, 1 a failure while running, 2 bad input \
+                  (nothing was sent)."
+)]
+pub struct Args {
+    /// Scenario TOML file; the flags override its fields.
+    #[arg(long, value_name = "FILE")]
+    pub scenario: Option<PathBuf>,
+    /// Do not print progress to stderr (progress = false).
+    #[arg(long, conflicts_with = "progress")]
+    pub no_progress: bool,
+    /// The scenario's fields.
+    #[command(flatten)]
+    pub fields: ScenarioFile,
+    /// `node mix|provider --config FILE` (hidden).
+    #[command(subcommand)]
+    pub node: Option<NodeCommand>,
+}
+
+/// The hidden subcommand.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum NodeCommand {
+    /// Run a node, as `loopix mix|provider` does. Not for operators: it
+    /// lets this crate's tests start a `loopix testnet` (whose nodes are
+    /// child processes of a binary that embeds the node) without the
+    /// `loopix` binary.
+    #[command(hide = true)]
+    Node {
+        /// Which node.
+        role: NodeRole,
+        /// The node's config file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+/// The role of `loopix-loadgen node`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NodeRole {
+    /// `loopix mix`.
+    Mix,
+    /// `loopix provider`.
+    Provider,
 }
 
 /// A checked scenario.
@@ -145,73 +239,37 @@ pub struct Scenario {
     pub progress: bool,
 }
 
-/// Fields whose flag values are strings (everything else is parsed as a
-/// TOML number or boolean).
-const STRING_FIELDS: &[&str] = &[
-    "mode",
-    "topology",
-    "registrations",
-    "testnet",
-    "out",
-    "sweep_by",
-];
-
-/// Merge `--scenario FILE` (if any) and the flags in `args` into one file.
-/// Flags win. `--metrics a,b` is a list.
-pub fn parse_args(args: &[String]) -> Result<ScenarioFile, String> {
-    let mut table = toml::Table::new();
-    let mut it = args.iter();
-    let mut flags = toml::Table::new();
-    while let Some(a) = it.next() {
-        let Some(name) = a.strip_prefix("--") else {
-            return Err(format!(
-                "unexpected argument {a:?}; every option is --name value"
-            ));
+impl Args {
+    /// The scenario file (if `--scenario` was given) with the flags that
+    /// were given laid over it: a flag wins over the file, a flag not given
+    /// leaves the file's value. Unknown fields in the file are refused by
+    /// name.
+    pub fn scenario_file(self) -> Result<ScenarioFile, String> {
+        let (mut table, name) = match &self.scenario {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("--scenario {}: cannot read: {e}", path.display()))?;
+                let table: toml::Table = toml::from_str(&text)
+                    .map_err(|e| format!("scenario {}: {e}", path.display()))?;
+                (table, format!("scenario {}", path.display()))
+            }
+            None => (toml::Table::new(), "scenario".to_string()),
         };
-        if name == "no-progress" {
-            flags.insert("progress".into(), toml::Value::Boolean(false));
-            continue;
+        let mut fields = self.fields;
+        if let Some(m) = &mut fields.metrics {
+            m.retain(|s| !s.is_empty());
         }
-        let value = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
-        if name == "scenario" {
-            let text = std::fs::read_to_string(value)
-                .map_err(|e| format!("--scenario {value}: cannot read: {e}"))?;
-            table = toml::from_str(&text).map_err(|e| format!("scenario {value}: {e}"))?;
-            continue;
+        if self.no_progress {
+            fields.progress = Some(false);
         }
-        let field = name.replace('-', "_");
-        let v = if field == "metrics" {
-            toml::Value::Array(
-                value
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(|s| toml::Value::String(s.to_string()))
-                    .collect(),
-            )
-        } else if STRING_FIELDS.contains(&field.as_str()) {
-            toml::Value::String(value.clone())
-        } else if let Ok(i) = value.parse::<i64>() {
-            toml::Value::Integer(i)
-        } else if let Ok(f) = value.parse::<f64>() {
-            toml::Value::Float(f)
-        } else if let Ok(b) = value.parse::<bool>() {
-            toml::Value::Boolean(b)
-        } else {
-            toml::Value::String(value.clone())
-        };
-        if flags.insert(field, v).is_some() {
-            return Err(format!("--{name} given twice"));
-        }
+        // Fields not given serialize to nothing, so only the given ones
+        // replace the file's.
+        let flags = toml::Table::try_from(&fields).map_err(|e| format!("flags: {e}"))?;
+        table.extend(flags);
+        table
+            .try_into::<ScenarioFile>()
+            .map_err(|e| format!("{name}: {}", e.to_string().trim()))
     }
-    for (k, v) in flags {
-        table.insert(k, v);
-    }
-    table.try_into::<ScenarioFile>().map_err(|e| {
-        format!(
-            "scenario: {} (flags are the field names with - for _)",
-            e.to_string().trim()
-        )
-    })
 }
 
 fn range_f(field: &str, v: f64, lo: f64, hi: f64) -> Result<f64, String> {
@@ -352,32 +410,92 @@ pub fn check_out_dir(dir: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::error::ErrorKind;
+    use clap::Parser;
 
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(String::from).collect()
+    /// Parse `flags` as the command line does.
+    fn parse(flags: &str) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("loopix-loadgen").chain(flags.split_whitespace()))
+    }
+
+    fn file(flags: &str) -> ScenarioFile {
+        parse(flags)
+            .expect("flags parse")
+            .scenario_file()
+            .expect("scenario")
     }
 
     #[test]
     fn flags_map_to_fields_and_errors_name_them() {
-        let f = parse_args(&args(
+        let f = file(
             "--lambda-p 2 --registrations r --topology t.toml --metrics a=127.0.0.1:1,127.0.0.1:2 --mode sweep",
-        ))
-        .expect("parses");
+        );
         let s = Scenario::resolve(f).expect("valid");
         assert_eq!(s.lambda_p, 2.0);
         assert_eq!(s.mode, Mode::Sweep);
         assert_eq!(s.metrics[1].0, "node1");
-        let e = parse_args(&args("--lambda-q 2")).expect_err("unknown");
-        assert!(e.contains("lambda_q"), "{e}");
-        let f = parse_args(&args("--lambda-p -1 --registrations r --topology t")).expect("parses");
+        assert!(s.progress);
+        let e = parse("--lambda-q 2").expect_err("unknown");
+        assert_eq!(e.kind(), ErrorKind::UnknownArgument);
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("--lambda-q"), "{e}");
+        let e = parse("--clients many").expect_err("not a number");
+        assert!(e.to_string().contains("--clients"), "{e}");
+        let e = parse("--mode fast").expect_err("not a mode");
+        assert!(e.to_string().contains("--mode"), "{e}");
+        let e = parse("--clients 1 --clients 2").expect_err("twice");
+        assert!(e.to_string().contains("--clients"), "{e}");
+        let f = file("--lambda-p -1 --registrations r --topology t");
         let e = Scenario::resolve(f).expect_err("range");
         assert!(e.contains("lambda_p") && e.contains("0 to 1000"), "{e}");
-        let f = parse_args(&args("--clients 0 --registrations r --topology t")).expect("parses");
+        let f = file("--clients 0 --registrations r --topology t");
         assert!(Scenario::resolve(f).expect_err("range").contains("clients"));
-        let f = parse_args(&args("--registrations r")).expect("parses");
+        let f = file("--registrations r");
         assert!(Scenario::resolve(f)
             .expect_err("topology")
             .contains("topology"));
+        assert_eq!(file("--no-progress").progress, Some(false));
+        assert_eq!(file("--progress false").progress, Some(false));
+        assert!(parse("--no-progress --progress true").is_err());
+        assert_eq!(parse("--help").expect_err("help").exit_code(), 0);
+        assert_eq!(parse("--version").expect_err("version").exit_code(), 0);
+        // No arguments at all: the help, as a usage error.
+        assert_eq!(parse("").expect_err("empty").exit_code(), 2);
+        assert!(matches!(
+            parse("node mix --config c.toml").expect("node").node,
+            Some(NodeCommand::Node {
+                role: NodeRole::Mix,
+                ..
+            })
+        ));
+        assert!(parse("--clients 1 node mix --config c.toml").is_err());
+    }
+
+    #[test]
+    fn flags_override_the_file_only_when_given() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, "clients = 7\nlambda_p = 3.0\nprogress = false\n").expect("write");
+        let f = file(&format!("--scenario {} --lambda-p 4", path.display()));
+        assert_eq!(
+            (f.clients, f.lambda_p, f.progress),
+            (Some(7), Some(4.0), Some(false))
+        );
+        assert_eq!(f.lambda_l, None);
+        std::fs::write(&path, "clients = 7\nlambda_q = 1.0\n").expect("write");
+        let e = parse(&format!("--scenario {}", path.display()))
+            .expect("flags parse")
+            .scenario_file()
+            .expect_err("unknown field");
+        assert!(e.contains("lambda_q"), "{e}");
+        let e = parse("--scenario /nonexistent/s.toml")
+            .expect("flags parse")
+            .scenario_file()
+            .expect_err("missing file");
+        assert!(
+            e.contains("--scenario /nonexistent/s.toml: cannot read"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -386,15 +504,14 @@ mod tests {
         let mut n = 0;
         for entry in std::fs::read_dir(dir).expect("scenarios dir") {
             let path = entry.expect("entry").path();
-            let a = vec![
-                "--scenario".to_string(),
-                path.display().to_string(),
-                "--registrations".into(),
-                "r".into(),
-                "--topology".into(),
-                "t".into(),
-            ];
-            let f = parse_args(&a).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let a = format!(
+                "--scenario {} --registrations r --topology t",
+                path.display()
+            );
+            let f = parse(&a)
+                .map_err(|e| e.to_string())
+                .and_then(Args::scenario_file)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             Scenario::resolve(f).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             n += 1;
         }

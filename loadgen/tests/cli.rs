@@ -3,8 +3,10 @@
 //! provider (tests/common) on 127.0.0.1. A 1 s run finishes by itself,
 //! exits 0, prints the table and writes the report; bad input (a metrics
 //! endpoint nobody listens on, an unknown flag, a rate out of range) exits
-//! 2 with the field named, and the provider sees no packet. Each child is
-//! killed by a guard if the test fails, and waited for at most 60 s.
+//! 2 with the field named, and the provider sees no packet. `--help` and
+//! `--version` exit 0, no arguments at all and an unknown flag exit 2.
+//! Each child is killed by a guard if the test fails, and waited for at
+//! most 60 s.
 
 mod common;
 
@@ -83,7 +85,7 @@ fn a_run_on_registration_files_reports_and_bad_input_sends_nothing() {
     assert!(err.contains("mix1"), "{err}");
     let (code, _, err) = run(&base("--lambda-x 1"));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("lambda_x"), "{err}");
+    assert!(err.contains("--lambda-x"), "{err}");
     let mut args = base("");
     let at = args.iter().position(|a| a == "--clients").expect("flag") + 1;
     args[at] = "11".into();
@@ -113,4 +115,40 @@ fn a_run_on_registration_files_reports_and_bad_input_sends_nothing() {
     assert!(step["loops_received"].as_u64().expect("n") > 0, "{step}");
     assert!(provider.state().client_packets > 0);
     assert_eq!(provider.state().bad_client_frames, 0);
+}
+
+#[test]
+fn help_and_version_exit_0_and_usage_errors_exit_2() {
+    let args = |s: &str| -> Vec<String> { s.split_whitespace().map(String::from).collect() };
+    let (code, out, err) = run(&args("--help"));
+    assert_eq!(code, 0, "{err}");
+    // Every flag is listed with its help.
+    for flag in [
+        "--scenario",
+        "--no-progress",
+        "--lambda-p",
+        "--mean-delay-ms",
+        "--sweep-by",
+        "--metrics",
+        "--testnet",
+        "--out",
+    ] {
+        assert!(out.contains(flag), "{flag} missing from:\n{out}");
+    }
+    assert!(out.contains("Per-client payload stream rate"), "{out}");
+    let (code, out, err) = run(&args("--version"));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(env!("CARGO_PKG_VERSION")), "{out}");
+    let (code, _, err) = run(&[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--scenario"), "{err}");
+    let (code, _, err) = run(&args("--testnet x --bogus-flag 3"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--bogus-flag"), "{err}");
+    let (code, _, err) = run(&args("--testnet x --clients lots"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--clients"), "{err}");
+    let (code, _, err) = run(&args("node relay --config x.toml"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("relay"), "{err}");
 }

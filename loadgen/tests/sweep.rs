@@ -9,7 +9,16 @@ mod common;
 
 use std::sync::Arc;
 
-use loopix_loadgen::config::{parse_args, Scenario};
+use clap::Parser;
+use loopix_loadgen::config::{Args, Scenario};
+
+/// The scenario the command line `args` gives, parsed as the binary does.
+fn flags(args: &[String]) -> loopix_loadgen::config::ScenarioFile {
+    Args::try_parse_from(std::iter::once("loopix-loadgen").chain(args.iter().map(String::as_str)))
+        .expect("flags parse")
+        .scenario_file()
+        .expect("scenario")
+}
 
 const CLIENTS: u32 = 40;
 
@@ -24,7 +33,7 @@ fn scenario(out: &std::path::Path, extra: &str) -> Scenario {
     .split_whitespace()
     .map(String::from)
     .collect();
-    Scenario::resolve(parse_args(&args).expect("flags parse")).expect("valid scenario")
+    Scenario::resolve(flags(&args)).expect("valid scenario")
 }
 
 #[test]
@@ -148,6 +157,6 @@ fn bad_input_is_refused_before_any_load() {
         .split_whitespace()
         .map(String::from)
         .collect();
-    let e = Scenario::resolve(parse_args(&args).expect("parses")).expect_err("range");
+    let e = Scenario::resolve(flags(&args)).expect_err("range");
     assert!(e.contains("real_share") && e.contains("0 to 1"), "{e}");
 }

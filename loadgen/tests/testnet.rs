@@ -15,9 +15,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use loopix_loadgen::config::{parse_args, Scenario};
+use clap::Parser;
+use loopix_loadgen::config::{Args, Scenario};
 use loopix_testkit::testnet::{self, Manifest, TestnetOptions};
 use serde_json::Value;
+
+/// The scenario the command line `args` gives, parsed as the binary does.
+fn flags(args: &[String]) -> loopix_loadgen::config::ScenarioFile {
+    Args::try_parse_from(std::iter::once("loopix-loadgen").chain(args.iter().map(String::as_str)))
+        .expect("flags parse")
+        .scenario_file()
+        .expect("scenario")
+}
 
 /// A testnet in a thread, stopped (every node with it) on drop.
 struct Net {
@@ -98,7 +107,7 @@ fn short_sweep_against_a_testnet() {
     .split_whitespace()
     .map(String::from)
     .collect();
-    let scenario = Scenario::resolve(parse_args(&args).expect("flags")).expect("valid");
+    let scenario = Scenario::resolve(flags(&args)).expect("valid");
     let target = loopix_loadgen::check(&scenario).expect("the testnet is a valid target");
     assert_eq!(target.registrations.len(), 40);
     let report = loopix_loadgen::execute_on(&scenario, target).expect("sweep runs");
