@@ -1,7 +1,8 @@
 //! Fixtures shared by the criterion benches, `peer-compare` and
 //! `sphinx-demo`: a set of nodes with keys, Loopix message paths, delays
 //! drawn from an exponential distribution, medians, hex formatting and
-//! output that survives a closed pipe; (`node`) the node process the
+//! output that survives a closed pipe; the binaries' command-line parsing
+//! helpers ([`parse_options`], [`Io`]); (`node`) the node process the
 //! node benchmarks run; and (`provider`) the provider process, emulated
 //! pulling clients and one open-loop step for `provider-bench` and the
 //! provider capacity test.
@@ -158,24 +159,51 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// What a binary does with its argument-parsing result: `Ok` options go on;
-/// an empty error (from `--help`) prints the usage and exits 0; any other
-/// error prints it with the usage and exits 2.
-pub fn options_or_exit<T>(
-    tool: &str,
-    usage: &str,
-    parsed: Result<T, String>,
-) -> Result<T, std::process::ExitCode> {
-    match parsed {
-        Ok(o) => Ok(o),
-        Err(e) if e.is_empty() => {
-            emit(&format!("{usage}\n"));
-            Err(std::process::ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            eprintln!("{tool}: {e}");
-            eprintln!("{usage}");
-            Err(std::process::ExitCode::from(2))
+/// Parse the command line `args` (the program's name first) into the
+/// clap command `C`, then turn it into the binary's options with `check`,
+/// which checks what one flag's parser cannot (two flags that must
+/// differ, say). A failed check is a usage error like clap's own. The
+/// binaries call `.unwrap_or_else(|e| e.exit())` on the result: `--help`
+/// and `--version` print and exit 0, usage errors print the error and the
+/// usage and exit 2.
+pub fn parse_options<C, O, I, T>(
+    args: I,
+    check: impl FnOnce(C) -> Result<O, String>,
+) -> Result<O, clap::Error>
+where
+    C: clap::Parser,
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = C::try_parse_from(args)?;
+    check(cli).map_err(|e| C::command().error(clap::error::ErrorKind::ValueValidation, e))
+}
+
+/// A flag's value that must be a finite number above 0.
+pub fn positive(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err("needs a positive number".into()),
+    }
+}
+
+/// `--io`: a node's datagram backend, as a command-line value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Io {
+    /// io_uring if the host allows it, else portable.
+    Auto,
+    /// io_uring, or fail at start.
+    Uring,
+    /// `recvmmsg`/`sendmmsg`.
+    Portable,
+}
+
+impl From<Io> for loopix_engine::config::IoChoice {
+    fn from(io: Io) -> Self {
+        match io {
+            Io::Auto => Self::Auto,
+            Io::Uring => Self::Uring,
+            Io::Portable => Self::Portable,
         }
     }
 }

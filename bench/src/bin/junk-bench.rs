@@ -32,8 +32,9 @@ use std::net::UdpSocket;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use loopix_bench::node::{pin, process_cpu_ns, run_mix_child, start_node, RUN_MIX};
-use loopix_bench::{emit, options_or_exit};
+use loopix_bench::{emit, parse_options, Io};
 use loopix_crypto::Geometry;
 use loopix_engine::config::IoChoice;
 use loopix_engine::metrics::DropReason;
@@ -47,8 +48,42 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The target: node CPU per junk datagram with the filter on.
 const TARGET_US: f64 = 1.0;
 
-const USAGE: &str = "usage: junk-bench [--json] [--rate-pps N] [--seconds S] \
-                     [--io auto|uring|portable] [--node-core N] [--gen-core N]";
+/// The command line (`--help` prints it).
+#[derive(Debug, Parser)]
+#[command(
+    name = "junk-bench",
+    version,
+    about = "What a flood of junk datagrams costs one real mix node, with \
+             the kernel-side socket filter off and on, measured in one run."
+)]
+struct Cli {
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+    /// Junk datagrams per second during the flood (at least 1).
+    #[arg(long, value_name = "N", default_value_t = 100_000.0, value_parser = number, allow_negative_numbers = true)]
+    rate_pps: f64,
+    /// Seconds of idle and of flood measurement each (0.1 to 600).
+    #[arg(long, value_name = "S", default_value_t = 2.0, value_parser = number, allow_negative_numbers = true)]
+    seconds: f64,
+    /// The node's datagram backend.
+    #[arg(long, value_name = "B", value_enum, default_value_t = Io::Auto)]
+    io: Io,
+    /// Core of the node's shard.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    node_core: usize,
+    /// Core of this process, the sender.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    gen_core: usize,
+}
+
+/// A number flag's value.
+fn number(v: &str) -> Result<f64, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|x| !x.is_nan())
+        .ok_or_else(|| "not a number".to_string())
+}
 
 struct Options {
     json: bool,
@@ -59,44 +94,18 @@ struct Options {
     gen_core: usize,
 }
 
-fn parse_args(args: &[String]) -> Result<Options, String> {
-    let mut o = Options {
-        json: false,
-        rate_pps: 100_000,
-        seconds: 2.0,
-        io: IoChoice::Auto,
-        node_core: 0,
-        gen_core: 1,
-    };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().ok_or(format!("{arg} needs a value"));
-        let number = |v: &String| {
-            v.parse::<f64>()
-                .map_err(|_| format!("{arg}: not a number: {v}"))
-        };
-        match arg.as_str() {
-            "--help" | "-h" => return Err(String::new()),
-            "--json" => o.json = true,
-            "--rate-pps" => o.rate_pps = number(value()?)?.max(1.0) as u64,
-            "--seconds" => o.seconds = number(value()?)?.clamp(0.1, 600.0),
-            "--node-core" => o.node_core = number(value()?)? as usize,
-            "--gen-core" => o.gen_core = number(value()?)? as usize,
-            "--io" => {
-                o.io = match value()?.as_str() {
-                    "auto" => IoChoice::Auto,
-                    "uring" => IoChoice::Uring,
-                    "portable" => IoChoice::Portable,
-                    v => return Err(format!("--io: auto, uring or portable, not {v}")),
-                }
-            }
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    if o.node_core == o.gen_core {
+fn options(c: Cli) -> Result<Options, String> {
+    if c.node_core == c.gen_core {
         return Err("--node-core and --gen-core must differ".into());
     }
-    Ok(o)
+    Ok(Options {
+        json: c.json,
+        rate_pps: c.rate_pps.max(1.0) as u64,
+        seconds: c.seconds.clamp(0.1, 600.0),
+        io: c.io.into(),
+        node_core: c.node_core,
+        gen_core: c.gen_core,
+    })
 }
 
 /// One run's figures.
@@ -214,10 +223,7 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some(RUN_MIX) {
         return run_mix_child("junk-bench", args.get(1));
     }
-    let opts = match options_or_exit("junk-bench", USAGE, parse_args(&args)) {
-        Ok(o) => o,
-        Err(code) => return code,
-    };
+    let opts = parse_options(std::env::args_os(), options).unwrap_or_else(|e| e.exit());
     let exe = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => {

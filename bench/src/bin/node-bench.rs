@@ -93,8 +93,9 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use loopix_bench::node::{pin, process_cpu_ns, run_mix_child, start_node, RUN_MIX};
-use loopix_bench::{emit, exp_delay, median, options_or_exit, say, uniform_f64};
+use loopix_bench::{emit, exp_delay, median, parse_options, positive, say, uniform_f64, Io};
 use loopix_crypto::link::FRAME_ALPHA_OFFSET;
 use loopix_crypto::{sphinx, Geometry, LinkKey, ReplayTag, RoutingCommand, SecretKey};
 use loopix_engine::config::IoChoice;
@@ -141,42 +142,107 @@ const MIN_PPS: f64 = 50.0;
 /// Highest rate tried (a guard against a runaway search).
 const MAX_PPS: f64 = 2_000_000.0;
 
-const USAGE: &str = "\
-usage: node-bench [--json] [--quick] [--io auto|uring|portable] [--step-s S]
-                  [--mean-delay-us N] [--start-pps N] [--growth F]
-                  [--precision F] [--budget-s N] [--filter-rate-pps N]
-                  [--floor-iters N] [--node-core N] [--gen-core N]
-                  [--sink-poll-us N] [--node-batch N] [--lambda-m R]
-                  [--aqm-target-ms MS] [--sync-s S]
-  --json               after the table, print one JSON object as the last line
-  --quick              smoke run: 1 s steps, growth 1.6, precision 10%,
-                       budget 60 s, 1000 floor iterations (explicit flags win)
-  --io B               the node's datagram backend (default auto)
-  --step-s S           seconds of sending per rate step (default 2)
-  --mean-delay-us N    mean of the per-hop Exp delay, microseconds (default 1000)
-  --start-pps N        first offered rate (default 2000)
-  --growth F           rate multiplier while steps pass (default 1.3)
-  --precision F        stop bisecting when fail/pass - 1 <= F (default 0.03)
-  --budget-s N         start no search step after N seconds (default 240);
-                       the first step and the 70% latency step always run
-  --filter-rate-pps N  replay.rate_pps of the node: sizes its replay filter
-                       (x 3600 s per epoch, fp 1e-6; default 20000: 247 MiB
-                       per epoch, written before the node serves)
-  --floor-iters N      timed iterations of each floor operation (default 3000)
-  --node-core N        core of the node's shard (default 0)
-  --gen-core N         core of the generator and the sink (default 1)
-  --sink-poll-us N     the sink looks for frames every N us without blocking
-                       on its socket (default 200); 0: it blocks, and every
-                       send of the node may have to wake it
-  --node-batch N       set engine.batch of the node (datagrams per receive or
-                       send call; default: the engine's default, 64)
-  --lambda-m R         the mix's own loops per second (loops.lambda_m;
-                       default 0: none; the paper's rate is 0.1667)
-  --aqm-target-ms MS   set aqm.target_ms of the node (0: AQM off; default:
-                       the engine's default). Near capacity the AQM drops
-                       arrivals, which counts as loss here
-  --sync-s S           set replay.sync_s of the node (how often its replay
-                       filter is written to the disk; default: the engine's)";
+/// The command line (`--help` prints it).
+#[derive(Debug, Parser)]
+#[command(
+    name = "node-bench",
+    version,
+    about = "The throughput of one real mix node process, next to the \
+             per-hop crypto floor measured in the same run."
+)]
+struct Cli {
+    /// After the table, print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+    /// Smoke run: 1 s steps, growth 1.6, precision 10%, budget 60 s, 1000
+    /// floor iterations (explicit flags win).
+    #[arg(long)]
+    quick: bool,
+    /// The node's datagram backend.
+    #[arg(long, value_name = "B", value_enum, default_value_t = Io::Auto)]
+    io: Io,
+    /// Seconds of sending per rate step (default 2; --quick: 1).
+    #[arg(long, value_name = "S", value_parser = positive, allow_negative_numbers = true)]
+    step_s: Option<f64>,
+    /// Mean of the per-hop Exp delay, microseconds.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    mean_delay_us: u32,
+    /// First offered rate.
+    #[arg(long, value_name = "N", default_value_t = 2000.0, value_parser = positive, allow_negative_numbers = true)]
+    start_pps: f64,
+    /// Rate multiplier while steps pass, above 1 (default 1.3; --quick:
+    /// 1.6).
+    #[arg(long, value_name = "F", value_parser = growth, allow_negative_numbers = true)]
+    growth: Option<f64>,
+    /// Stop bisecting when fail/pass - 1 <= F (default 0.03; --quick:
+    /// 0.1).
+    #[arg(long, value_name = "F", value_parser = positive, allow_negative_numbers = true)]
+    precision: Option<f64>,
+    /// Start no search step after N seconds (default 240; --quick: 60);
+    /// the first step and the 70% latency step always run.
+    #[arg(long, value_name = "N", value_parser = positive, allow_negative_numbers = true)]
+    budget_s: Option<f64>,
+    /// replay.rate_pps of the node: sizes its replay filter (x 3600 s per
+    /// epoch, fp 1e-6; 20000: 247 MiB per epoch, written before the node
+    /// serves). At least 1.
+    #[arg(long, value_name = "N", default_value_t = 20_000)]
+    filter_rate_pps: u64,
+    /// Timed iterations of each floor operation, at least 10 (default
+    /// 3000; --quick: 1000).
+    #[arg(long, value_name = "N")]
+    floor_iters: Option<u64>,
+    /// Core of the node's shard.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    node_core: usize,
+    /// Core of the generator and the sink.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    gen_core: usize,
+    /// The sink looks for frames every N us without blocking on its socket;
+    /// 0: it blocks, and every send of the node may have to wake it.
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    sink_poll_us: u64,
+    /// Set engine.batch of the node (datagrams per receive or send call;
+    /// default: the engine's default, 64).
+    #[arg(long, value_name = "N")]
+    node_batch: Option<u64>,
+    /// The mix's own loops per second (loops.lambda_m; 0: none; the
+    /// paper's rate is 0.1667), 0 to 100000.
+    #[arg(long, value_name = "R", default_value_t = 0.0, value_parser = lambda_m)]
+    lambda_m: f64,
+    /// Set aqm.target_ms of the node, 0 to 60000 (0: AQM off; default: the
+    /// engine's default). Near capacity the AQM drops arrivals, which
+    /// counts as loss here.
+    #[arg(long, value_name = "MS", value_parser = aqm_target_ms)]
+    aqm_target_ms: Option<f64>,
+    /// Set replay.sync_s of the node, 1 to 3600 (how often its replay
+    /// filter is written to the disk; default: the engine's).
+    #[arg(long, value_name = "S")]
+    sync_s: Option<u64>,
+}
+
+/// `--growth`: above 1.
+fn growth(v: &str) -> Result<f64, String> {
+    match positive(v)? {
+        g if g > 1.0 => Ok(g),
+        _ => Err("must be above 1".into()),
+    }
+}
+
+/// `--lambda-m`: 0 to 100000.
+fn lambda_m(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(x) if x.is_finite() && (0.0..=100_000.0).contains(&x) => Ok(x),
+        _ => Err("needs a rate from 0 to 100000".into()),
+    }
+}
+
+/// `--aqm-target-ms`: 0 to 60000.
+fn aqm_target_ms(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(x) if x.is_finite() && (0.0..=60_000.0).contains(&x) => Ok(x),
+        _ => Err("needs 0 to 60000".into()),
+    }
+}
 
 /// Command-line options.
 #[derive(Debug, Clone)]
@@ -200,100 +266,35 @@ struct Options {
     sync_s: Option<u64>,
 }
 
-fn parse_args(args: &[String]) -> Result<Options, String> {
-    let quick = args.iter().any(|a| a == "--quick");
-    let mut o = Options {
-        json: false,
-        io: IoChoice::Auto,
-        step_s: if quick { 1.0 } else { 2.0 },
-        mean_delay_us: 1000,
-        start_pps: 2000.0,
-        growth: if quick { 1.6 } else { 1.3 },
-        precision: if quick { 0.10 } else { 0.03 },
-        budget_s: if quick { 60.0 } else { 240.0 },
-        filter_rate_pps: 20_000,
-        floor_iters: if quick { 1000 } else { 3000 },
-        node_core: 0,
-        gen_core: 1,
-        sink_poll_us: 200,
-        node_batch: None,
-        lambda_m: 0.0,
-        aqm_target_ms: None,
-        sync_s: None,
-    };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| -> Result<String, String> {
-            it.next().cloned().ok_or(format!("{name} needs a value"))
-        };
-        let positive = |name: &str, v: String| -> Result<f64, String> {
-            match v.parse::<f64>() {
-                Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
-                _ => Err(format!("{name} needs a positive number, got {v:?}")),
-            }
-        };
-        let whole = |name: &str, v: String| -> Result<u64, String> {
-            v.parse::<u64>()
-                .map_err(|_| format!("{name} needs a whole number, got {v:?}"))
-        };
-        match arg.as_str() {
-            "--json" => o.json = true,
-            "--quick" => {}
-            "--io" => {
-                o.io = match value("--io")?.as_str() {
-                    "auto" => IoChoice::Auto,
-                    "uring" => IoChoice::Uring,
-                    "portable" => IoChoice::Portable,
-                    other => return Err(format!("--io is auto, uring or portable, not {other:?}")),
-                }
-            }
-            "--step-s" => o.step_s = positive(arg, value(arg)?)?,
-            "--mean-delay-us" => {
-                o.mean_delay_us = u32::try_from(whole(arg, value(arg)?)?)
-                    .map_err(|_| "--mean-delay-us is too large".to_string())?
-            }
-            "--start-pps" => o.start_pps = positive(arg, value(arg)?)?,
-            "--growth" => {
-                o.growth = positive(arg, value(arg)?)?;
-                if o.growth <= 1.0 {
-                    return Err("--growth must be above 1".into());
-                }
-            }
-            "--precision" => o.precision = positive(arg, value(arg)?)?,
-            "--budget-s" => o.budget_s = positive(arg, value(arg)?)?,
-            "--filter-rate-pps" => o.filter_rate_pps = whole(arg, value(arg)?)?.max(1),
-            "--floor-iters" => o.floor_iters = whole(arg, value(arg)?)?.max(10) as usize,
-            "--node-core" => o.node_core = whole(arg, value(arg)?)? as usize,
-            "--gen-core" => o.gen_core = whole(arg, value(arg)?)? as usize,
-            "--sink-poll-us" => o.sink_poll_us = whole(arg, value(arg)?)?,
-            "--node-batch" => o.node_batch = Some(whole(arg, value(arg)?)?),
-            "--sync-s" => o.sync_s = Some(whole(arg, value(arg)?)?.clamp(1, 3600)),
-            "--aqm-target-ms" => {
-                let v = value(arg)?;
-                o.aqm_target_ms = match v.parse::<f64>() {
-                    Ok(x) if x.is_finite() && (0.0..=60_000.0).contains(&x) => Some(x),
-                    _ => return Err(format!("--aqm-target-ms needs 0 to 60000, got {v:?}")),
-                }
-            }
-            "--lambda-m" => {
-                let v = value(arg)?;
-                o.lambda_m = match v.parse::<f64>() {
-                    Ok(x) if x.is_finite() && (0.0..=100_000.0).contains(&x) => x,
-                    _ => {
-                        return Err(format!(
-                            "--lambda-m needs a rate from 0 to 100000, got {v:?}"
-                        ))
-                    }
-                }
-            }
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    if o.node_core == o.gen_core {
+/// The options of a parsed command line: `--quick` changes the defaults
+/// of the flags not given.
+fn options(c: Cli) -> Result<Options, String> {
+    let quick = c.quick;
+    if c.node_core == c.gen_core {
         return Err("--node-core and --gen-core must differ".into());
     }
-    Ok(o)
+    Ok(Options {
+        json: c.json,
+        io: c.io.into(),
+        step_s: c.step_s.unwrap_or(if quick { 1.0 } else { 2.0 }),
+        mean_delay_us: c.mean_delay_us,
+        start_pps: c.start_pps,
+        growth: c.growth.unwrap_or(if quick { 1.6 } else { 1.3 }),
+        precision: c.precision.unwrap_or(if quick { 0.10 } else { 0.03 }),
+        budget_s: c.budget_s.unwrap_or(if quick { 60.0 } else { 240.0 }),
+        filter_rate_pps: c.filter_rate_pps.max(1),
+        floor_iters: c
+            .floor_iters
+            .unwrap_or(if quick { 1000 } else { 3000 })
+            .max(10) as usize,
+        node_core: c.node_core,
+        gen_core: c.gen_core,
+        sink_poll_us: c.sink_poll_us,
+        node_batch: c.node_batch,
+        lambda_m: c.lambda_m,
+        aqm_target_ms: c.aqm_target_ms,
+        sync_s: c.sync_s.map(|s| s.clamp(1, 3600)),
+    })
 }
 
 fn main() -> ExitCode {
@@ -301,10 +302,7 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some(RUN_MIX) {
         return run_mix_child("node-bench", args.get(1));
     }
-    let opts = match options_or_exit("node-bench", USAGE, parse_args(&args)) {
-        Ok(o) => o,
-        Err(code) => return code,
-    };
+    let opts = parse_options(std::env::args_os(), options).unwrap_or_else(|e| e.exit());
     match run(&opts) {
         Ok(out) => {
             emit(&out);
@@ -1501,8 +1499,11 @@ fn run(opts: &Options) -> Result<String, String> {
 mod tests {
     use super::*;
 
-    fn args(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
+    fn parse_args(v: &[&str]) -> Result<Options, clap::Error> {
+        parse_options(
+            std::iter::once("node-bench").chain(v.iter().copied()),
+            options,
+        )
     }
 
     #[test]
@@ -1512,8 +1513,7 @@ mod tests {
         assert_eq!((o.node_core, o.gen_core, o.filter_rate_pps), (0, 1, 20_000));
         assert_eq!(o.io, IoChoice::Auto);
         // --quick changes the defaults; an explicit flag wins, in any order.
-        let q =
-            parse_args(&args(&["--step-s", "3", "--quick", "--io", "portable"])).expect("valid");
+        let q = parse_args(&["--step-s", "3", "--quick", "--io", "portable"]).expect("valid");
         assert_eq!((q.step_s, q.growth, q.io), (3.0, 1.6, IoChoice::Portable));
         for bad in [
             &["--io", "fast"][..],
@@ -1523,7 +1523,8 @@ mod tests {
             &["--mean-delay-us"],
             &["--what"],
         ] {
-            assert!(parse_args(&args(bad)).is_err(), "{bad:?} accepted");
+            let e = parse_args(bad).expect_err("accepted");
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
         }
     }
 

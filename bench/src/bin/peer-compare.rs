@@ -50,7 +50,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::agreement;
-use loopix_bench::{emit, hops, median, message_commands, nodes, options_or_exit, say};
+use clap::Parser;
+use loopix_bench::{emit, hops, median, message_commands, nodes, parse_options, say};
 use loopix_crypto::{sphinx, Delay, Geometry, MailboxId, RouteKey, RoutingCommand};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -71,14 +72,40 @@ const TARGET_HOP_OVER_X25519_MAX: f64 = 2.3;
 const TARGET_NYM_OVER_OURS_HOP_MIN: f64 = 2.0;
 const TARGET_CREATE5_OVER_X25519_MAX: f64 = 8.0;
 
-const USAGE: &str = "\
-usage: peer-compare [--json] [--rounds N] [--iters N] [--warmup N] [--no-pin]
-  --json        after the table, print one JSON object as the last line
-  --rounds N    measured rounds (default 30)
-  --iters N     iterations per operation per round (default 200; route-key
-                preparation runs N/20, at least 1)
-  --warmup N    rounds run and discarded before measuring (default 3)
-  --no-pin      do not pin the process to a CPU core";
+/// The command line (`--help` prints it).
+#[derive(Debug, Parser)]
+#[command(
+    name = "peer-compare",
+    version,
+    about = "Our Sphinx against nym's sphinx-packet 0.8 in one process, with \
+             the same payload size, and both against one X25519."
+)]
+struct Cli {
+    /// After the table, print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+    /// Measured rounds.
+    #[arg(long, value_name = "N", default_value_t = 30, value_parser = at_least_1)]
+    rounds: usize,
+    /// Iterations per operation per round (route-key preparation runs
+    /// N/20, at least 1).
+    #[arg(long, value_name = "N", default_value_t = 200, value_parser = at_least_1)]
+    iters: usize,
+    /// Rounds run and discarded before measuring.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = at_least_1)]
+    warmup: usize,
+    /// Do not pin the process to a CPU core.
+    #[arg(long)]
+    no_pin: bool,
+}
+
+/// A count flag's value: a positive integer.
+fn at_least_1(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("needs a positive integer".into()),
+    }
+}
 
 struct Options {
     json: bool,
@@ -88,34 +115,14 @@ struct Options {
     pin: bool,
 }
 
-fn parse_args() -> Result<Options, String> {
-    let mut o = Options {
-        json: false,
-        rounds: 30,
-        iters: 200,
-        warmup: 3,
-        pin: true,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut number = |name: &str| -> Result<usize, String> {
-            let v = args.next().ok_or(format!("{name} needs a value"))?;
-            match v.parse::<usize>() {
-                Ok(n) if n > 0 => Ok(n),
-                _ => Err(format!("{name} needs a positive integer, got {v:?}")),
-            }
-        };
-        match arg.as_str() {
-            "--json" => o.json = true,
-            "--rounds" => o.rounds = number("--rounds")?,
-            "--iters" => o.iters = number("--iters")?,
-            "--warmup" => o.warmup = number("--warmup")?,
-            "--no-pin" => o.pin = false,
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(o)
+fn options(c: Cli) -> Result<Options, String> {
+    Ok(Options {
+        json: c.json,
+        rounds: c.rounds,
+        iters: c.iters,
+        warmup: c.warmup,
+        pin: !c.no_pin,
+    })
 }
 
 /// One timed operation: `run()` does one iteration and returns its time,
@@ -157,10 +164,7 @@ fn pin_to_last_core() -> Option<usize> {
 }
 
 fn main() -> ExitCode {
-    let opts = match options_or_exit("peer-compare", USAGE, parse_args()) {
-        Ok(o) => o,
-        Err(code) => return code,
-    };
+    let opts = parse_options(std::env::args_os(), options).unwrap_or_else(|e| e.exit());
     let pinned = if opts.pin { pin_to_last_core() } else { None };
 
     let g = Geometry::DEFAULT;

@@ -44,11 +44,12 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use loopix_bench::node::pin;
 use loopix_bench::provider::{
     run_provider_child, seal_k_us, Load, Provider, ProviderSpec, StepResult, RUN_PROVIDER,
 };
-use loopix_bench::{emit, options_or_exit, say};
+use loopix_bench::{emit, parse_options, positive, say, Io};
 use loopix_engine::config::IoChoice;
 use serde_json::{json, Value};
 
@@ -60,26 +61,56 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Loss allowed for a rate to pass.
 const LOSS_MAX: f64 = 0.01;
 
-const USAGE: &str = "\
-usage: provider-bench [--json] [--quick] [--clients N] [--k K] [--start-rate R]
-                      [--factor F] [--max-steps N] [--step-s S]
-                      [--timeout-ms MS] [--provider-core N] [--gen-core N]
-                      [--io auto|uring|portable] [--seal-iters N]
-  --json             after the table, print one JSON object as the last line
-  --quick            smoke run: 1 s steps, factor 2, 2000 seal iterations
-                     (explicit flags win)
-  --clients N        registered clients, all pulling (default 2000)
-  --k K              provider.pull_frames: frames per answer (default 16)
-  --start-rate R     first offered rate, pulls/s (default 500)
-  --factor F         rate multiplier per step (default 1.5)
-  --max-steps N      at most N steps (default 16)
-  --step-s S         seconds of sending per step (default 3)
-  --timeout-ms MS    a pull is lost unless all k frames arrive within MS
-                     of its send (default 1000)
-  --provider-core N  core of the whole provider process (default 0)
-  --gen-core N       core of the sender and the receiver (default 1)
-  --io B             the provider's datagram backend (default auto)
-  --seal-iters N     timed iterations of seal_answer (default 20000)";
+/// The command line (`--help` prints it).
+#[derive(Debug, Parser)]
+#[command(
+    name = "provider-bench",
+    version,
+    about = "How many pulls one real provider process answers."
+)]
+struct Cli {
+    /// After the table, print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+    /// Smoke run: 1 s steps, factor 2, 2000 seal iterations (explicit
+    /// flags win).
+    #[arg(long)]
+    quick: bool,
+    /// Registered clients, all pulling (1 to 1000000).
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    clients: u64,
+    /// provider.pull_frames: frames per answer (1 to 1024).
+    #[arg(long, value_name = "K", default_value_t = 16)]
+    k: u64,
+    /// First offered rate, pulls/s.
+    #[arg(long, value_name = "R", default_value_t = 500.0, value_parser = positive, allow_negative_numbers = true)]
+    start_rate: f64,
+    /// Rate multiplier per step, above 1 (default 1.5; --quick: 2).
+    #[arg(long, value_name = "F", value_parser = positive, allow_negative_numbers = true)]
+    factor: Option<f64>,
+    /// At most N steps (1 to 100).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    max_steps: u64,
+    /// Seconds of sending per step (default 3; --quick: 1).
+    #[arg(long, value_name = "S", value_parser = positive, allow_negative_numbers = true)]
+    step_s: Option<f64>,
+    /// A pull is lost unless all k frames arrive within MS of its send.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    timeout_ms: u64,
+    /// Core of the whole provider process.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    provider_core: usize,
+    /// Core of the sender and the receiver.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    gen_core: usize,
+    /// The provider's datagram backend.
+    #[arg(long, value_name = "B", value_enum, default_value_t = Io::Auto)]
+    io: Io,
+    /// Timed iterations of seal_answer, at least 10 (default 20000;
+    /// --quick: 2000).
+    #[arg(long, value_name = "N")]
+    seal_iters: Option<u64>,
+}
 
 /// Command-line options.
 #[derive(Debug, Clone)]
@@ -98,61 +129,27 @@ struct Options {
     seal_iters: usize,
 }
 
-fn defaults(quick: bool) -> Options {
-    Options {
-        json: false,
-        clients: 2000,
-        k: 16,
-        start_rate: 500.0,
-        factor: if quick { 2.0 } else { 1.5 },
-        max_steps: 16,
-        step_s: if quick { 1.0 } else { 3.0 },
-        timeout_ms: 1000,
-        provider_core: 0,
-        gen_core: 1,
-        io: IoChoice::Auto,
-        seal_iters: if quick { 2000 } else { 20_000 },
-    }
-}
-
-fn parse_args(args: &[String]) -> Result<Options, String> {
-    let mut o = defaults(args.iter().any(|a| a == "--quick"));
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().cloned().ok_or(format!("{arg} needs a value"));
-        let positive = |v: String| match v.parse::<f64>() {
-            Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
-            _ => Err(format!("{arg} needs a positive number, got {v:?}")),
-        };
-        let whole = |v: String| match v.parse::<u64>() {
-            Ok(x) => Ok(x),
-            _ => Err(format!("{arg} needs a whole number, got {v:?}")),
-        };
-        match arg.as_str() {
-            "--json" => o.json = true,
-            "--quick" => {}
-            "--clients" => o.clients = whole(value()?)?.clamp(1, 1_000_000) as usize,
-            "--k" => o.k = whole(value()?)?.clamp(1, 1024) as u16,
-            "--start-rate" => o.start_rate = positive(value()?)?,
-            "--factor" => o.factor = positive(value()?)?,
-            "--max-steps" => o.max_steps = whole(value()?)?.clamp(1, 100) as usize,
-            "--step-s" => o.step_s = positive(value()?)?,
-            "--timeout-ms" => o.timeout_ms = whole(value()?)?.max(1),
-            "--provider-core" => o.provider_core = whole(value()?)? as usize,
-            "--gen-core" => o.gen_core = whole(value()?)? as usize,
-            "--seal-iters" => o.seal_iters = whole(value()?)?.max(10) as usize,
-            "--io" => {
-                o.io = match value()?.as_str() {
-                    "auto" => IoChoice::Auto,
-                    "uring" => IoChoice::Uring,
-                    "portable" => IoChoice::Portable,
-                    other => return Err(format!("--io is auto, uring or portable, not {other:?}")),
-                }
-            }
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
+/// The options of a parsed command line: `--quick` changes the defaults
+/// of the flags not given.
+fn options(c: Cli) -> Result<Options, String> {
+    let quick = c.quick;
+    let o = Options {
+        json: c.json,
+        clients: c.clients.clamp(1, 1_000_000) as usize,
+        k: c.k.clamp(1, 1024) as u16,
+        start_rate: c.start_rate,
+        factor: c.factor.unwrap_or(if quick { 2.0 } else { 1.5 }),
+        max_steps: c.max_steps.clamp(1, 100) as usize,
+        step_s: c.step_s.unwrap_or(if quick { 1.0 } else { 3.0 }),
+        timeout_ms: c.timeout_ms.max(1),
+        provider_core: c.provider_core,
+        gen_core: c.gen_core,
+        io: c.io.into(),
+        seal_iters: c
+            .seal_iters
+            .unwrap_or(if quick { 2000 } else { 20_000 })
+            .max(10) as usize,
+    };
     if o.factor <= 1.0 {
         return Err("--factor must be above 1".into());
     }
@@ -167,10 +164,7 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some(RUN_PROVIDER) {
         return run_provider_child("provider-bench", &args[1..]);
     }
-    let opts = match options_or_exit("provider-bench", USAGE, parse_args(&args)) {
-        Ok(o) => o,
-        Err(code) => return code,
-    };
+    let opts = parse_options(std::env::args_os(), options).unwrap_or_else(|e| e.exit());
     match run(&opts) {
         Ok(out) => {
             emit(&out);
@@ -401,15 +395,18 @@ fn run(opts: &Options) -> Result<String, String> {
 mod tests {
     use super::*;
 
-    fn args(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
+    fn parse_args(v: &[&str]) -> Result<Options, clap::Error> {
+        parse_options(
+            std::iter::once("provider-bench").chain(v.iter().copied()),
+            options,
+        )
     }
 
     #[test]
     fn options_defaults_quick_and_errors() {
         let o = parse_args(&[]).expect("no arguments are valid");
         assert_eq!((o.clients, o.k, o.step_s, o.factor), (2000, 16, 3.0, 1.5));
-        let q = parse_args(&args(&["--step-s", "2", "--quick", "--k", "8"])).expect("valid");
+        let q = parse_args(&["--step-s", "2", "--quick", "--k", "8"]).expect("valid");
         assert_eq!((q.step_s, q.factor, q.k), (2.0, 2.0, 8));
         for bad in [
             &["--factor", "1"][..],
@@ -418,7 +415,8 @@ mod tests {
             &["--clients"],
             &["--what"],
         ] {
-            assert!(parse_args(&args(bad)).is_err(), "{bad:?} accepted");
+            let e = parse_args(bad).expect_err("accepted");
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
         }
     }
 }

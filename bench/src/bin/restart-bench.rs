@@ -28,13 +28,43 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use loopix_bench::{emit, options_or_exit};
+use clap::Parser;
+use loopix_bench::{emit, parse_options};
 use loopix_crypto::ReplayTag;
 use loopix_engine::replay::{BloomFilter, FilterSizing};
 use rand_core::{OsRng, RngCore};
 use serde_json::json;
 
-const USAGE: &str = "usage: restart-bench [--json] [--rates-pps N,N,...] [--epoch-s S] [--dir DIR]";
+/// The command line (`--help` prints it).
+#[derive(Debug, Parser)]
+#[command(
+    name = "restart-bench",
+    version,
+    about = "What the persistent replay filters cost a node at start and \
+             while it runs, for filters of production sizes."
+)]
+struct Cli {
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+    /// The replay.rate_pps values to measure, comma separated, each at
+    /// least 1.
+    #[arg(
+        long = "rates-pps",
+        value_name = "N,N,...",
+        value_delimiter = ',',
+        default_value = "1000,10000,50000"
+    )]
+    rates: Vec<u64>,
+    /// Epoch length, seconds, at least 1 (the filter holds rate x epoch
+    /// tags).
+    #[arg(long, value_name = "S", default_value_t = 3600)]
+    epoch_s: u64,
+    /// Directory for the filter files (default: the system's temporary
+    /// directory; give one on the disk the node will use).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
 
 struct Options {
     json: bool,
@@ -43,41 +73,16 @@ struct Options {
     dir: PathBuf,
 }
 
-fn parse_args(args: &[String]) -> Result<Options, String> {
-    let mut o = Options {
-        json: false,
-        rates: vec![1_000, 10_000, 50_000],
-        epoch_s: 3600,
-        dir: std::env::temp_dir(),
-    };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().ok_or(format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--help" | "-h" => return Err(String::new()),
-            "--json" => o.json = true,
-            "--rates-pps" => {
-                o.rates = value()?
-                    .split(',')
-                    .map(|r| {
-                        r.trim()
-                            .parse::<u64>()
-                            .map_err(|_| format!("--rates-pps: {r}?"))
-                    })
-                    .collect::<Result<_, _>>()?;
-            }
-            "--epoch-s" => {
-                let v = value()?;
-                o.epoch_s = v.parse().map_err(|_| format!("--epoch-s: {v}?"))?;
-            }
-            "--dir" => o.dir = PathBuf::from(value()?),
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    if o.rates.is_empty() || o.rates.contains(&0) || o.epoch_s == 0 {
+fn options(c: Cli) -> Result<Options, String> {
+    if c.rates.is_empty() || c.rates.contains(&0) || c.epoch_s == 0 {
         return Err("rates and the epoch must be at least 1".into());
     }
-    Ok(o)
+    Ok(Options {
+        json: c.json,
+        rates: c.rates,
+        epoch_s: c.epoch_s,
+        dir: c.dir.unwrap_or_else(std::env::temp_dir),
+    })
 }
 
 fn ms(t: Instant) -> f64 {
@@ -119,11 +124,7 @@ fn measure(rate: u64, o: &Options) -> Result<serde_json::Value, String> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let opts = match options_or_exit("restart-bench", USAGE, parse_args(&args)) {
-        Ok(o) => o,
-        Err(code) => return code,
-    };
+    let opts = parse_options(std::env::args_os(), options).unwrap_or_else(|e| e.exit());
     let mut rows = Vec::new();
     for &rate in &opts.rates {
         match measure(rate, &opts) {

@@ -16,9 +16,8 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use loopix_bench::{
-    emit, exp_delay, hex, hops, message_commands, nodes, options_or_exit, say, Node,
-};
+use clap::Parser;
+use loopix_bench::{emit, exp_delay, hex, hops, message_commands, nodes, parse_options, say, Node};
 use loopix_crypto::{
     payload, sphinx, Geometry, Hop, MailboxId, RecipientKind, RoutingCommand, SphinxError, Surb,
 };
@@ -26,12 +25,52 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rand_core::RngCore;
 
-const USAGE: &str = "\
-usage: sphinx-demo [--message TEXT] [--mean-delay-ms MS] [--geometry default|jumbo] [--seed N]
-  --message TEXT       the message to send (default: a short greeting)
-  --mean-delay-ms MS   mean of the exponential per-hop delay (default 50)
-  --geometry G         default (1344-byte packets) or jumbo (2368-byte)
-  --seed N             seed the RNG (default: from the OS), to repeat a run";
+/// The command line (`--help` prints it).
+#[derive(Debug, Parser)]
+#[command(
+    name = "sphinx-demo",
+    version,
+    about = "One message through a 6-hop Loopix path, hop by hop, then a \
+             SURB reply back.",
+    after_help = "Exit status: 0 the message and the reply came back intact, \
+                  1 they did not, 2 a bad argument."
+)]
+struct Cli {
+    /// The message to send.
+    #[arg(
+        long,
+        value_name = "TEXT",
+        default_value = "Hello from the sender, through six Sphinx layers."
+    )]
+    message: String,
+    /// Mean of the exponential per-hop delay, milliseconds (0 to 3600000).
+    #[arg(long, value_name = "MS", default_value_t = 50.0, value_parser = mean_delay_ms, allow_negative_numbers = true)]
+    mean_delay_ms: f64,
+    /// default (1344-byte packets) or jumbo (2368-byte).
+    #[arg(long, value_name = "G", value_enum, default_value_t = GeometryName::Default)]
+    geometry: GeometryName,
+    /// Seed the RNG (default: from the OS), to repeat a run.
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+}
+
+/// `--geometry`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GeometryName {
+    /// 1344-byte packets.
+    Default,
+    /// 2368-byte packets.
+    Jumbo,
+}
+
+/// `--mean-delay-ms`: 0 to 3600000.
+fn mean_delay_ms(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(ms) if (0.0..=3_600_000.0).contains(&ms) => Ok(ms),
+        Ok(_) => Err("must be 0 to 3600000".into()),
+        Err(_) => Err("needs a number".into()),
+    }
+}
 
 const ROLES: [&str; 6] = [
     "sender's provider",
@@ -49,55 +88,25 @@ struct Options {
     seed: Option<u64>,
 }
 
-fn parse_args() -> Result<Options, String> {
-    let mut o = Options {
-        message: "Hello from the sender, through six Sphinx layers.".to_string(),
-        mean_delay: Duration::from_millis(50),
-        geometry: ("default", Geometry::DEFAULT),
-        seed: None,
+fn options(c: Cli) -> Result<Options, String> {
+    let geometry = match c.geometry {
+        GeometryName::Default => ("default", Geometry::DEFAULT),
+        GeometryName::Jumbo => ("jumbo", Geometry::JUMBO),
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
-        match arg.as_str() {
-            "--message" => o.message = value("--message")?,
-            "--mean-delay-ms" => {
-                let v = value("--mean-delay-ms")?;
-                let ms: f64 = v
-                    .parse()
-                    .map_err(|_| format!("--mean-delay-ms needs a number, got {v:?}"))?;
-                if !(0.0..=3_600_000.0).contains(&ms) {
-                    return Err(format!("--mean-delay-ms must be 0 to 3600000, got {v}"));
-                }
-                o.mean_delay = Duration::from_secs_f64(ms / 1000.0);
-            }
-            "--geometry" => {
-                o.geometry = match value("--geometry")?.as_str() {
-                    "default" => ("default", Geometry::DEFAULT),
-                    "jumbo" => ("jumbo", Geometry::JUMBO),
-                    other => return Err(format!("unknown geometry {other:?}")),
-                }
-            }
-            "--seed" => {
-                let v = value("--seed")?;
-                o.seed = Some(
-                    v.parse()
-                        .map_err(|_| format!("--seed needs an integer, got {v:?}"))?,
-                );
-            }
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    let (gname, g) = o.geometry;
-    if o.message.len() > g.message_capacity() {
+    let (gname, g) = geometry;
+    if c.message.len() > g.message_capacity() {
         return Err(format!(
             "the message is {} bytes; a {gname} packet carries at most {}",
-            o.message.len(),
+            c.message.len(),
             g.message_capacity()
         ));
     }
-    Ok(o)
+    Ok(Options {
+        message: c.message,
+        mean_delay: Duration::from_secs_f64(c.mean_delay_ms / 1000.0),
+        geometry,
+        seed: c.seed,
+    })
 }
 
 fn describe(c: &RoutingCommand) -> String {
@@ -284,10 +293,7 @@ fn run(o: &Options, out: &mut String) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let opts = match options_or_exit("sphinx-demo", USAGE, parse_args()) {
-        Ok(o) => o,
-        Err(code) => return code,
-    };
+    let opts = parse_options(std::env::args_os(), options).unwrap_or_else(|e| e.exit());
     let mut out = String::new();
     let result = run(&opts, &mut out);
     emit(&out);
