@@ -98,7 +98,7 @@ fn checks_across_flags_are_usage_errors() {
         (
             env!("CARGO_BIN_EXE_restart-bench"),
             &["--rates-pps", "0"],
-            "rates",
+            "--rates-pps",
         ),
     ] {
         let out = run(exe, args);

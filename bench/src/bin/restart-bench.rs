@@ -75,7 +75,7 @@ struct Options {
 
 fn options(c: Cli) -> Result<Options, String> {
     if c.rates.is_empty() || c.rates.contains(&0) || c.epoch_s == 0 {
-        return Err("rates and the epoch must be at least 1".into());
+        return Err("--rates-pps and --epoch-s must be at least 1".into());
     }
     Ok(Options {
         json: c.json,
