@@ -17,14 +17,14 @@
 //! not UTF-8, or `message <n> bytes saved: <path>` with `--out`), `reply
 //! <n> bytes: ...` the same way, and `sent <n> bytes in <k> fragments`;
 //! progress goes to stderr. Exit codes: 0 done, 1 failed or timed out, 2
-//! usage. Every online command prints what arrives, because what it pulls is
+//! usage (the arguments are the clap definitions [`ClientCmd`]; clap
+//! reports their mistakes). Every online command prints what arrives, because what it pulls is
 //! acknowledged and so deleted at the provider.
 //!
 //! Key epochs: the topology is converted for the current epoch
 //! ([`client_topology`]) and re-read from its file whenever the epoch
 //! changes while online.
 
-use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::{Args, Subcommand};
 use loopix_client::driver::{self, Driver, Flow};
 use loopix_client::{client_topology, Address, Client, ClientLimits, Event, Rates, Registration};
 use loopix_crypto::{Geometry, SecretKey};
@@ -44,22 +45,6 @@ use serde::{Deserialize, Serialize};
 use loopix_directory::descriptor::epoch_at;
 use loopix_directory::topology::{Role, Topology};
 use loopix_engine::keyfile::{read_secret, unix_now_s};
-
-/// The client commands, for `loopix help`.
-pub const USAGE: &str = "  loopix client init --dir DIR --registration FILE --topology FILE
-      [--lambda-p PER_S] [--lambda-l PER_S] [--lambda-d PER_S] [--mu-ms MS] [--pull-ms MS]
-      create a client in DIR (keys mode 0600) from what `provider register`
-      printed; prints the address (also in DIR/address.toml)
-  loopix client send --dir DIR --to ADDRESS_FILE_OR_ID [--surb] [--wait-reply SECONDS] [TEXT]
-      send TEXT (or stdin); stays online until every fragment has left, with
-      --wait-reply (implies --surb) until the reply arrives (exit 1 if not)
-  loopix client recv --dir DIR [--count N] [--timeout SECONDS] [--out DIR] [--reply TEXT]
-      print (or save to --out) messages as they arrive; --reply answers each
-      message that carried a SURB; exit 0 after N messages, 1 on timeout
-  loopix client run --dir DIR
-      stay online until SIGINT/SIGTERM: cover traffic, messages, loop summary
-  loopix client address --dir DIR
-      print the client's address";
 
 /// Default payload rate (`lambda_p`), per second: a message fragment or a
 /// drop every half second on average, so a short message leaves within
@@ -166,139 +151,153 @@ impl ClientConfig {
     }
 }
 
-/// Parsed command-line arguments of one subcommand.
-struct Args {
-    values: HashMap<String, String>,
-    switches: HashSet<String>,
-    positional: Vec<String>,
+/// `loopix client ...`.
+#[derive(Debug, Subcommand)]
+pub enum ClientCmd {
+    /// Create a client in DIR from what `provider register` printed.
+    ///
+    /// Its keys are written mode 0600; prints the address (also in
+    /// DIR/address.toml).
+    Init(InitArgs),
+    /// Send TEXT (or stdin).
+    ///
+    /// Stays online until every fragment has left, and with --wait-reply
+    /// (implies --surb) until the reply arrives (exit 1 if it does not).
+    Send(SendArgs),
+    /// Print (or save to --out) messages as they arrive.
+    ///
+    /// --reply answers each message that carried a SURB; exit 0 after
+    /// --count messages, 1 on timeout.
+    Recv(RecvArgs),
+    /// Stay online until SIGINT/SIGTERM: cover traffic, messages, loop summary.
+    Run(DirArg),
+    /// Print the client's address.
+    Address(DirArg),
 }
 
-impl Args {
-    fn parse(
-        args: &[String],
-        with_value: &[&str],
-        switches: &[&str],
-        positional_max: usize,
-    ) -> Result<Args, String> {
-        let mut out = Args {
-            values: HashMap::new(),
-            switches: HashSet::new(),
-            positional: Vec::new(),
-        };
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            if let Some(name) = a.strip_prefix("--") {
-                if switches.contains(&name) {
-                    out.switches.insert(name.to_string());
-                } else if with_value.contains(&name) {
-                    let v = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
-                    if out.values.insert(name.to_string(), v.clone()).is_some() {
-                        return Err(format!("--{name} given twice"));
-                    }
-                } else {
-                    return Err(format!("unknown option --{name}"));
-                }
-            } else if out.positional.len() < positional_max {
-                out.positional.push(a.clone());
-            } else {
-                return Err(format!("unexpected argument {a:?}"));
-            }
-        }
-        Ok(out)
-    }
-
-    fn required(&self, name: &str) -> Result<&str, String> {
-        self.values
-            .get(name)
-            .map(String::as_str)
-            .ok_or_else(|| format!("--{name} is required"))
-    }
-
-    fn number<T: std::str::FromStr>(&self, name: &str, what: &str) -> Result<Option<T>, String> {
-        self.values
-            .get(name)
-            .map(|v| {
-                v.parse()
-                    .map_err(|_| format!("--{name} must be {what}, not {v:?}"))
-            })
-            .transpose()
-    }
-
-    fn seconds(&self, name: &str) -> Result<Option<Duration>, String> {
-        match self.number::<f64>(name, "a number of seconds")? {
-            Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Some(Duration::from_secs_f64(s))),
-            Some(s) => Err(format!("--{name} must be above 0 seconds, not {s}")),
-            None => Ok(None),
+impl ClientCmd {
+    /// The subcommand's name, for messages.
+    fn name(&self) -> &'static str {
+        match self {
+            ClientCmd::Init(_) => "init",
+            ClientCmd::Send(_) => "send",
+            ClientCmd::Recv(_) => "recv",
+            ClientCmd::Run(_) => "run",
+            ClientCmd::Address(_) => "address",
         }
     }
 }
 
-/// Run `loopix client ARGS...`; `args` starts after `client`.
-pub fn main(args: &[String]) -> ExitCode {
-    let Some(sub) = args.first() else {
-        return usage("client needs a subcommand");
-    };
-    let rest = &args[1..];
-    let parsed = match sub.as_str() {
-        "init" => Args::parse(
-            rest,
-            &[
-                "dir",
-                "registration",
-                "topology",
-                "lambda-p",
-                "lambda-l",
-                "lambda-d",
-                "mu-ms",
-                "pull-ms",
-            ],
-            &[],
-            0,
+/// `--dir`, which every client command takes.
+#[derive(Debug, Args)]
+pub struct DirArg {
+    /// The client directory.
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+}
+
+/// `loopix client init`'s options.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    dir: DirArg,
+    /// The registration `loopix provider register` printed.
+    #[arg(long, value_name = "FILE")]
+    registration: PathBuf,
+    /// The signed topology document.
+    #[arg(long, value_name = "FILE")]
+    topology: PathBuf,
+    /// Payload rate (`lambda_p`), per second.
+    #[arg(long, value_name = "PER_S", default_value_t = DEFAULT_LAMBDA_P, allow_negative_numbers = true)]
+    lambda_p: f64,
+    /// Loop rate (`lambda_l`), per second; 0 turns loops off.
+    #[arg(long, value_name = "PER_S", default_value_t = DEFAULT_LAMBDA_L, allow_negative_numbers = true)]
+    lambda_l: f64,
+    /// Drop rate (`lambda_d`), per second; 0 turns drops off.
+    #[arg(long, value_name = "PER_S", default_value_t = DEFAULT_LAMBDA_D, allow_negative_numbers = true)]
+    lambda_d: f64,
+    /// Mean per-hop delay (1/mu), milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_MEAN_DELAY_MS, allow_negative_numbers = true)]
+    mu_ms: f64,
+    /// Pull period, milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_PULL_MS)]
+    pull_ms: u64,
+}
+
+/// `loopix client send`'s options.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    dir: DirArg,
+    /// The recipient: an address file, or an address id
+    /// (PROVIDER.MAILBOX.KEY); `loopix client address` prints both.
+    #[arg(long, value_name = "ADDRESS_FILE_OR_ID")]
+    to: String,
+    /// Attach a SURB, so that the recipient can reply.
+    #[arg(long)]
+    surb: bool,
+    /// Wait this long for the reply (implies --surb).
+    #[arg(long, value_name = "SECONDS", value_parser = seconds, allow_negative_numbers = true)]
+    wait_reply: Option<Duration>,
+    /// The message; without it, stdin.
+    #[arg(value_name = "TEXT")]
+    text: Option<String>,
+}
+
+/// `loopix client recv`'s options.
+#[derive(Debug, Args)]
+pub struct RecvArgs {
+    #[command(flatten)]
+    dir: DirArg,
+    /// Exit 0 after this many messages.
+    #[arg(long, value_name = "N", value_parser = crate::at_least_one)]
+    count: Option<u64>,
+    /// Give up after this long (exit 1 if --count messages did not come).
+    #[arg(long, value_name = "SECONDS", value_parser = seconds, allow_negative_numbers = true)]
+    timeout: Option<Duration>,
+    /// Save each message to a file in this directory instead of printing it.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Answer each message that carried a SURB with this text.
+    #[arg(long, value_name = "TEXT")]
+    reply: Option<String>,
+}
+
+/// A duration option: a number of seconds above 0.
+fn seconds(v: &str) -> Result<Duration, String> {
+    match v.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Duration::from_secs_f64(s)),
+        Ok(s) => Err(format!("must be above 0 seconds, not {s}")),
+        Err(_) => Err("must be a number of seconds".into()),
+    }
+}
+
+/// Run `loopix client SUBCOMMAND`.
+pub fn main(cmd: &ClientCmd) -> ExitCode {
+    let outcome = match cmd {
+        ClientCmd::Init(a) => init_dir(
+            &a.dir.dir,
+            &a.registration,
+            &a.topology,
+            [a.lambda_p, a.lambda_l, a.lambda_d, a.mu_ms],
+            a.pull_ms,
         ),
-        "send" => Args::parse(rest, &["dir", "to", "wait-reply"], &["surb"], 1),
-        "recv" => Args::parse(rest, &["dir", "count", "timeout", "out", "reply"], &[], 0),
-        "run" | "address" => Args::parse(rest, &["dir"], &[], 0),
-        other => return usage(&format!("unknown client subcommand {other:?}")),
+        ClientCmd::Send(a) => send(a),
+        ClientCmd::Recv(a) => recv_online(
+            &a.dir.dir,
+            a.count,
+            a.timeout,
+            a.out.as_deref(),
+            a.reply.as_deref().map(str::as_bytes),
+        ),
+        ClientCmd::Run(a) => run_online(&a.dir),
+        ClientCmd::Address(a) => address(&a.dir),
     };
-    let outcome = parsed.and_then(|a| {
-        let dir = PathBuf::from(a.required("dir")?);
-        Ok(match sub.as_str() {
-            "init" => init(&dir, &a),
-            "send" => send(&dir, &a),
-            "recv" => recv(&dir, &a),
-            "run" => run(&dir),
-            _ => address(&dir),
-        })
-    });
     match outcome {
-        // A usage mistake: found before anything was done.
-        Err(msg) => usage(&msg),
-        Ok(Outcome::Usage(msg)) => usage(&msg),
-        Ok(Outcome::Done) => ExitCode::SUCCESS,
-        Ok(Outcome::Failed(msg)) => {
-            eprintln!("loopix client {sub}: {msg}");
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("loopix client {}: {msg}", cmd.name());
             ExitCode::FAILURE
-        }
-    }
-}
-
-fn usage(msg: &str) -> ExitCode {
-    eprintln!("loopix client: {msg}\nusage:\n{USAGE}");
-    ExitCode::from(2)
-}
-
-/// How a subcommand ended.
-enum Outcome {
-    Done,
-    Usage(String),
-    Failed(String),
-}
-
-impl From<Result<(), String>> for Outcome {
-    fn from(r: Result<(), String>) -> Outcome {
-        match r {
-            Ok(()) => Outcome::Done,
-            Err(e) => Outcome::Failed(e),
         }
     }
 }
@@ -338,40 +337,6 @@ fn read_private(path: &Path) -> Result<String, String> {
         ));
     }
     fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn init(dir: &Path, a: &Args) -> Outcome {
-    let rates = (|| -> Result<_, String> {
-        let rate = |name: &str, default: f64| {
-            a.number::<f64>(name, "a number per second")
-                .map(|v| v.unwrap_or(default))
-        };
-        Ok((
-            rate("lambda-p", DEFAULT_LAMBDA_P)?,
-            rate("lambda-l", DEFAULT_LAMBDA_L)?,
-            rate("lambda-d", DEFAULT_LAMBDA_D)?,
-            a.number::<f64>("mu-ms", "a number of milliseconds")?
-                .unwrap_or(DEFAULT_MEAN_DELAY_MS),
-            a.number::<u64>("pull-ms", "a whole number of milliseconds")?
-                .unwrap_or(DEFAULT_PULL_MS),
-        ))
-    })();
-    let (lambda_p, lambda_l, lambda_d, mean_delay_ms, pull_ms) = match rates {
-        Ok(r) => r,
-        Err(e) => return Outcome::Usage(e),
-    };
-    let (reg_path, topo_path) = match (a.required("registration"), a.required("topology")) {
-        (Ok(r), Ok(t)) => (PathBuf::from(r), PathBuf::from(t)),
-        (Err(e), _) | (_, Err(e)) => return Outcome::Usage(e),
-    };
-    init_dir(
-        dir,
-        &reg_path,
-        &topo_path,
-        [lambda_p, lambda_l, lambda_d, mean_delay_ms],
-        pull_ms,
-    )
-    .into()
 }
 
 fn init_dir(
@@ -459,18 +424,12 @@ fn check_provider(topology: &Topology, reg: &Registration, reg_path: &Path) -> R
     }
 }
 
-fn address(dir: &Path) -> Outcome {
+fn address(dir: &Path) -> Result<(), String> {
     let p = dir.join("address.toml");
-    match fs::read_to_string(&p) {
-        Ok(t) => {
-            print!("{t}");
-            Outcome::Done
-        }
-        Err(e) => Outcome::Failed(format!(
-            "{}: {e}; run `loopix client init` first",
-            p.display()
-        )),
-    }
+    let t = fs::read_to_string(&p)
+        .map_err(|e| format!("{}: {e}; run `loopix client init` first", p.display()))?;
+    print!("{t}");
+    Ok(())
 }
 
 /// A client directory loaded and online.
@@ -593,27 +552,19 @@ fn show(what: &str, data: &[u8]) -> String {
     }
 }
 
-fn send(dir: &Path, a: &Args) -> Outcome {
-    let to = match a.required("to") {
-        Ok(t) => t.to_owned(),
-        Err(e) => return Outcome::Usage(e),
-    };
-    let wait = match a.seconds("wait-reply") {
-        Ok(w) => w,
-        Err(e) => return Outcome::Usage(e),
-    };
-    let with_surb = a.switches.contains("surb") || wait.is_some();
-    let data = match a.positional.first() {
+fn send(a: &SendArgs) -> Result<(), String> {
+    let data = match &a.text {
         Some(t) => t.as_bytes().to_vec(),
         None => {
             let mut buf = Vec::new();
-            if let Err(e) = std::io::stdin().read_to_end(&mut buf) {
-                return Outcome::Failed(format!("cannot read the message from stdin: {e}"));
-            }
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(|e| format!("cannot read the message from stdin: {e}"))?;
             buf
         }
     };
-    send_online(dir, &to, &data, with_surb, wait).into()
+    let with_surb = a.surb || a.wait_reply.is_some();
+    send_online(&a.dir.dir, &a.to, &data, with_surb, a.wait_reply)
 }
 
 /// `--to`: an address file, or an address id (`PROVIDER.MAILBOX.KEY`).
@@ -685,23 +636,6 @@ fn print_event(e: Event, reply: &mut Option<Vec<u8>>) -> Flow {
         Event::LoopReturned { .. } | Event::Pull { .. } => {}
     }
     Flow::Continue
-}
-
-fn recv(dir: &Path, a: &Args) -> Outcome {
-    let parsed = (|| -> Result<_, String> {
-        let count = a.number::<u64>("count", "a whole number")?;
-        if count == Some(0) {
-            return Err("--count must be at least 1".into());
-        }
-        Ok((count, a.seconds("timeout")?))
-    })();
-    let (count, timeout) = match parsed {
-        Ok(v) => v,
-        Err(e) => return Outcome::Usage(e),
-    };
-    let out = a.values.get("out").map(PathBuf::from);
-    let reply = a.values.get("reply").map(|s| s.as_bytes().to_vec());
-    recv_online(dir, count, timeout, out.as_deref(), reply.as_deref()).into()
 }
 
 fn recv_online(
@@ -793,10 +727,6 @@ impl Receiver<'_> {
         }
         Flow::Continue
     }
-}
-
-fn run(dir: &Path) -> Outcome {
-    run_online(dir).into()
 }
 
 fn run_online(dir: &Path) -> Result<(), String> {

@@ -2,18 +2,27 @@
 //! node, `provider` runs a provider and `provider register|unregister|
 //! clients` manage its clients, `operator-keygen` and `topology` make
 //! signed topology documents (`topology_cli.rs`), `client ...` is the
-//! Loopix client (see `client_cli`). Errors print one message naming the
-//! problem and exit 1; usage mistakes exit 2.
+//! Loopix client (see `client_cli`), `testnet` runs a whole network on
+//! loopback (`loopix_testkit::testnet`), `completions` and `man` print a
+//! shell completion script and the man page.
+//!
+//! The arguments are clap definitions ([`Cli`] and the types it names), so
+//! `--help` works on every command and usage mistakes print clap's message
+//! naming the flag and exit 2. Runtime errors print one message naming the
+//! problem and exit 1.
 
+use std::io::Write as _;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use loopix_directory::descriptor::epoch_at;
 use loopix_engine::config::MixConfig;
 use loopix_engine::keyfile::{self, unix_now_s};
 use loopix_engine::node;
 use loopix_engine::provider;
-use loopix_testkit::testnet;
+use loopix_testkit::testnet::{self, TestnetOptions};
 
 mod client_cli;
 mod topology_cli;
@@ -21,45 +30,189 @@ mod topology_cli;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE_NODE: &str = "usage:
-  loopix keygen --dir DIR [--address HOST:PORT] [--epoch-s SECONDS] [--epochs N]
-      write a node's identity key, link key and N epoch mix keys (default
-      3600 s, 24 epochs from the current one) into DIR, mode 0600, never
-      overwriting a key; prints the signed public descriptor (also in
-      DIR/node.toml); --address is needed once, later runs keep it
-  loopix mix --config FILE
-      run a mix node (see systemd/mix.example.toml); SIGHUP reloads
-      node.topology (a document that does not check is refused)
-  loopix provider --config FILE
-      run a provider (see systemd/provider.example.toml); SIGHUP reloads
-      node.topology and rescans its client registry at once
-  loopix provider register --config FILE [--name NAME] [--out FILE]
-      register a client; print its registration (or write it to FILE, 0600)
-  loopix provider unregister --config FILE --slot N
-      remove the client in slot N (its stored messages are dropped)
-  loopix provider clients --config FILE
-      list registered clients: slot, name, mailbox";
+/// A Loopix mixnet: node keys, mix and provider nodes, signed topology
+/// documents, the client, and a whole test network on loopback.
+#[derive(Debug, Parser)]
+#[command(name = "loopix", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
 
-fn usage_text() -> String {
-    format!(
-        "{USAGE_NODE}\n{}\n{}\n{}",
-        testnet::USAGE,
-        topology_cli::USAGE,
-        client_cli::USAGE
-    )
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Write a node's identity key, link key and epoch mix keys into DIR.
+    ///
+    /// Writes the identity key, the link key and --epochs epoch mix keys
+    /// (from the current epoch) into DIR, mode 0600, never overwriting a
+    /// key; prints the signed public descriptor (also in DIR/node.toml).
+    /// --address is needed once; later runs keep it.
+    Keygen(KeygenArgs),
+    /// Run a mix node (see systemd/mix.example.toml).
+    ///
+    /// SIGHUP reloads node.topology (a document that does not check is
+    /// refused).
+    Mix(ConfigArg),
+    /// Run a provider (see systemd/provider.example.toml), or manage its
+    /// clients.
+    ///
+    /// SIGHUP reloads node.topology and rescans its client registry at once.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Provider {
+        /// The node's config file.
+        #[arg(long, value_name = "FILE", required = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        admin: Option<ProviderAdmin>,
+    },
+    /// Write a new operator key to FILE and its public key to FILE.pub.
+    ///
+    /// FILE is mode 0600 and never overwritten; prints the public key for
+    /// node.operator_key.
+    OperatorKeygen(topology_cli::OperatorKeygenArgs),
+    /// Build, show and verify signed topology documents.
+    #[command(subcommand)]
+    Topology(topology_cli::TopologyCmd),
+    /// The Loopix client: init, send, recv, run, address.
+    #[command(subcommand)]
+    Client(client_cli::ClientCmd),
+    /// Start a whole network on loopback and exchange real messages.
+    ///
+    /// Default 2 providers, 3 layers of 2 mixes, 24 clients, 30 s; every
+    /// node sends its own loops at --lambda-m per second. Prints a summary
+    /// with delivery, latency against the Poisson model, and each node's
+    /// loops sent and returned. With --clients 0 --keep DIR it serves the
+    /// network alone for `loopix-loadgen --testnet DIR` until the duration
+    /// ends or Ctrl-C. Exit 0 on a clean run, 1 on a failure (a node that
+    /// died, lost messages), 130 when interrupted.
+    Testnet(TestnetOptions),
+    /// Print a shell completion script to stdout.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout.
+    Man,
+}
+
+/// `--config`, which every node command takes.
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// The node's config file.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum ProviderAdmin {
+    /// Register a client; print its registration (or write it to --out).
+    Register {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// A name for the client, shown by `provider clients`.
+        #[arg(
+            long,
+            value_name = "NAME",
+            default_value = "",
+            hide_default_value = true
+        )]
+        name: String,
+        /// Write the registration to this new file (mode 0600) instead.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Remove the client in slot N (its stored messages are dropped).
+    Unregister {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The client's slot.
+        #[arg(long, value_name = "N")]
+        slot: u32,
+    },
+    /// List registered clients: slot, name, mailbox.
+    Clients {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// `loopix keygen`'s options.
+#[derive(Debug, Args)]
+struct KeygenArgs {
+    /// The key directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// The node's public address, e.g. 192.0.2.7:1789; needed once before
+    /// `loopix topology build`, later runs keep it.
+    #[arg(long, value_name = "HOST:PORT")]
+    address: Option<SocketAddr>,
+    /// Length of a key epoch, seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = at_least_one)]
+    epoch_s: u64,
+    /// Epoch mix keys to write, from the current epoch.
+    #[arg(long, value_name = "N", default_value_t = 24)]
+    epochs: u64,
+}
+
+/// A whole-number option that must be at least 1.
+fn at_least_one(v: &str) -> Result<u64, String> {
+    match v.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("must be a whole number, at least 1".into()),
+    }
+}
+
+/// A command's failure: a usage mistake clap cannot see (exit 2) or a
+/// runtime failure (exit 1).
+pub enum CliError {
+    /// Wrong arguments.
+    Usage(String),
+    /// The command failed; the message names the file and the fix.
+    Failed(String),
+}
+
+impl From<String> for CliError {
+    fn from(s: String) -> Self {
+        CliError::Failed(s)
+    }
+}
+
+/// Print a usage mistake the way clap prints its own, for the command at
+/// `path` (`["topology", "build"]`), and give exit status 2.
+fn usage_error(path: &[&str], msg: &str) -> ExitCode {
+    let mut sub = Cli::command();
+    sub.build();
+    for name in path {
+        match sub.find_subcommand(name) {
+            Some(s) => sub = s.clone(),
+            None => break,
+        }
+    }
+    let _ = sub
+        .error(clap::error::ErrorKind::ValueValidation, msg)
+        .print();
+    ExitCode::from(2)
+}
+
+/// The exit status for a command's result, printing its message.
+fn finish(path: &[&str], result: Result<(), CliError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Usage(msg)) => usage_error(path, &msg),
+        Err(CliError::Failed(msg)) => {
+            eprintln!("loopix: {msg}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `loopix testnet`: exit 0 on a clean run, 1 on a failure (a node that
 /// died, lost messages), 130 when interrupted, 2 on a usage mistake.
-fn run_testnet(args: &[String]) -> ExitCode {
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage:\n{}", testnet::USAGE);
-        return ExitCode::SUCCESS;
+fn run_testnet(opts: &TestnetOptions) -> ExitCode {
+    if let Err(e) = opts.check() {
+        return usage_error(&["testnet"], &e);
     }
-    let opts = match testnet::parse_args(args) {
-        Ok(o) => o,
-        Err(e) => return usage(&format!("testnet: {e}")),
-    };
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         if let Err(e) = signal_hook::flag::register(sig, std::sync::Arc::clone(&stop)) {
@@ -67,7 +220,7 @@ fn run_testnet(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match testnet::run(&opts, std::sync::Arc::clone(&stop)) {
+    match testnet::run(opts, std::sync::Arc::clone(&stop)) {
         Ok(summary) => {
             print!("{}", testnet::render(&summary));
             if summary.messages_lost > 0 || summary.messages_duplicated > 0 {
@@ -90,162 +243,114 @@ fn run_testnet(args: &[String]) -> ExitCode {
     }
 }
 
-fn usage(msg: &str) -> ExitCode {
-    eprintln!("loopix: {msg}\n{}", usage_text());
-    ExitCode::from(2)
+/// `loopix keygen`.
+fn keygen(a: &KeygenArgs) -> Result<(), CliError> {
+    let first = epoch_at(unix_now_s(), a.epoch_s);
+    let r = keyfile::keygen_at(&a.dir, a.address, a.epoch_s, first, a.epochs)
+        .map_err(|e| e.to_string())?;
+    for p in &r.created {
+        eprintln!("created {}", p.display());
+    }
+    if r.descriptor.address.is_none() {
+        eprintln!(
+            "note: no address yet; run again with --address HOST:PORT before `loopix topology build`"
+        );
+    }
+    print!(
+        "{}",
+        toml::to_string(&r.descriptor).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+/// `loopix provider register|unregister|clients`.
+fn provider_admin(admin: &ProviderAdmin) -> Result<(), CliError> {
+    let (ProviderAdmin::Register { config, .. }
+    | ProviderAdmin::Unregister { config, .. }
+    | ProviderAdmin::Clients { config }) = admin;
+    let config = MixConfig::load(&config.config).map_err(|e| e.to_string())?;
+    match admin {
+        ProviderAdmin::Register { name, out, .. } => {
+            if let Some(o) = out.as_ref().filter(|o| o.exists()) {
+                return Err(CliError::Usage(format!(
+                    "--out {}: the file exists; name a new file",
+                    o.display()
+                )));
+            }
+            let r = provider::register(&config, name)?;
+            eprintln!("registered slot {} mailbox {}", r.slot, r.mailbox);
+            match out {
+                Some(o) => provider::write_registration(o, &r)?,
+                None => print!("{}", r.to_toml()),
+            }
+        }
+        ProviderAdmin::Unregister { slot, .. } => {
+            let e = provider::unregister(&config, *slot)?;
+            eprintln!(
+                "removed slot {} ({}) mailbox {}; a running provider drops its messages within a second",
+                e.slot, e.name, e.mailbox
+            );
+        }
+        ProviderAdmin::Clients { .. } => {
+            let (text, problems) = provider::list(&config)?;
+            print!("{text}");
+            for p in problems {
+                eprintln!("loopix: {p}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `loopix mix` and `loopix provider`: load the config and run the node.
+fn run_node(path: &std::path::Path, run: fn(&MixConfig) -> Result<(), String>) -> ExitCode {
+    let result = MixConfig::load(path)
+        .map_err(|e| e.to_string())
+        .and_then(|c| run(&c));
+    finish(&[], result.map_err(CliError::Failed))
+}
+
+/// `loopix completions SHELL` and `loopix man`.
+fn generated(shell: Option<clap_complete::Shell>) -> ExitCode {
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout().lock();
+    let written = match shell {
+        Some(shell) => {
+            clap_complete::generate(shell, &mut cmd, "loopix", &mut out);
+            Ok(())
+        }
+        None => clap_mangen::Man::new(cmd).render(&mut out),
+    };
+    match written.and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => finish(&[], Err(CliError::Failed(format!("stdout: {e}")))),
+    }
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(cmd) = args.first() else {
-        return usage("missing command");
-    };
-    match cmd.as_str() {
-        "client" => return client_cli::main(&args[1..]),
-        "testnet" => return run_testnet(&args[1..]),
-        "topology" => return topology_cli::exit(topology_cli::topology(&args[1..]), &usage_text()),
-        "operator-keygen" => {
-            return topology_cli::exit(topology_cli::operator_keygen(&args[1..]), &usage_text())
-        }
-        _ => {}
-    }
-    // `provider` has admin subcommands; options follow them.
-    let (cmd, first_opt) = match (cmd.as_str(), args.get(1).map(String::as_str)) {
-        ("provider", Some(sub @ ("register" | "unregister" | "clients"))) => {
-            (format!("provider {sub}"), 2)
-        }
-        _ => (cmd.clone(), 1),
-    };
-    let mut opts = std::collections::HashMap::new();
-    let mut it = args[first_opt..].iter();
-    while let Some(a) = it.next() {
-        let Some(name) = a.strip_prefix("--") else {
-            return usage(&format!("unexpected argument {a:?}"));
-        };
-        let Some(v) = it.next() else {
-            return usage(&format!("--{name} needs a value"));
-        };
-        opts.insert(name.to_string(), v.clone());
-    }
-    let number = |name: &str, default: u64| -> Result<u64, ExitCode> {
-        match opts.get(name) {
-            None => Ok(default),
-            Some(v) => v
-                .parse()
-                .map_err(|_| usage(&format!("--{name} must be a whole number, not {v:?}"))),
-        }
-    };
-    let result = match cmd.as_str() {
-        "keygen" => {
-            let Some(dir) = opts.get("dir") else {
-                return usage("keygen needs --dir DIR");
+    match Cli::parse().command {
+        Cmd::Keygen(a) => finish(&["keygen"], keygen(&a)),
+        Cmd::Mix(a) => run_node(&a.config, node::run_mix),
+        Cmd::Provider {
+            admin: Some(admin), ..
+        } => {
+            let name = match admin {
+                ProviderAdmin::Register { .. } => "register",
+                ProviderAdmin::Unregister { .. } => "unregister",
+                ProviderAdmin::Clients { .. } => "clients",
             };
-            let epoch_s = match number("epoch-s", 3600) {
-                Ok(v) if v > 0 => v,
-                Ok(_) => return usage("--epoch-s must be at least 1"),
-                Err(c) => return c,
-            };
-            let epochs = match number("epochs", 24) {
-                Ok(v) => v,
-                Err(c) => return c,
-            };
-            let address = match opts.get("address").map(|a| a.parse()) {
-                None => None,
-                Some(Ok(a)) => Some(a),
-                Some(Err(_)) => return usage("--address must be HOST:PORT, e.g. 192.0.2.7:1789"),
-            };
-            let first = epoch_at(unix_now_s(), epoch_s);
-            keyfile::keygen_at(&PathBuf::from(dir), address, epoch_s, first, epochs)
-                .map_err(|e| e.to_string())
-                .and_then(|r| {
-                    for p in &r.created {
-                        eprintln!("created {}", p.display());
-                    }
-                    if r.descriptor.address.is_none() {
-                        eprintln!("note: no address yet; run again with --address HOST:PORT before `loopix topology build`");
-                    }
-                    print!(
-                        "{}",
-                        toml::to_string(&r.descriptor).map_err(|e| e.to_string())?
-                    );
-                    Ok(())
-                })
+            finish(&["provider", name], provider_admin(&admin))
         }
-        "mix" => {
-            let Some(path) = opts.get("config") else {
-                return usage("mix needs --config FILE");
-            };
-            MixConfig::load(&PathBuf::from(path))
-                .map_err(|e| e.to_string())
-                .and_then(|c| node::run_mix(&c))
-        }
-        "provider" | "provider register" | "provider unregister" | "provider clients" => {
-            let Some(path) = opts.get("config") else {
-                return usage(&format!("{cmd} needs --config FILE"));
-            };
-            let config = match MixConfig::load(&PathBuf::from(path)) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("loopix: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match cmd.as_str() {
-                "provider" => node::run_provider(&config),
-                "provider register" => {
-                    let name = opts.get("name").map_or("", String::as_str);
-                    let out = opts.get("out").map(PathBuf::from);
-                    if let Some(o) = &out {
-                        if o.exists() {
-                            return usage(&format!(
-                                "--out {}: the file exists; name a new file",
-                                o.display()
-                            ));
-                        }
-                    }
-                    provider::register(&config, name).and_then(|r| {
-                        eprintln!("registered slot {} mailbox {}", r.slot, r.mailbox);
-                        match &out {
-                            Some(o) => provider::write_registration(o, &r),
-                            None => {
-                                print!("{}", r.to_toml());
-                                Ok(())
-                            }
-                        }
-                    })
-                }
-                "provider unregister" => {
-                    let slot = match opts.get("slot").map(|v| v.parse::<u32>()) {
-                        Some(Ok(s)) => s,
-                        Some(Err(_)) => return usage("--slot must be a whole number"),
-                        None => return usage("unregister needs --slot N"),
-                    };
-                    provider::unregister(&config, slot).map(|e| {
-                        eprintln!(
-                            "removed slot {} ({}) mailbox {}; a running provider drops its messages within a second",
-                            e.slot, e.name, e.mailbox
-                        );
-                    })
-                }
-                _ => provider::list(&config).map(|(text, problems)| {
-                    print!("{text}");
-                    for p in problems {
-                        eprintln!("loopix: {p}");
-                    }
-                }),
-            }
-        }
-        "help" | "--help" | "-h" => {
-            println!("{}", usage_text());
-            Ok(())
-        }
-        other => return usage(&format!("unknown command {other:?}")),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(msg) => {
-            eprintln!("loopix: {msg}");
-            ExitCode::FAILURE
-        }
+        Cmd::Provider { config, .. } => match config {
+            Some(path) => run_node(&path, node::run_provider),
+            // clap requires --config when there is no subcommand.
+            None => usage_error(&["provider"], "provider needs --config FILE"),
+        },
+        Cmd::OperatorKeygen(a) => finish(&["operator-keygen"], topology_cli::operator_keygen(&a)),
+        Cmd::Topology(t) => finish(&["topology", t.name()], topology_cli::topology(&t)),
+        Cmd::Client(c) => client_cli::main(&c),
+        Cmd::Testnet(opts) => run_testnet(&opts),
+        Cmd::Completions { shell } => generated(Some(shell)),
+        Cmd::Man => generated(None),
     }
 }

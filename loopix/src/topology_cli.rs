@@ -1,139 +1,121 @@
 //! `loopix operator-keygen` and `loopix topology build | show | verify`: the
-//! operator's side of signed topology documents (`docs/topology.md`).
+//! operator's side of signed topology documents (`docs/topology.md`). The
+//! arguments are clap definitions ([`OperatorKeygenArgs`], [`TopologyCmd`]);
+//! `main.rs` parses them.
 //!
 //! Every command returns `Err(message)` phrased for the operator (exit 1) or
-//! a usage mistake (exit 2); nothing here panics on a file's content.
+//! a usage mistake clap cannot see, such as a layer beyond `--layers` (exit
+//! 2); nothing here panics on a file's content.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
+use clap::{Args, Subcommand};
 use loopix_crypto::IdentityPublic;
 use loopix_directory::descriptor::{epoch_at, NodeDescriptor};
 use loopix_directory::topology::{BuildParams, Role, Topology, TopologyFile};
 use loopix_engine::keyfile::{self, unix_now_s};
 
-/// Usage lines for the top-level usage text.
-pub const USAGE: &str = "  loopix operator-keygen --out FILE
-      write a new operator key to FILE (mode 0600, never overwritten) and its
-      public key to FILE.pub; prints the public key for node.operator_key
-  loopix topology build --operator-key FILE --layers L --out FILE
-                        [--serial N] [--valid-days D] LAYER:DESCRIPTOR...
-      sign a topology document; each DESCRIPTOR is a key directory or its
-      node.toml (from `loopix keygen --address`), LAYER is 0 (or
-      `provider`) for a provider, 1..L for a mix; serial defaults to the
-      current unix time (or one above FILE's), validity to 7 days from
-      5 minutes ago
-  loopix topology show FILE [--operator-pub KEY]
-      print layers, nodes, epochs, validity and whether the signatures verify
-  loopix topology verify FILE --operator-pub KEY
-      exit 0 if FILE verifies against KEY (hex, or a .pub file) now, else 1";
+use crate::CliError;
 
-/// What went wrong: a usage mistake (exit 2) or a failure (exit 1).
-pub enum CliError {
-    /// Wrong arguments.
-    Usage(String),
-    /// The command failed; the message names the file and the fix.
-    Failed(String),
+/// `loopix operator-keygen`'s options.
+#[derive(Debug, Args)]
+pub struct OperatorKeygenArgs {
+    /// The operator's secret key file to create (mode 0600, never
+    /// overwritten); its public key goes to FILE.pub.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
 }
 
-impl From<String> for CliError {
-    fn from(s: String) -> Self {
-        CliError::Failed(s)
-    }
+/// `loopix topology ...`.
+#[derive(Debug, Subcommand)]
+pub enum TopologyCmd {
+    /// Sign a topology document.
+    ///
+    /// Each DESCRIPTOR is a key directory or its node.toml (from `loopix
+    /// keygen --address`); LAYER is 0 (or `provider`) for a provider, 1..L
+    /// for a mix. The serial defaults to the current unix time (or one above
+    /// FILE's), the validity to 7 days from 5 minutes ago.
+    Build(BuildArgs),
+    /// Print layers, nodes, epochs, validity and whether the signatures verify.
+    Show {
+        /// The topology document.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Check the signatures against this operator public key (hex, or a
+        /// .pub file) instead of the document's own.
+        #[arg(long, value_name = "KEY")]
+        operator_pub: Option<String>,
+    },
+    /// Exit 0 if FILE verifies against KEY now, else 1.
+    Verify {
+        /// The topology document.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The operator public key: 64 hex digits, or a .pub file.
+        #[arg(long, value_name = "KEY")]
+        operator_pub: String,
+    },
 }
 
-/// Options (`--name value`) and positional arguments.
-struct Args {
-    opts: HashMap<String, String>,
-    positional: Vec<String>,
-}
-
-fn parse_args(args: &[String], known: &[&str]) -> Result<Args, CliError> {
-    let mut opts = HashMap::new();
-    let mut positional = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if let Some(name) = a.strip_prefix("--") {
-            if !known.contains(&name) {
-                return Err(CliError::Usage(format!("unknown option --{name}")));
-            }
-            let Some(v) = it.next() else {
-                return Err(CliError::Usage(format!("--{name} needs a value")));
-            };
-            opts.insert(name.to_string(), v.clone());
-        } else {
-            positional.push(a.clone());
+impl TopologyCmd {
+    /// The subcommand's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TopologyCmd::Build(_) => "build",
+            TopologyCmd::Show { .. } => "show",
+            TopologyCmd::Verify { .. } => "verify",
         }
     }
-    Ok(Args { opts, positional })
 }
 
-impl Args {
-    fn required(&self, name: &str, cmd: &str) -> Result<&str, CliError> {
-        self.opts
-            .get(name)
-            .map(String::as_str)
-            .ok_or_else(|| CliError::Usage(format!("{cmd} needs --{name}")))
-    }
-
-    fn number(&self, name: &str, default: u64) -> Result<u64, CliError> {
-        match self.opts.get(name) {
-            None => Ok(default),
-            Some(v) => v.parse().map_err(|_| {
-                CliError::Usage(format!("--{name} must be a whole number, not {v:?}"))
-            }),
-        }
-    }
+/// `loopix topology build`'s options.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The operator's secret key (from `loopix operator-keygen`).
+    #[arg(long, value_name = "FILE")]
+    operator_key: PathBuf,
+    /// Mix layers, 1 to 255.
+    #[arg(long, value_name = "L", value_parser = clap::value_parser!(u8).range(1..))]
+    layers: u8,
+    /// The document to write (atomically: beside it, then renamed).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// The serial; default the current unix time, or one above FILE's.
+    #[arg(long, value_name = "N")]
+    serial: Option<u64>,
+    /// Days of validity, 1 to 3650.
+    #[arg(
+        long,
+        value_name = "D",
+        default_value_t = 7,
+        value_parser = clap::value_parser!(u64).range(1..=3650)
+    )]
+    valid_days: u64,
+    /// The nodes, each LAYER:DESCRIPTOR (e.g. 0:keys/provider or
+    /// 1:keys/mix-a/node.toml).
+    #[arg(value_name = "LAYER:DESCRIPTOR", required = true)]
+    nodes: Vec<String>,
 }
 
 /// `loopix operator-keygen --out FILE`.
-pub fn operator_keygen(args: &[String]) -> Result<(), CliError> {
-    let a = parse_args(args, &["out"])?;
-    if let Some(p) = a.positional.first() {
-        return Err(CliError::Usage(format!("unexpected argument {p:?}")));
-    }
-    let out = PathBuf::from(a.required("out", "operator-keygen")?);
-    let public = keyfile::operator_keygen(&out).map_err(|e| e.to_string())?;
+pub fn operator_keygen(a: &OperatorKeygenArgs) -> Result<(), CliError> {
+    let public = keyfile::operator_keygen(&a.out).map_err(|e| e.to_string())?;
     eprintln!(
         "created {} (secret, mode 0600) and {}.pub",
-        out.display(),
-        out.display()
+        a.out.display(),
+        a.out.display()
     );
     println!("{public}");
     Ok(())
 }
 
 /// `loopix topology SUBCOMMAND ...`.
-pub fn topology(args: &[String]) -> Result<(), CliError> {
-    let Some(sub) = args.first() else {
-        return Err(CliError::Usage(
-            "topology needs build, show or verify".into(),
-        ));
-    };
-    match sub.as_str() {
-        "build" => build(&args[1..]),
-        "show" => show(&args[1..]),
-        "verify" => verify(&args[1..]),
-        other => Err(CliError::Usage(format!(
-            "unknown topology command {other:?}; use build, show or verify"
-        ))),
-    }
-}
-
-/// Exit status for a command's result, printing its message.
-pub fn exit(result: Result<(), CliError>, usage: &str) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(CliError::Usage(msg)) => {
-            eprintln!("loopix: {msg}\n{usage}");
-            ExitCode::from(2)
-        }
-        Err(CliError::Failed(msg)) => {
-            eprintln!("loopix: {msg}");
-            ExitCode::FAILURE
-        }
+pub fn topology(cmd: &TopologyCmd) -> Result<(), CliError> {
+    match cmd {
+        TopologyCmd::Build(a) => build(a),
+        TopologyCmd::Show { file, operator_pub } => show(file, operator_pub.as_deref()),
+        TopologyCmd::Verify { file, operator_pub } => verify(file, operator_pub),
     }
 }
 
@@ -175,33 +157,17 @@ fn placement(spec: &str, layers: u8) -> Result<(NodeDescriptor, Role, u8), CliEr
     Ok((descriptor, role, layer))
 }
 
-fn build(args: &[String]) -> Result<(), CliError> {
-    let a = parse_args(
-        args,
-        &["operator-key", "layers", "out", "serial", "valid-days"],
-    )?;
-    let operator_path = PathBuf::from(a.required("operator-key", "topology build")?);
-    let out = PathBuf::from(a.required("out", "topology build")?);
-    let layers = match a.required("layers", "topology build")?.parse::<u8>() {
-        Ok(l) if l >= 1 => l,
-        _ => return Err(CliError::Usage("--layers must be 1 to 255".into())),
-    };
+fn build(a: &BuildArgs) -> Result<(), CliError> {
+    let (out, layers, days) = (&a.out, a.layers, a.valid_days);
     let now = unix_now_s();
     // Serials only go up: by default the current time, or one more than the
     // document being replaced if that is higher.
-    let previous = TopologyFile::read(&out).ok().map(|f| f.serial);
-    let serial = a.number("serial", now.max(previous.map_or(0, |p| p + 1)))?;
-    let days = a.number("valid-days", 7)?;
-    if days == 0 || days > 3650 {
-        return Err(CliError::Usage("--valid-days must be 1 to 3650".into()));
-    }
-    if a.positional.is_empty() {
-        return Err(CliError::Usage(
-            "topology build needs at least one LAYER:DESCRIPTOR".into(),
-        ));
-    }
+    let previous = TopologyFile::read(out).ok().map(|f| f.serial);
+    let serial = a
+        .serial
+        .unwrap_or_else(|| now.max(previous.map_or(0, |p| p + 1)));
     let placed = a
-        .positional
+        .nodes
         .iter()
         .map(|p| placement(p, layers))
         .collect::<Result<Vec<_>, _>>()?;
@@ -211,7 +177,7 @@ fn build(args: &[String]) -> Result<(), CliError> {
             out.display()
         )));
     }
-    let operator = keyfile::read_identity(&operator_path).map_err(|e| e.to_string())?;
+    let operator = keyfile::read_identity(&a.operator_key).map_err(|e| e.to_string())?;
     let params = BuildParams {
         serial,
         // Five minutes back, so that nodes whose clocks run a little behind
@@ -228,7 +194,7 @@ fn build(args: &[String]) -> Result<(), CliError> {
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     std::fs::write(&tmp, text)
-        .and_then(|_| std::fs::rename(&tmp, &out))
+        .and_then(|_| std::fs::rename(&tmp, out))
         .map_err(|e| format!("{}: {e}", out.display()))?;
     println!(
         "wrote {}: serial {serial}, {} nodes in {layers} layers plus providers, valid for {days} days, signed by operator {}",
@@ -337,26 +303,9 @@ fn describe(file: &TopologyFile, verdict: &Result<Topology, String>, pinned: boo
     o
 }
 
-fn one_file(a: &Args, cmd: &str) -> Result<PathBuf, CliError> {
-    match a.positional.as_slice() {
-        [f] => Ok(PathBuf::from(f)),
-        [] => Err(CliError::Usage(format!("topology {cmd} needs FILE"))),
-        more => Err(CliError::Usage(format!(
-            "topology {cmd} takes one FILE, not {}",
-            more.len()
-        ))),
-    }
-}
-
-fn show(args: &[String]) -> Result<(), CliError> {
-    let a = parse_args(args, &["operator-pub"])?;
-    let path = one_file(&a, "show")?;
-    let file = TopologyFile::read(&path).map_err(|e| e.to_string())?;
-    let pinned = a
-        .opts
-        .get("operator-pub")
-        .map(|v| operator_public(v))
-        .transpose()?;
+fn show(path: &Path, operator_pub: Option<&str>) -> Result<(), CliError> {
+    let file = TopologyFile::read(path).map_err(|e| e.to_string())?;
+    let pinned = operator_pub.map(operator_public).transpose()?;
     let trusted = match pinned {
         Some(k) => Ok(k),
         None => {
@@ -371,11 +320,9 @@ fn show(args: &[String]) -> Result<(), CliError> {
     Ok(())
 }
 
-fn verify(args: &[String]) -> Result<(), CliError> {
-    let a = parse_args(args, &["operator-pub"])?;
-    let path = one_file(&a, "verify")?;
-    let trusted = operator_public(a.required("operator-pub", "topology verify")?)?;
-    let t = Topology::load(&path, &trusted, unix_now_s()).map_err(|e| e.to_string())?;
+fn verify(path: &Path, operator_pub: &str) -> Result<(), CliError> {
+    let trusted = operator_public(operator_pub)?;
+    let t = Topology::load(path, &trusted, unix_now_s()).map_err(|e| e.to_string())?;
     println!(
         "ok: {} serial {}, {} nodes, {} layers, signed by {}, valid {}",
         path.display(),

@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+
 use loopix_client::driver::{self, Driver, Flow, BUILD_AHEAD_US};
 use loopix_client::{Address, Client, ClientLimits, ClientTopology, Event, Rates, Registration};
 use loopix_crypto::{Geometry, SecretKey};
@@ -37,83 +39,147 @@ use loopix_engine::config::IoChoice;
 use loopix_engine::metrics::names;
 
 /// Everything a user can set; `Default` is the embedded default run.
-#[derive(Debug, Clone, Serialize)]
+///
+/// The fields are also `loopix testnet`'s options (`clap::Args`): each
+/// flag's name, default and help are defined here once, and `Default` is
+/// what parsing no flags gives. Ranges are checked by [`Self::check`].
+#[derive(Debug, Clone, Serialize, clap::Args)]
 pub struct TestnetOptions {
-    /// Mix layers.
+    /// Mix layers (1 to 4).
+    #[arg(long, value_name = "N", default_value_t = 3)]
     pub layers: u8,
     /// Mixes in each layer.
+    #[arg(long, value_name = "N", default_value_t = 2)]
     pub mixes_per_layer: usize,
     /// Providers.
+    #[arg(long, value_name = "N", default_value_t = 2)]
     pub providers: usize,
-    /// In-process clients (spread over the providers).
+    /// In-process clients (spread over the providers); 0 serves the network
+    /// alone (for `loopix-loadgen --testnet DIR`, with `--keep DIR`).
+    #[arg(long, value_name = "N", default_value_t = 24)]
     pub clients: usize,
     /// Mean per-hop delay, milliseconds (`1/mu`).
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 20.0,
+        allow_negative_numbers = true
+    )]
     pub mu_ms: f64,
     /// `lambda_P`, per second per client.
+    #[arg(
+        long,
+        value_name = "R",
+        default_value_t = 4.0,
+        allow_negative_numbers = true
+    )]
     pub lambda_p: f64,
     /// `lambda_L`, per second per client.
+    #[arg(
+        long,
+        value_name = "R",
+        default_value_t = 2.0,
+        allow_negative_numbers = true
+    )]
     pub lambda_l: f64,
     /// `lambda_D`, per second per client.
+    #[arg(
+        long,
+        value_name = "R",
+        default_value_t = 2.0,
+        allow_negative_numbers = true
+    )]
     pub lambda_d: f64,
     /// Pull period, milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
     pub pull_ms: u64,
-    /// `lambda_M`, every node's own loops per second (the node default is
-    /// the paper's 10 per minute).
+    /// `lambda_M`, every node's own loops per second (default 10 per
+    /// minute, the node default and the paper's).
+    #[arg(
+        long,
+        value_name = "R",
+        default_value_t = 10.0 / 60.0,
+        hide_default_value = true,
+        allow_negative_numbers = true
+    )]
     pub lambda_m: f64,
     /// Every node's `detector.window_s` (0: the node default, long enough
     /// for 50 returns at `lambda_m`).
+    #[arg(long, value_name = "S", default_value_t = 0)]
     pub detector_window_s: u64,
-    /// An (n−1) attacker in front of one node (`--attack n-1:NODE[:F]`).
+    /// An (n−1) attacker in front of one node: `n-1:mix-l2-0:0.9` puts a
+    /// proxy before that node that blocks 90% of its input (default 0.9),
+    /// and the summary shows which nodes raised the (n−1) alarm and when.
+    #[arg(long, value_name = "n-1:NODE[:FRACTION]", value_parser = Attack::parse)]
     pub attack: Option<Attack>,
     /// Frames in a pull answer (`k`).
+    #[arg(long, value_name = "K", default_value_t = 16)]
     pub pull_frames: u16,
     /// Real messages each client writes per second (a Poisson process).
+    #[arg(
+        long,
+        value_name = "R",
+        default_value_t = 0.5,
+        allow_negative_numbers = true
+    )]
     pub message_rate: f64,
     /// Bytes of each real message.
+    #[arg(long, value_name = "N", default_value_t = 200)]
     pub message_bytes: usize,
     /// Length of the run, seconds.
+    #[arg(
+        long,
+        value_name = "S",
+        default_value_t = 30.0,
+        allow_negative_numbers = true
+    )]
     pub duration_s: f64,
     /// I/O backend of the nodes.
+    #[arg(
+        long,
+        value_name = "IO",
+        default_value = "auto",
+        value_parser = PossibleValuesParser::new(["auto", "uring", "portable"]).map(io_choice)
+    )]
     pub io: IoChoice,
     /// Keep the network's directory here instead of a temporary one.
+    #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,
     /// Write the summary as JSON here.
+    #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Print a progress line every second.
+    /// Print a progress line every second (`--quiet` turns it off).
+    #[arg(
+        long = "quiet",
+        action = clap::ArgAction::SetFalse,
+        help = "No progress line every second"
+    )]
     pub progress: bool,
     /// The program (and its leading arguments) that runs a node, given
     /// `mix|provider --config FILE` after them; `None`: this executable.
     /// Lets another binary that embeds the node (the load generator's
     /// tests) start a testnet.
     #[serde(skip)]
+    #[arg(skip)]
     pub node_program: Option<(PathBuf, Vec<String>)>,
 }
 
+/// `--io`'s value, already one of the possible values.
+fn io_choice(v: String) -> IoChoice {
+    match v.as_str() {
+        "uring" => IoChoice::Uring,
+        "portable" => IoChoice::Portable,
+        _ => IoChoice::Auto,
+    }
+}
+
 impl Default for TestnetOptions {
+    /// The flags' defaults: what `loopix testnet` with no flags runs.
     fn default() -> Self {
-        TestnetOptions {
-            layers: 3,
-            mixes_per_layer: 2,
-            providers: 2,
-            clients: 24,
-            mu_ms: 20.0,
-            lambda_p: 4.0,
-            lambda_l: 2.0,
-            lambda_d: 2.0,
-            pull_ms: 100,
-            lambda_m: 10.0 / 60.0,
-            detector_window_s: 0,
-            attack: None,
-            pull_frames: 16,
-            message_rate: 0.5,
-            message_bytes: 200,
-            duration_s: 30.0,
-            io: IoChoice::Auto,
-            keep: None,
-            json: None,
-            progress: true,
-            node_program: None,
-        }
+        let cmd = <Self as clap::Args>::augment_args(clap::Command::new("testnet"));
+        let matches = cmd.get_matches_from(["testnet"]);
+        <Self as clap::FromArgMatches>::from_arg_matches(&matches)
+            .expect("no flags are a valid testnet")
     }
 }
 
@@ -1228,74 +1294,6 @@ fn render_nodes(out: &mut String, s: &Summary) {
     }
 }
 
-/// The usage text of `loopix testnet`.
-pub const USAGE: &str = "  loopix testnet [--layers N] [--mixes-per-layer N] [--providers N]
-                 [--clients N] [--mu-ms MS] [--lambda-p R] [--lambda-l R]
-                 [--lambda-d R] [--lambda-m R] [--pull-ms MS] [--pull-frames K]
-                 [--message-rate R] [--message-bytes N] [--duration-s S]
-                 [--io auto|uring|portable] [--keep DIR] [--json FILE] [--quiet]
-                 [--detector-window-s S] [--attack n-1:NODE[:FRACTION]]
-      start a whole network on loopback (default 2 providers, 3 layers of 2
-      mixes, 24 clients, 30 s; every node sends its own loops at
-      --lambda-m per second, default 10 per minute), exchange real
-      messages, print a summary with each node's loops sent and returned;
-      with --clients 0 --keep DIR it serves the network alone for
-      loopix-loadgen --testnet DIR until the duration ends or Ctrl-C;
-      --attack n-1:mix-l2-0:0.9 puts a proxy in front of that node that
-      blocks 90% of its input (an (n-1) attacker), and the summary shows
-      which nodes raised the (n-1) alarm and when";
-
-/// Parse `loopix testnet` options (after the word `testnet`).
-pub fn parse_args(args: &[String]) -> Result<TestnetOptions, String> {
-    let mut o = TestnetOptions::default();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let Some(name) = a.strip_prefix("--") else {
-            return Err(format!("unexpected argument {a:?}"));
-        };
-        if name == "quiet" {
-            o.progress = false;
-            continue;
-        }
-        let v = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
-        fn num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
-            v.parse()
-                .map_err(|_| format!("--{name} must be a number, not {v:?}"))
-        }
-        match name {
-            "layers" => o.layers = num(name, v)?,
-            "mixes-per-layer" => o.mixes_per_layer = num(name, v)?,
-            "providers" => o.providers = num(name, v)?,
-            "clients" => o.clients = num(name, v)?,
-            "mu-ms" => o.mu_ms = num(name, v)?,
-            "lambda-p" => o.lambda_p = num(name, v)?,
-            "lambda-l" => o.lambda_l = num(name, v)?,
-            "lambda-d" => o.lambda_d = num(name, v)?,
-            "lambda-m" => o.lambda_m = num(name, v)?,
-            "detector-window-s" => o.detector_window_s = num(name, v)?,
-            "attack" => o.attack = Some(Attack::parse(v)?),
-            "pull-ms" => o.pull_ms = num(name, v)?,
-            "pull-frames" => o.pull_frames = num(name, v)?,
-            "message-rate" => o.message_rate = num(name, v)?,
-            "message-bytes" => o.message_bytes = num(name, v)?,
-            "duration-s" => o.duration_s = num(name, v)?,
-            "io" => {
-                o.io = match v.as_str() {
-                    "auto" => IoChoice::Auto,
-                    "uring" => IoChoice::Uring,
-                    "portable" => IoChoice::Portable,
-                    _ => return Err(format!("--io must be auto, uring or portable, not {v:?}")),
-                }
-            }
-            "keep" => o.keep = Some(PathBuf::from(v)),
-            "json" => o.json = Some(PathBuf::from(v)),
-            _ => return Err(format!("unknown option --{name}")),
-        }
-    }
-    o.check()?;
-    Ok(o)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1306,7 +1304,10 @@ mod tests {
         assert_eq!(b.len(), 100);
         assert_eq!(parse_body(&b), Some(42));
         assert_eq!(parse_body(b"other"), None);
-        assert!(TestnetOptions::default().check().is_ok());
+        let d = TestnetOptions::default();
+        assert!(d.check().is_ok());
+        assert_eq!((d.layers, d.clients, d.io), (3, 24, IoChoice::Auto));
+        assert!((d.lambda_m - 10.0 / 60.0).abs() < 1e-12 && d.progress);
         let e = TestnetOptions {
             clients: 1,
             ..TestnetOptions::default()

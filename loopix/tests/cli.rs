@@ -1,0 +1,117 @@
+//! The `loopix` command line as a whole: `--help` works on every command and
+//! subcommand (exit 0, on stdout), `--version` works, a usage mistake exits 2
+//! and names the flag, and `completions` and `man` print their scripts.
+
+use std::process::{Command, Output};
+
+fn loopix(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_loopix"))
+        .args(args)
+        .output()
+        .expect("run loopix");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Every command path, as the words before `--help`.
+const COMMANDS: &[&[&str]] = &[
+    &[],
+    &["keygen"],
+    &["mix"],
+    &["provider"],
+    &["provider", "register"],
+    &["provider", "unregister"],
+    &["provider", "clients"],
+    &["operator-keygen"],
+    &["topology"],
+    &["topology", "build"],
+    &["topology", "show"],
+    &["topology", "verify"],
+    &["client"],
+    &["client", "init"],
+    &["client", "send"],
+    &["client", "recv"],
+    &["client", "run"],
+    &["client", "address"],
+    &["testnet"],
+    &["completions"],
+    &["man"],
+];
+
+#[test]
+fn help_works_on_every_command() {
+    for path in COMMANDS {
+        let mut args = path.to_vec();
+        args.push("--help");
+        let out = loopix(&args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert!(
+            stdout(&out).contains("Usage: loopix"),
+            "{args:?}: {}",
+            stdout(&out)
+        );
+    }
+    let out = loopix(&["mix", "--help"]);
+    assert!(stdout(&out).contains("--config"), "{}", stdout(&out));
+    let out = loopix(&["help", "topology", "build"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("--operator-key"), "{}", stdout(&out));
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let out = loopix(&["--version"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(env!("CARGO_PKG_VERSION")),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn usage_mistakes_exit_2_and_name_the_flag() {
+    for (args, names) in [
+        (&["mix", "--bogus"][..], "--bogus"),
+        (&["mix"], "--config"),
+        (&["provider"], "--config"),
+        (&["provider", "unregister", "--config", "p.toml"], "--slot"),
+        (&["keygen", "--dir", "k", "--epoch-s", "0"], "--epoch-s"),
+        (
+            &["keygen", "--dir", "k", "--address", "nowhere"],
+            "--address",
+        ),
+        (&["topology", "build", "--layers", "0"], "--layers"),
+        (&["testnet", "--io", "fast"], "--io"),
+        (&["testnet", "--layers", "9"], "--layers"),
+        (&["client", "recv", "--dir", "d", "--count", "0"], "--count"),
+    ] {
+        let out = loopix(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(names), "{args:?}: {}", stderr(&out));
+        assert!(stdout(&out).is_empty(), "{args:?}: {}", stdout(&out));
+    }
+}
+
+#[test]
+fn completions_and_man_page_are_generated() {
+    let out = loopix(&["completions", "bash"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("operator-keygen"), "{}", stdout(&out));
+    let out = loopix(&["man"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with(".ie") || stdout(&out).contains(".TH"));
+    assert_eq!(loopix(&["completions", "tcsh"]).status.code(), Some(2));
+}
