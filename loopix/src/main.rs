@@ -6,7 +6,7 @@
 //! loopback (`loopix_testkit::testnet`), `completions` and `man` print a
 //! shell completion script and the man page.
 //!
-//! The arguments are clap definitions ([`Cli`] and the types it names), so
+//! The arguments are clap definitions (`Cli` and the types it names), so
 //! `--help` works on every command and usage mistakes print clap's message
 //! naming the flag and exit 2. Runtime errors print one message naming the
 //! problem and exit 1.
