@@ -97,6 +97,21 @@ fn usage_mistakes_exit_2_and_name_the_flag() {
         (&["testnet", "--io", "fast"], "--io"),
         (&["testnet", "--layers", "9"], "--layers"),
         (&["client", "recv", "--dir", "d", "--count", "0"], "--count"),
+        // A mistake only the command sees, printed the way clap prints its own.
+        (
+            &[
+                "topology",
+                "build",
+                "--operator-key",
+                "k",
+                "--layers",
+                "1",
+                "--out",
+                "/nonexistent/t.toml",
+                "5:x",
+            ],
+            "mix layer 1 to 1",
+        ),
     ] {
         let out = loopix(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
