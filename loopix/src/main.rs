@@ -4,7 +4,8 @@
 //! signed topology documents (`topology_cli.rs`), `client ...` is the
 //! Loopix client (see `client_cli`), `testnet` runs a whole network on
 //! loopback (`loopix_testkit::testnet`), `completions` and `man` print a
-//! shell completion script and the man page.
+//! shell completion script and the man page (`man --dir DIR` writes a page
+//! for every subcommand too).
 //!
 //! The arguments are clap definitions (`Cli` and the types it names), so
 //! `--help` works on every command and usage mistakes print clap's message
@@ -93,7 +94,12 @@ enum Cmd {
         shell: clap_complete::Shell,
     },
     /// Print the man page (roff) to stdout.
-    Man,
+    Man {
+        /// Instead, write loopix.1 and a page for every subcommand
+        /// (loopix-keygen.1, loopix-topology-build.1, ...) into this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// `--config`, which every node command takes.
@@ -310,9 +316,14 @@ fn run_node(path: &std::path::Path, run: fn(&MixConfig) -> Result<(), String>) -
     finish(&[], result.map_err(CliError::Failed))
 }
 
-/// `loopix completions SHELL` and `loopix man`.
-fn generated(shell: Option<clap_complete::Shell>) -> ExitCode {
+/// `loopix completions SHELL` and `loopix man [--dir DIR]`.
+fn generated(shell: Option<clap_complete::Shell>, man_dir: Option<&std::path::Path>) -> ExitCode {
     let mut cmd = Cli::command();
+    if let Some(dir) = man_dir {
+        let result = clap_mangen::generate_to(cmd, dir)
+            .map_err(|e| CliError::Failed(format!("{}: {e}", dir.display())));
+        return finish(&[], result);
+    }
     let mut out = std::io::stdout().lock();
     let written = match shell {
         Some(shell) => {
@@ -350,7 +361,7 @@ fn main() -> ExitCode {
         Cmd::Topology(t) => finish(&["topology", t.name()], topology_cli::topology(&t)),
         Cmd::Client(c) => client_cli::main(&c),
         Cmd::Testnet(opts) => run_testnet(&opts),
-        Cmd::Completions { shell } => generated(Some(shell)),
-        Cmd::Man => generated(None),
+        Cmd::Completions { shell } => generated(Some(shell), None),
+        Cmd::Man { dir } => generated(None, dir.as_deref()),
     }
 }

@@ -1,6 +1,7 @@
 //! The `loopix` command line as a whole: `--help` works on every command and
 //! subcommand (exit 0, on stdout), `--version` works, a usage mistake exits 2
-//! and names the flag, and `completions` and `man` print their scripts.
+//! and names the flag, and `completions` and `man` print their scripts
+//! (`man --dir` writes a page per subcommand).
 
 use std::process::{Command, Output};
 
@@ -129,4 +130,11 @@ fn completions_and_man_page_are_generated() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).starts_with(".ie") || stdout(&out).contains(".TH"));
     assert_eq!(loopix(&["completions", "tcsh"]).status.code(), Some(2));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = loopix(&["man", "--dir", dir.path().to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for page in ["loopix.1", "loopix-mix.1", "loopix-topology-build.1"] {
+        let text = std::fs::read_to_string(dir.path().join(page)).expect(page);
+        assert!(text.contains(".TH"), "{page}: {text}");
+    }
 }
