@@ -310,8 +310,12 @@ fn default_commit_max_wait_ms() -> u64 {
 fn default_store_queue() -> usize {
     8192
 }
+/// The default `provider.answer_delay_us`: every pull answer leaves this
+/// long after its pull arrived.
+pub const DEFAULT_ANSWER_DELAY_US: u64 = 1_000;
+
 fn default_answer_delay_us() -> u64 {
-    1_000
+    DEFAULT_ANSWER_DELAY_US
 }
 
 /// `[provider]`: the inbox, the client registry and pulls (providers only).

@@ -374,12 +374,14 @@ pub fn report(s: &Scenario, steps: Vec<StepResult>, layers: u8, stopped: Option<
 
 /// The latency model of a scenario, in milliseconds: `layers + 2`
 /// exponential delays (the first provider, every layer, and the last
-/// provider before it stores) and a uniform wait for the pull.
+/// provider before it stores), a uniform wait for the pull, and the
+/// provider's fixed answer delay (the nodes' default
+/// `provider.answer_delay_us`).
 pub fn latency_model(s: &Scenario, layers: u8) -> LatencyModel {
     LatencyModel {
         hops: u32::from(layers) + 2,
         mean_delay: s.mean_delay_ms,
         pull_period: s.pull_ms as f64,
-        offset: 0.0,
+        offset: loopix_engine::config::DEFAULT_ANSWER_DELAY_US as f64 / 1e3,
     }
 }

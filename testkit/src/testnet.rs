@@ -296,13 +296,15 @@ impl TestnetOptions {
     }
 
     /// The model of a loop's round trip, seconds: per-hop delays plus the
-    /// wait for the next pull.
+    /// wait for the next pull and the provider's fixed answer delay.
     pub fn loop_model(&self) -> LatencyModel {
         LatencyModel {
             hops: self.delayed_hops(),
             mean_delay: self.mu_ms / 1000.0,
             pull_period: self.pull_ms as f64 / 1000.0,
-            offset: 0.0,
+            // The provider holds every pull answer this long (the nodes
+            // run with the default).
+            offset: loopix_engine::config::DEFAULT_ANSWER_DELAY_US as f64 / 1e6,
         }
     }
 }
@@ -458,11 +460,13 @@ fn message_model_samples(opts: &TestnetOptions, n: usize) -> Vec<f64> {
     let mut u = || ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     let mean = opts.mu_ms / 1000.0;
     let pull = opts.pull_ms as f64 / 1000.0;
+    let loop_offset = opts.loop_model().offset;
     let mut xs: Vec<f64> = (0..n)
         .map(|_| {
             let mut t = -u().ln() / (opts.lambda_p - opts.message_rate)
                 + BUILD_AHEAD_US as f64 / 1e6
-                + pull * u();
+                + pull * u()
+                + loop_offset;
             for _ in 0..opts.delayed_hops() {
                 t += -u().ln() * mean;
             }
