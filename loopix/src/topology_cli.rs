@@ -75,7 +75,8 @@ pub struct BuildArgs {
     /// The operator's secret key (from `loopix operator-keygen`).
     #[arg(long, value_name = "FILE")]
     operator_key: PathBuf,
-    /// Mix layers, 1 to 255.
+    /// Mix layers, 1 to 3 (a path needs layers + 3 Sphinx hops; packets
+    /// hold 6).
     #[arg(long, value_name = "L", value_parser = clap::value_parser!(u8).range(1..))]
     layers: u8,
     /// The document to write (atomically: beside it, then renamed).
@@ -159,6 +160,18 @@ fn placement(spec: &str, layers: u8) -> Result<(NodeDescriptor, Role, u8), CliEr
 
 fn build(a: &BuildArgs) -> Result<(), CliError> {
     let (out, layers, days) = (&a.out, a.layers, a.valid_days);
+    let max_hops = loopix_crypto::Geometry::DEFAULT.max_hops();
+    let needed = usize::from(layers) + loopix_client::PATH_HOPS_BEYOND_LAYERS;
+    if needed > max_hops {
+        // Clients would refuse the document (ClientError::PathTooLong):
+        // every message would otherwise become a drop.
+        return Err(CliError::Usage(format!(
+            "--layers {layers}: a path through {layers} mix layers needs {needed} Sphinx hops \
+             (own provider, one mix a layer, the recipient's provider, the recipient), but \
+             the packet geometry holds {max_hops}; use at most {} layers",
+            max_hops.saturating_sub(loopix_client::PATH_HOPS_BEYOND_LAYERS)
+        )));
+    }
     let now = unix_now_s();
     // Serials only go up: by default the current time, or one more than the
     // document being replaced if that is higher.

@@ -113,6 +113,21 @@ fn usage_mistakes_exit_2_and_name_the_flag() {
             ],
             "mix layer 1 to 1",
         ),
+        // More layers than a packet's hops can hold (issue 13).
+        (
+            &[
+                "topology",
+                "build",
+                "--operator-key",
+                "k",
+                "--layers",
+                "4",
+                "--out",
+                "/nonexistent/t.toml",
+                "1:x",
+            ],
+            "needs 7 Sphinx hops",
+        ),
     ] {
         let out = loopix(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
