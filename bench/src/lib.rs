@@ -148,6 +148,20 @@ pub fn emit(text: &str) {
     let _ = stdout.flush();
 }
 
+/// A JSON number for `--json` reports: rounded to 0.1 at and above 100,
+/// to 0.001 below; `null` for NaN and infinities.
+pub fn json_num(x: f64) -> serde_json::Value {
+    if !x.is_finite() {
+        return serde_json::Value::Null;
+    }
+    let r = if x.abs() >= 100.0 {
+        (x * 10.0).round() / 10.0
+    } else {
+        (x * 1000.0).round() / 1000.0
+    };
+    serde_json::json!(r)
+}
+
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     use core::fmt::Write;

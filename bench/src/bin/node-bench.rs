@@ -94,6 +94,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use loopix_bench::json_num as num;
 use loopix_bench::node::{pin, process_cpu_ns, run_mix_child, start_node, RUN_MIX};
 use loopix_bench::{emit, exp_delay, median, parse_options, positive, say, uniform_f64, Io};
 use loopix_crypto::link::FRAME_ALPHA_OFFSET;
@@ -427,20 +428,6 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     }
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
-}
-
-/// A JSON number, or `null` for NaN (rounded to 0.1 or to 3 significant
-/// decimals for small values, to keep the line short).
-fn num(x: f64) -> Value {
-    if !x.is_finite() {
-        return Value::Null;
-    }
-    let r = if x.abs() >= 100.0 {
-        (x * 10.0).round() / 10.0
-    } else {
-        (x * 1000.0).round() / 1000.0
-    };
-    json!(r)
 }
 
 // ---------------------------------------------------------------------------

@@ -45,6 +45,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use loopix_bench::json_num as num;
 use loopix_bench::node::pin;
 use loopix_bench::provider::{
     run_provider_child, seal_k_us, Load, Provider, ProviderSpec, StepResult, RUN_PROVIDER,
@@ -188,19 +189,6 @@ fn cpu_model() -> String {
                 .map(|m| m.trim().to_string())
         })
         .unwrap_or_else(|| "unknown".into())
-}
-
-/// A JSON number rounded to 0.1 (3 decimals below 100), `null` for NaN.
-fn num(x: f64) -> Value {
-    if !x.is_finite() {
-        return Value::Null;
-    }
-    let r = if x.abs() >= 100.0 {
-        (x * 10.0).round() / 10.0
-    } else {
-        (x * 1000.0).round() / 1000.0
-    };
-    json!(r)
 }
 
 const STEP_HEADER: &str = "  offered  answered   loss% behind%   late  unans    p50us    p99us  cpu%  gen%  us/frame   dropped  rss_MiB  gen99us  drops by reason";
