@@ -102,10 +102,18 @@ fn check_layers(topology: &ClientTopology, geometry: &Geometry) -> Result<(), Cl
     if topology.layers.is_empty() || topology.layers.iter().any(|l| l.is_empty()) {
         return Err(ClientError::Topology("every mix layer needs a node"));
     }
-    let needed = topology.layers.len() + PATH_HOPS_BEYOND_LAYERS;
+    check_path_fits(topology.layers.len(), geometry)
+}
+
+/// A path through `layers` mix layers fits in `geometry`'s hops; the error
+/// names the hops needed and held, and the layer limit. Also for commands
+/// that make a network or a topology document, so they refuse what every
+/// client would.
+pub fn check_path_fits(layers: usize, geometry: &Geometry) -> Result<(), ClientError> {
+    let needed = layers + PATH_HOPS_BEYOND_LAYERS;
     if needed > geometry.max_hops() {
         return Err(ClientError::PathTooLong {
-            layers: topology.layers.len(),
+            layers,
             needed,
             max_hops: geometry.max_hops(),
         });

@@ -160,18 +160,9 @@ fn placement(spec: &str, layers: u8) -> Result<(NodeDescriptor, Role, u8), CliEr
 
 fn build(a: &BuildArgs) -> Result<(), CliError> {
     let (out, layers, days) = (&a.out, a.layers, a.valid_days);
-    let max_hops = loopix_crypto::Geometry::DEFAULT.max_hops();
-    let needed = usize::from(layers) + loopix_client::PATH_HOPS_BEYOND_LAYERS;
-    if needed > max_hops {
-        // Clients would refuse the document (ClientError::PathTooLong):
-        // every message would otherwise become a drop.
-        return Err(CliError::Usage(format!(
-            "--layers {layers}: a path through {layers} mix layers needs {needed} Sphinx hops \
-             (own provider, one mix a layer, the recipient's provider, the recipient), but \
-             the packet geometry holds {max_hops}; use at most {} layers",
-            max_hops.saturating_sub(loopix_client::PATH_HOPS_BEYOND_LAYERS)
-        )));
-    }
+    // Clients would refuse the document (ClientError::PathTooLong).
+    loopix_client::check_path_fits(usize::from(layers), &loopix_crypto::Geometry::DEFAULT)
+        .map_err(|e| CliError::Usage(format!("--layers {layers}: {e}")))?;
     let now = unix_now_s();
     // Serials only go up: by default the current time, or one more than the
     // document being replaced if that is higher.

@@ -224,17 +224,12 @@ impl TestnetOptions {
     /// Refuse values that cannot make a network, naming the option.
     pub fn check(&self) -> Result<(), String> {
         let bad = |what: &str, why: &str| Err(format!("--{what} {why}"));
-        let max_hops = Geometry::DEFAULT.max_hops();
-        let max_layers = max_hops - loopix_client::PATH_HOPS_BEYOND_LAYERS;
-        if self.layers == 0 || usize::from(self.layers) > max_layers {
-            return Err(format!(
-                "--layers must be 1 to {max_layers}: a path through {} layers needs {} Sphinx \
-                 hops (own provider, one mix a layer, the recipient's provider, the recipient) \
-                 and the packet geometry holds {max_hops}",
-                self.layers,
-                usize::from(self.layers) + loopix_client::PATH_HOPS_BEYOND_LAYERS
-            ));
+        let max_layers = Geometry::DEFAULT.max_hops() - loopix_client::PATH_HOPS_BEYOND_LAYERS;
+        if self.layers == 0 {
+            return Err(format!("--layers must be 1 to {max_layers}"));
         }
+        loopix_client::check_path_fits(usize::from(self.layers), &Geometry::DEFAULT)
+            .map_err(|e| format!("--layers must be 1 to {max_layers}: {e}"))?;
         if self.mixes_per_layer == 0 || self.mixes_per_layer > 16 {
             return bad("mixes-per-layer", "must be 1 to 16");
         }
