@@ -44,7 +44,7 @@ use loopix_engine::io::{socket, Backend};
 use loopix_engine::metrics::names;
 use loopix_engine::provider::registry::ClientLink;
 use loopix_engine::provider::seal_answer;
-use loopix_testkit::localnet::{LocalNet, LocalNetSpec};
+use loopix_testkit::localnet::{LocalNet, LocalNetSpec, NetworkParams};
 use loopix_testkit::metrics::Metrics;
 use loopix_testkit::process::{NodeProcess, START_BOUND};
 use rand_chacha::rand_core::SeedableRng;
@@ -174,7 +174,10 @@ fn lay_out(spec: &ProviderSpec) -> Result<(tempfile::TempDir, LocalNet, Vec<Clie
         io: spec.io,
         pin_cores: spec.core.is_some(),
         first_core: spec.core.unwrap_or(0),
-        pull_frames: spec.k,
+        params: NetworkParams {
+            pull_frames: spec.k,
+            ..LocalNetSpec::default().params
+        },
         ..LocalNetSpec::default()
     };
     let net = LocalNet::create(dir.path(), &net_spec)?;
@@ -413,6 +416,8 @@ fn send_pulls(
         late_us: Vec::with_capacity(n),
     };
     let mut frame = vec![0u8; pull_frame_len(&G)];
+    // The network's rates, as every client of it announces.
+    let rates = LocalNetSpec::default().params.client_rates().digest();
     let mut next = 0usize;
     let mut batch_start = 0usize;
     while next < n {
@@ -428,6 +433,7 @@ fn send_pulls(
             let request = PullRequest {
                 request_id: first_request + next as u64,
                 mailbox: c.mailbox,
+                rates,
                 acks: Vec::new(),
             };
             if request

@@ -209,6 +209,7 @@ impl Driver {
             ));
         }
         socket.set_nonblocking(true)?;
+        let rates = client.rates().announced().digest();
         Ok(Driver {
             client,
             socket,
@@ -218,6 +219,7 @@ impl Driver {
                 &registration.access_key,
                 registration.slot,
                 registration.mailbox,
+                rates,
                 wall_clock_us(),
                 SessionLimits::CLIENT,
             ),
@@ -401,6 +403,9 @@ impl Driver {
     }
 
     fn send_pull(&mut self) {
+        // The rates may have changed since the last pull (`client_mut`).
+        let rates = self.client.rates().announced().digest();
+        self.session.announce_rates(rates);
         match self.session.seal_pull(&mut self.send_buf) {
             Ok(_) => {
                 self.send_frame();

@@ -41,7 +41,9 @@ use loopix_crypto::{
 use rand_core::CryptoRngCore;
 
 pub use fragment::{Fragment, FRAGMENT_HEADER_LEN};
-pub use loopix_directory::{Address, AddressFile, Registration, RegistrationFile};
+pub use loopix_directory::{
+    Address, AddressFile, ClientRates, NetworkParams, Registration, RegistrationFile,
+};
 pub use session::{AccessSession, Received, Refusal, SessionLimits, SessionStats};
 
 pub use loopix_directory::routes::{
@@ -61,6 +63,32 @@ pub struct Rates {
     pub mean_delay_us: f64,
     /// Pull period, microseconds (0: never pull).
     pub pull_period_us: u64,
+}
+
+impl Rates {
+    /// The network's rates, from its signed topology document: what every
+    /// client of the network uses.
+    pub fn of_network(p: &NetworkParams) -> Rates {
+        Rates {
+            lambda_p: p.lambda_p,
+            lambda_l: p.lambda_l,
+            lambda_d: p.lambda_d,
+            mean_delay_us: p.mean_delay_ms * 1000.0,
+            pull_period_us: p.pull_period_ms * 1000,
+        }
+    }
+
+    /// These rates as the client announces them to its provider (in every
+    /// pull request; `ClientRates::digest`).
+    pub fn announced(&self) -> ClientRates {
+        ClientRates {
+            lambda_p: self.lambda_p,
+            lambda_l: self.lambda_l,
+            lambda_d: self.lambda_d,
+            mean_delay_ms: self.mean_delay_us / 1000.0,
+            pull_period_ms: self.pull_period_us / 1000,
+        }
+    }
 }
 
 /// Bounds on the client's memory.
@@ -93,7 +121,7 @@ impl Default for ClientLimits {
 /// Sphinx hops of the longest path beyond one per mix layer: the sender's
 /// provider, the recipient's provider and the recipient (messages, loops,
 /// and SURBs alike).
-pub const PATH_HOPS_BEYOND_LAYERS: usize = 3;
+pub use loopix_directory::params::PATH_HOPS_BEYOND_LAYERS;
 
 /// Every mix layer has a node, and a path through all of them fits in
 /// `geometry`. Refused here because a path that does not fit would make
@@ -375,6 +403,11 @@ impl Client {
         self.topology = topology;
         self.provider = provider;
         Ok(())
+    }
+
+    /// The rates this client runs at.
+    pub fn rates(&self) -> Rates {
+        self.rates
     }
 
     /// Change the stream rates from `now_us` on: every stream's next event

@@ -129,6 +129,7 @@ pub struct AccessSession {
     key: LinkKey,
     slot: u32,
     mailbox: MailboxId,
+    rates: [u8; 8],
     counter: u64,
     window: ReplayWindow,
     /// Ids to acknowledge in the next pulls, oldest first, no repeats.
@@ -143,14 +144,16 @@ pub struct AccessSession {
 
 impl AccessSession {
     /// A session for the client at `slot` with `mailbox`, under the
-    /// 16-byte `access_key`. `first_counter` must be above any counter this
-    /// slot used before (the wall clock in microseconds does that across
-    /// restarts).
+    /// 16-byte `access_key`, announcing `rates` (the digest of the rates the
+    /// client runs at, `Rates::announced().digest()`) in every pull.
+    /// `first_counter` must be above any counter this slot used before (the
+    /// wall clock in microseconds does that across restarts).
     pub fn new(
         geometry: Geometry,
         access_key: &[u8; 16],
         slot: u32,
         mailbox: MailboxId,
+        rates: [u8; 8],
         first_counter: u64,
         limits: SessionLimits,
     ) -> AccessSession {
@@ -160,6 +163,7 @@ impl AccessSession {
             key: LinkKey::from_bytes(access_key),
             slot,
             mailbox,
+            rates,
             counter: first_counter,
             window: ReplayWindow::new(),
             acks: VecDeque::new(),
@@ -170,6 +174,12 @@ impl AccessSession {
             limits,
             stats: SessionStats::default(),
         }
+    }
+
+    /// Announce `rates` (a `ClientRates` digest) in the pulls from now on:
+    /// after the client's rates change (a load generator's sweep step).
+    pub fn announce_rates(&mut self, rates: [u8; 8]) {
+        self.rates = rates;
     }
 
     /// The slot this session is registered at.
@@ -226,6 +236,7 @@ impl AccessSession {
         let request = PullRequest {
             request_id: counter,
             mailbox: self.mailbox,
+            rates: self.rates,
             acks: self.acks.iter().take(n).copied().collect(),
         };
         request.seal(&self.geometry, &self.key, self.slot, counter, out)?;
@@ -340,6 +351,7 @@ mod tests {
             &KEY,
             SLOT,
             MailboxId([1; 16]),
+            [5; 8],
             1_000,
             limits,
         )

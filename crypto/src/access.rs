@@ -29,8 +29,9 @@
 //! |--------|-------|-------|
 //! | 0 | 8 | request id (echoed in the answer) |
 //! | 8 | 16 | mailbox the client asks for |
-//! | 24 | 2 | number of acknowledgements `n` (at most [`max_acks`]) |
-//! | 26 | 8 n | acknowledged message ids |
+//! | 24 | 8 | digest of the rates the client runs at (its provider refuses a client whose rates are not the network's) |
+//! | 32 | 2 | number of acknowledgements `n` (at most [`max_acks`]) |
+//! | 34 | 8 n | acknowledged message ids |
 //! | ... | | zero padding to `packet_len` |
 //!
 //! Delivery body:
@@ -72,7 +73,7 @@ pub const fn addressed_slot(sender: u32) -> Option<u32> {
     }
 }
 
-const PULL_FIXED: usize = 8 + 16 + 2;
+const PULL_FIXED: usize = 8 + 16 + 8 + 2;
 /// Bytes of a delivery body before the packet.
 pub const DELIVERY_HEADER_LEN: usize = 8 + 2 + 2 + 1 + 8;
 
@@ -98,6 +99,9 @@ pub struct PullRequest {
     pub request_id: u64,
     /// The mailbox asked for (must be the client's own).
     pub mailbox: MailboxId,
+    /// The digest of the rates the client runs at
+    /// (`loopix_directory::ClientRates::digest`).
+    pub rates: [u8; 8],
     /// Ids of messages received in earlier answers: the provider deletes
     /// them before it answers.
     pub acks: Vec<u64>,
@@ -141,7 +145,8 @@ impl PullRequest {
         body.fill(0);
         body[..8].copy_from_slice(&self.request_id.to_be_bytes());
         body[8..24].copy_from_slice(&self.mailbox.0);
-        body[24..26].copy_from_slice(&(self.acks.len() as u16).to_be_bytes());
+        body[24..32].copy_from_slice(&self.rates);
+        body[32..34].copy_from_slice(&(self.acks.len() as u16).to_be_bytes());
         for (i, id) in self.acks.iter().enumerate() {
             body[PULL_FIXED + 8 * i..PULL_FIXED + 8 * i + 8].copy_from_slice(&id.to_be_bytes());
         }
@@ -154,15 +159,18 @@ impl PullRequest {
         if body.len() < PULL_FIXED {
             return Err(AccessError::Malformed("pull request too short"));
         }
-        let n = u16::from_be_bytes([body[24], body[25]]) as usize;
+        let n = u16::from_be_bytes([body[32], body[33]]) as usize;
         if PULL_FIXED + 8 * n > body.len() {
             return Err(AccessError::Malformed("more acknowledgements than fit"));
         }
         let mut mailbox = [0u8; 16];
         mailbox.copy_from_slice(&body[8..24]);
+        let mut rates = [0u8; 8];
+        rates.copy_from_slice(&body[24..32]);
         Ok(PullRequest {
             request_id: u64_at(body, 0),
             mailbox: MailboxId(mailbox),
+            rates,
             acks: (0..n).map(|i| u64_at(body, PULL_FIXED + 8 * i)).collect(),
         })
     }
@@ -310,6 +318,7 @@ mod tests {
         let req = PullRequest {
             request_id: 99,
             mailbox: MailboxId([3; 16]),
+            rates: *b"ratesdig",
             acks: vec![1, 5, u64::MAX],
         };
         let mut frame = vec![0u8; pull_frame_len(&G)];
@@ -341,6 +350,7 @@ mod tests {
         let full = PullRequest {
             request_id: 1,
             mailbox: MailboxId([0; 16]),
+            rates: [0; 8],
             acks: (0..max_acks(&G) as u64).collect(),
         };
         full.seal(&G, &key, 0, 0, &mut frame).expect("max fits");
@@ -351,7 +361,7 @@ mod tests {
         assert!(over.seal(&G, &key, 0, 1, &mut frame).is_err());
         // A count pointing past the body is refused, not a panic.
         let mut body = vec![0u8; G.packet_len()];
-        body[24..26].copy_from_slice(&u16::MAX.to_be_bytes());
+        body[32..34].copy_from_slice(&u16::MAX.to_be_bytes());
         assert!(PullRequest::parse(&body).is_err());
         assert!(PullRequest::parse(&body[..10]).is_err());
     }

@@ -17,6 +17,8 @@ use std::net::SocketAddr;
 
 use loopix_crypto::{IdentityPublic, NodeId, PublicKey, Signature};
 
+use crate::params::NetworkParams;
+
 /// Context of a node's signature over one epoch's mix key.
 pub const MIX_KEY_CONTEXT: &[u8] = b"loopix mix key v1";
 /// Context of a node's signature over its descriptor.
@@ -53,7 +55,7 @@ pub struct NodeClaims {
 }
 
 /// The header fields of a document, typed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DocumentHeader {
     /// Format version.
     pub version: u32,
@@ -67,6 +69,8 @@ pub struct DocumentHeader {
     pub epoch_s: u64,
     /// Number of mix layers.
     pub layers: u8,
+    /// The network's parameters.
+    pub params: NetworkParams,
     /// The operator key that signs the document.
     pub operator: IdentityPublic,
 }
@@ -142,6 +146,7 @@ pub fn document(h: &DocumentHeader, nodes: &[DocumentNode]) -> Vec<u8> {
     out.extend_from_slice(&h.valid_until.to_be_bytes());
     out.extend_from_slice(&h.epoch_s.to_be_bytes());
     out.push(h.layers);
+    h.params.put_canonical(&mut out);
     out.extend_from_slice(&h.operator.0);
     out.extend_from_slice(&(nodes.len() as u32).to_be_bytes());
     for n in nodes {

@@ -16,8 +16,10 @@
 
 pub mod canonical;
 pub mod descriptor;
+pub mod params;
 pub mod registration;
 pub mod routes;
 pub mod topology;
 
+pub use params::{ClientRates, NetworkParams};
 pub use registration::{Address, AddressFile, Registration, RegistrationFile};

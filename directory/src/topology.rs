@@ -30,9 +30,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::canonical::{self, DocumentHeader, DocumentNode};
 use crate::descriptor::{parse_claims, verify_claims, NodeDescriptor, SignedMixKey};
+use crate::params::NetworkParams;
 
 /// The document format this code writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// A node's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +108,8 @@ pub struct TopologyFile {
     pub operator_key: String,
     /// The operator's signature over the canonical encoding (hex).
     pub signature: String,
+    /// The network's parameters: every client and node uses these.
+    pub params: NetworkParams,
     /// Every node.
     pub nodes: Vec<NodeEntry>,
 }
@@ -137,6 +140,9 @@ pub struct Topology {
     pub epoch_s: u64,
     /// Number of mix layers.
     pub layers: u8,
+    /// The network's parameters (checked: in range, and the geometry holds
+    /// a path through every layer).
+    pub params: NetworkParams,
     /// Nodes; the index is the link-frame sender index.
     pub nodes: Vec<Node>,
     /// Format version.
@@ -162,7 +168,7 @@ pub struct TopologyError {
     pub problem: String,
 }
 
-/// Serial, validity and layers of a document to build.
+/// Serial, validity, layers and network parameters of a document to build.
 #[derive(Debug, Clone, Copy)]
 pub struct BuildParams {
     /// Serial number (higher than the previous document's).
@@ -173,6 +179,8 @@ pub struct BuildParams {
     pub valid_until: u64,
     /// Number of mix layers.
     pub layers: u8,
+    /// The network's parameters.
+    pub network: NetworkParams,
 }
 
 impl TopologyFile {
@@ -211,6 +219,7 @@ impl TopologyFile {
             valid_until: self.valid_until,
             epoch_s: self.epoch_s,
             layers: self.layers,
+            params: self.params,
             operator,
         }
     }
@@ -313,6 +322,7 @@ impl TopologyFile {
             layers: params.layers,
             operator_key: String::new(),
             signature: String::new(),
+            params: params.network,
             nodes,
         };
         file.sign(operator).map_err(bad)?;
@@ -343,7 +353,8 @@ impl Topology {
     }
 
     /// May `next` replace this document? Same operator, same key epoch
-    /// length, and a serial not lower than this one's.
+    /// length, same network parameters, and a serial not lower than this
+    /// one's.
     pub fn check_successor(&self, next: &Topology, origin: &str) -> Result<(), TopologyError> {
         let bad = |problem: String| TopologyError {
             origin: origin.to_owned(),
@@ -368,6 +379,14 @@ impl Topology {
                 next.epoch_s, self.epoch_s
             )));
         }
+        if next.params != self.params || next.layers != self.layers {
+            return Err(bad(
+                "its layers or [params] differ from the running document's; the network's \
+                 parameters cannot change while nodes run (restart every node and client with \
+                 the new document)"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 
@@ -390,6 +409,7 @@ impl Topology {
         Ok(Topology {
             epoch_s: file.epoch_s,
             layers: file.layers,
+            params: file.params,
             nodes,
             version: file.version,
             serial: file.serial,
@@ -426,7 +446,8 @@ impl Topology {
 fn check_header(file: &TopologyFile) -> Result<(), String> {
     if file.version != VERSION {
         return Err(format!(
-            "version {} is not supported (this loopix reads version {VERSION})",
+            "version {} is not supported (this loopix reads version {VERSION}; version 2 added \
+             the network's [params]: rebuild the document with `loopix topology build`)",
             file.version
         ));
     }
@@ -436,7 +457,7 @@ fn check_header(file: &TopologyFile) -> Result<(), String> {
     if file.layers == 0 {
         return Err("layers must be at least 1".into());
     }
-    Ok(())
+    file.params.check(file.layers)
 }
 
 /// Every node's descriptor verifies, no node, identity key or address is
@@ -584,6 +605,7 @@ mod tests {
             valid_from: NOW - 10,
             valid_until: NOW + 100,
             layers: 2,
+            network: NetworkParams::for_layers(2),
         }
     }
 
@@ -745,14 +767,14 @@ mod tests {
         let mut bad_key = good_file.clone();
         bad_key.nodes[1].link_key = "abc".into();
         let mut version = good_file.clone();
-        version.version = 2;
+        version.version = 3;
         for (file, needle) in [
             (provider_layer, "provider must be in layer 0"),
             (mix_layer, "mix must be in layer 1 to 2, not 3"),
             (no_provider, "no provider"),
             (dup_addr, "address 127.0.0.1:9003 is also node 2's"),
             (bad_key, "node 1"),
-            (version, "version 2 is not supported"),
+            (version, "version 3 is not supported"),
         ] {
             let mut file = file;
             // A document that does not parse cannot be signed; it is refused
@@ -773,6 +795,59 @@ mod tests {
             .expect_err("early")
             .to_string();
         assert!(err.contains("not valid yet"), "{err}");
+    }
+
+    #[test]
+    fn changed_params_break_the_operator_signature() {
+        let (mut file, operator) = good();
+        file.params.lambda_p *= 2.0;
+        refused(file, &operator, &["operator signature", "does not verify"]);
+        let (mut file, operator) = good();
+        file.params.allow_rate_overrides = true;
+        refused(file, &operator, &["operator signature", "does not verify"]);
+    }
+
+    #[test]
+    fn out_of_range_params_are_refused_naming_the_field() {
+        let (mut file, operator) = good();
+        file.params.lambda_l = -1.0;
+        refused(
+            resigned(file, &operator),
+            &operator,
+            &["params.lambda_l is -1"],
+        );
+        let (mut file, operator) = good();
+        file.params.mtu = 1300;
+        refused(
+            resigned(file, &operator),
+            &operator,
+            &["params.payload_len", "over params.mtu 1300"],
+        );
+        // Two layers need five hops.
+        let (mut file, operator) = good();
+        file.params.max_hops = 5;
+        let text = resigned(file, &operator).to_toml().expect("toml");
+        assert!(text.contains("[params]"), "{text}");
+        let file = TopologyFile::parse("t", &text).expect("parses");
+        check(file, &operator).expect("five hops hold two layers");
+        let (mut file, operator) = good();
+        file.params.max_hops = 4;
+        refused(
+            resigned(file, &operator),
+            &operator,
+            &["params.max_hops is 4", "2 layers takes 5 hops"],
+        );
+    }
+
+    #[test]
+    fn a_version_1_document_is_refused_with_the_fix() {
+        let (mut file, operator) = good();
+        file.version = 1;
+        refused(
+            resigned(file, &operator),
+            &operator,
+            &["version 1 is not supported", "loopix topology build"],
+        );
     }
 
     #[test]
@@ -797,6 +872,21 @@ mod tests {
             .expect_err("other operator")
             .to_string();
         assert!(err.contains("signed by operator"), "{err}");
+        let mut changed = file_with_serial(&operator, 3);
+        changed.params.lambda_d = 0.5;
+        let changed = check(resigned(changed, &operator), &operator).expect("valid");
+        let err = current
+            .check_successor(&changed, "n")
+            .expect_err("other params")
+            .to_string();
+        assert!(err.contains("[params] differ"), "{err}");
+    }
+
+    fn file_with_serial(operator: &IdentityKey, serial: u64) -> TopologyFile {
+        let (mut file, same) = good();
+        assert_eq!(same.public(), operator.public());
+        file.serial = serial;
+        file
     }
 
     #[test]

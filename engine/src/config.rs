@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use loopix_crypto::IdentityPublic;
+use loopix_directory::NetworkParams;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use crate::detector::Response;
@@ -325,9 +327,15 @@ pub struct ProviderSection {
     /// Directory of the inbox (`inbox.redb`) and the client registry
     /// (`clients/`).
     pub data_dir: PathBuf,
-    /// Frames in every pull answer (k), whatever the inbox holds.
-    #[serde(default = "default_pull_frames")]
+    /// Frames in every pull answer (k), whatever the inbox holds: the
+    /// signed document's `params.pull_frames` ([`MixConfig::take_network`]),
+    /// never read from the file.
+    #[serde(skip, default = "default_pull_frames")]
     pub pull_frames: u16,
+    /// `pull_frames` in the file: refused with the fix (it moved to the
+    /// document).
+    #[serde(default, rename = "pull_frames")]
+    moved_pull_frames: Option<IgnoredAny>,
     /// Messages one client's mailbox may hold; more are refused and counted.
     #[serde(default = "default_max_messages")]
     pub max_messages_per_client: u32,
@@ -373,14 +381,22 @@ fn default_loop_lead_ms() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoopsSection {
-    /// Loops per second, a Poisson process; 0 sends none. Every node of a
-    /// network should use the same value (a node that sends fewer loops is
-    /// one an observer can tell apart).
-    #[serde(default = "default_lambda_m")]
+    /// Loops per second, a Poisson process; 0 sends none: the signed
+    /// document's `params.lambda_m`, the same for every node (a node that
+    /// sends fewer loops is one an observer can tell apart), never read
+    /// from the file ([`MixConfig::take_network`]).
+    #[serde(skip, default = "default_lambda_m")]
     pub lambda_m: f64,
-    /// Mean per-hop delay of a loop (1/µ), milliseconds.
-    #[serde(default = "default_loop_delay_ms")]
+    /// Mean per-hop delay of a loop (1/µ), milliseconds: the document's
+    /// `params.mean_delay_ms`, like every client's packets.
+    #[serde(skip, default = "default_loop_delay_ms")]
     pub mean_delay_ms: f64,
+    /// `lambda_m` in the file: refused with the fix.
+    #[serde(default, rename = "lambda_m")]
+    moved_lambda_m: Option<IgnoredAny>,
+    /// `mean_delay_ms` in the file: refused with the fix.
+    #[serde(default, rename = "mean_delay_ms")]
+    moved_mean_delay_ms: Option<IgnoredAny>,
     /// How far ahead of its departure a loop is built, milliseconds.
     #[serde(default = "default_loop_lead_ms")]
     pub lead_ms: u64,
@@ -392,6 +408,8 @@ impl Default for LoopsSection {
             lambda_m: default_lambda_m(),
             mean_delay_ms: default_loop_delay_ms(),
             lead_ms: default_loop_lead_ms(),
+            moved_lambda_m: None,
+            moved_mean_delay_ms: None,
         }
     }
 }
@@ -670,14 +688,20 @@ impl LoopsSection {
     /// Check `[loops]` (hop delays against `engine.delay_cap_ms`).
     fn check(&self, delay_cap_ms: u64) -> Result<(), Invalid> {
         let l = self;
+        if l.moved_lambda_m.is_some() {
+            return Err(("loops.lambda_m", moved("lambda_m")));
+        }
+        if l.moved_mean_delay_ms.is_some() {
+            return Err(("loops.mean_delay_ms", moved("mean_delay_ms")));
+        }
         // At most 10^5 loops per second: far above any sane cover rate,
         // low enough that the control thread can build them.
         if !(l.lambda_m.is_finite() && (0.0..=100_000.0).contains(&l.lambda_m)) {
             return Err((
-                "loops.lambda_m",
+                "params.lambda_m",
                 format!(
-                    "is {}; use a rate in loops per second from 0 (none) to 100000, \
-                     e.g. 0.1667 (the paper's 10 per minute)",
+                    "(in the topology document) is {}; use a rate in loops per second from 0 \
+                     (none) to 100000, e.g. 0.1667 (the paper's 10 per minute)",
                     l.lambda_m
                 ),
             ));
@@ -686,12 +710,13 @@ impl LoopsSection {
             || l.mean_delay_ms * 1000.0 * 20.0 > (delay_cap_ms * 1000) as f64
         {
             return Err((
-                "loops.mean_delay_ms",
+                "engine.delay_cap_ms",
                 format!(
-                    "is {}; use a mean delay in milliseconds, 0 or more and at most \
-                     engine.delay_cap_ms / 20 ({}) so that almost no loop hop is over the cap",
+                    "is {delay_cap_ms}, but the topology document's params.mean_delay_ms is {}: \
+                     raise engine.delay_cap_ms to at least 20 times the mean delay ({:.0}) so \
+                     that almost no hop is over the cap",
                     l.mean_delay_ms,
-                    delay_cap_ms / 20
+                    (l.mean_delay_ms * 20.0).ceil()
                 ),
             ));
         }
@@ -718,10 +743,16 @@ impl ProviderSection {
                 "is empty; name the directory for the inbox and the client registry".into(),
             ));
         }
+        if p.moved_pull_frames.is_some() {
+            return Err(("provider.pull_frames", moved("pull_frames")));
+        }
         if !(1..=1024).contains(&p.pull_frames) {
             return Err((
-                "provider.pull_frames",
-                format!("is {}; use 1 to 1024", p.pull_frames),
+                "params.pull_frames",
+                format!(
+                    "(in the topology document) is {}; use 1 to 1024",
+                    p.pull_frames
+                ),
             ));
         }
         if p.max_messages_per_client == 0 {
@@ -778,6 +809,10 @@ impl ProviderSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MixConfig {
+    /// The file this was read from (names it in errors found later, when
+    /// the topology document's parameters are taken).
+    #[serde(skip)]
+    pub source: PathBuf,
     /// `[node]`
     pub node: NodeSection,
     /// `[engine]`
@@ -808,7 +843,27 @@ pub struct MixConfig {
     pub provider: Option<ProviderSection>,
 }
 
+/// Why a key that moved to the topology document is refused.
+fn moved(key: &str) -> String {
+    format!(
+        "is a network parameter now: every node and client takes it from the signed topology \
+         document's [params] ({key}, set by `loopix topology build`); remove it from this file"
+    )
+}
+
 impl MixConfig {
+    /// Take the network's parameters from the signed topology document (λM,
+    /// the per-hop delay of loops, and a provider's `k`) and check them
+    /// against this file's settings.
+    pub fn take_network(&mut self, params: &NetworkParams) -> Result<(), ConfigError> {
+        self.loops.lambda_m = params.lambda_m;
+        self.loops.mean_delay_ms = params.mean_delay_ms;
+        if let Some(p) = self.provider.as_mut() {
+            p.pull_frames = params.pull_frames;
+        }
+        self.check(&self.source)
+    }
+
     /// Read, parse and check `path`. Relative paths inside are taken
     /// relative to the config file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -843,7 +898,10 @@ impl MixConfig {
             }
         })?;
         config.check(path)?;
-        Ok(config)
+        Ok(MixConfig {
+            source: path.to_owned(),
+            ..config
+        })
     }
 
     fn check(&self, path: &Path) -> Result<(), ConfigError> {
@@ -923,6 +981,52 @@ operator_key = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a
         assert_eq!(c.detector.response, Response::Cover);
         assert!(c.node.public_address.is_none());
         assert_eq!(c.loops.mean_delay_ms, 1.0);
+    }
+
+    #[test]
+    fn network_parameters_come_from_the_document_only() {
+        for (text, field) in [
+            (
+                format!("{MINIMAL}[loops]\nlambda_m = 0.5\n"),
+                "loops.lambda_m",
+            ),
+            (
+                format!("{MINIMAL}[loops]\nmean_delay_ms = 2.0\n"),
+                "loops.mean_delay_ms",
+            ),
+            (
+                format!("{MINIMAL}[provider]\ndata_dir = \"d\"\npull_frames = 4\n"),
+                "provider.pull_frames",
+            ),
+        ] {
+            let e = parse(&text).expect_err(field).to_string();
+            assert!(
+                e.contains(field) && e.contains("topology document's [params]"),
+                "{e}"
+            );
+        }
+        let mut c = parse(&format!(
+            "{MINIMAL}[engine]\ndelay_cap_ms = 100\n[provider]\ndata_dir = \"d\"\n"
+        ))
+        .expect("valid");
+        let mut p = NetworkParams {
+            lambda_m: 2.5,
+            pull_frames: 12,
+            ..NetworkParams::default()
+        };
+        c.take_network(&p).expect("1 ms hops under a 100 ms cap");
+        assert_eq!(c.loops.lambda_m, 2.5);
+        assert_eq!(c.provider.as_ref().expect("provider").pull_frames, 12);
+        p.mean_delay_ms = 50.0;
+        let e = c
+            .take_network(&p)
+            .expect_err("50 ms hops, 100 ms cap")
+            .to_string();
+        assert!(
+            e.contains("engine.delay_cap_ms") && e.contains("params.mean_delay_ms is 50"),
+            "{e}"
+        );
+        assert!(e.contains("mix.toml"), "names the config file: {e}");
     }
 
     #[test]

@@ -92,6 +92,10 @@ pub enum DropReason {
     BadPull,
     /// (Provider) a pull request for a mailbox that is not the client's.
     PullWrongMailbox,
+    /// (Provider) a client whose pull announced rates other than the
+    /// network's (its topology document forbids overrides): that pull, and
+    /// its packets until a pull announces the network's rates.
+    ClientRates,
     /// (Provider) the queue to the inbox writer is full.
     InboxQueueFull,
     /// (Provider) a pull while this shard already holds
@@ -114,7 +118,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 24] = [
+    pub const ALL: [DropReason; 25] = [
         DropReason::BadLength,
         DropReason::BadFrame,
         DropReason::Unauthenticated,
@@ -132,6 +136,7 @@ impl DropReason {
         DropReason::ClientUnauthenticated,
         DropReason::BadPull,
         DropReason::PullWrongMailbox,
+        DropReason::ClientRates,
         DropReason::InboxQueueFull,
         DropReason::AnswerBacklog,
         DropReason::NotAProvider,
@@ -161,6 +166,7 @@ impl DropReason {
             DropReason::ClientUnauthenticated => "client_unauthenticated",
             DropReason::BadPull => "bad_pull",
             DropReason::PullWrongMailbox => "pull_wrong_mailbox",
+            DropReason::ClientRates => "client_rates",
             DropReason::InboxQueueFull => "inbox_queue_full",
             DropReason::AnswerBacklog => "answer_backlog",
             DropReason::NotAProvider => "not_a_provider",

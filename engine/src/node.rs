@@ -165,7 +165,12 @@ impl ProviderStart {
 
 impl ProviderStart {
     /// What one shard needs to be this provider's.
-    fn hooks(&self, config: &MixConfig, geometry: Geometry) -> Result<ProviderHooks, String> {
+    fn hooks(
+        &self,
+        config: &MixConfig,
+        geometry: Geometry,
+        rates: Option<[u8; 8]>,
+    ) -> Result<ProviderHooks, String> {
         let settings = provider::section(config)?;
         Ok(ProviderHooks {
             clients: Arc::clone(&self.table),
@@ -179,6 +184,7 @@ impl ProviderStart {
                 settings.pull_frames,
             ),
             answer_delay_us: settings.answer_delay_us,
+            rates,
         })
     }
 }
@@ -308,6 +314,9 @@ struct ShardPlan<'a> {
     persist: &'a Persist,
     stop: &'a Arc<AtomicBool>,
     provider: Option<&'a ProviderStart>,
+    /// The rates digest clients' pulls must announce (`None`: the document
+    /// allows overrides).
+    client_rates: Option<[u8; 8]>,
     /// The node's clock, shared by its shards and its control plane.
     start: Instant,
 }
@@ -389,7 +398,9 @@ impl ShardPlan<'_> {
             let shard = shard.with_link_state(&self.persist.saved, Arc::clone(&published));
             out.link_state.push(published);
             let shard = match self.provider {
-                Some(p) => shard.with_provider(p.hooks(config, self.geometry)?),
+                Some(p) => {
+                    shard.with_provider(p.hooks(config, self.geometry, self.client_rates)?)
+                }
                 None => shard,
             };
             out.shards.push(shard);
@@ -475,16 +486,14 @@ fn spawn_writer(
     Ok((h, watch))
 }
 
-/// The signed topology, this node's keys for the epoch of `now_s`, who it
-/// is and its index in the topology: everything checked before any socket
-/// is bound.
-fn identify(
-    config: &MixConfig,
+/// This node's keys for the epoch of `now_s`, who it is and its index in
+/// the signed topology: everything checked before any socket is bound.
+fn identify<'c>(
+    config: &'c MixConfig,
+    topology: &Topology,
     role: Role,
     now_s: u64,
-) -> Result<(Topology, keyfile::NodeSecrets, Own<'_>, u32), String> {
-    let topology = Topology::load(&config.node.topology, &config.node.operator_key, now_s)
-        .map_err(|e| e.to_string())?;
+) -> Result<(keyfile::NodeSecrets, Own<'c>, u32), String> {
     let epoch = epoch_at(now_s, topology.epoch_s);
     let secrets =
         keyfile::load_node_secrets(&config.node.key_dir, epoch).map_err(|e| e.to_string())?;
@@ -495,18 +504,25 @@ fn identify(
         link_public: secrets.link.public_key(),
         config,
     };
-    let own = whoami.find_in(&topology)?;
-    Ok((topology, secrets, whoami, own))
+    let own = whoami.find_in(topology)?;
+    Ok((secrets, whoami, own))
 }
 
 fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
     let name = role.name();
     let now_s = unix_now_s();
-    let (topology, secrets, whoami, own) = identify(config, role, now_s)?;
+    let topology = Topology::load(&config.node.topology, &config.node.operator_key, now_s)
+        .map_err(|e| e.to_string())?;
+    let mut config = config.clone();
+    config
+        .take_network(&topology.params)
+        .map_err(|e| e.to_string())?;
+    let config = &config;
+    let (secrets, whoami, own) = identify(config, &topology, role, now_s)?;
     let own_id = whoami.id;
     let links = Arc::new(build_links(&topology, own, &secrets.link)?);
     let io_kind = choose_io(config.engine.io)?;
-    let geometry = Geometry::DEFAULT;
+    let geometry = topology.params.geometry()?;
     let accepted = accepted_epochs(now_s, topology.epoch_s, config.epochs.grace_s);
     let persist = Persist::open(config, topology.epoch_s, &accepted)?;
 
@@ -524,6 +540,8 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
         persist: &persist,
         stop: &signals.stop,
         provider: prov.as_ref(),
+        client_rates: (!topology.params.allow_rate_overrides)
+            .then(|| topology.params.client_rates().digest()),
         start,
     }
     .build()?;

@@ -200,6 +200,12 @@ pub struct ProviderHooks {
     pub answerer: Answerer,
     /// Every answer leaves this long after its pull arrived.
     pub answer_delay_us: u64,
+    /// The digest of the network's client rates every pull must announce
+    /// (`ClientRates::digest`); `None` where the document allows clients
+    /// other rates. A client whose pull announces others is refused: that
+    /// pull and its packets until a pull announces the network's
+    /// (`client_rates`).
+    pub rates: Option<[u8; 8]>,
 }
 
 /// Answers one shard holds for their release time at most; more pulls are
@@ -237,6 +243,12 @@ struct ProviderState {
     /// A frame-sized buffer to decrypt pulls in (the received one is
     /// borrowed immutably).
     scratch: Vec<u8>,
+    /// The rates digest pulls must announce (`ProviderHooks::rates`).
+    rates: Option<[u8; 8]>,
+    /// Slots whose last pull announced other rates: their packets are
+    /// refused until a pull announces the network's. At most one entry per
+    /// registered client.
+    misrated: std::collections::HashSet<u32>,
 }
 
 /// Fixed settings of a shard.
@@ -533,6 +545,8 @@ impl Shard {
             deliveries: HashMap::new(),
             windows: HashMap::new(),
             scratch: vec![0u8; self.state.settings.geometry.frame_len()],
+            rates: hooks.rates,
+            misrated: std::collections::HashSet::new(),
         });
         self
     }
@@ -1208,6 +1222,11 @@ impl State {
             if request.mailbox != client.mailbox {
                 return metrics.count_drop(DropReason::PullWrongMailbox);
             }
+            if p.rates.is_some_and(|r| r != request.rates) {
+                p.misrated.insert(slot);
+                return metrics.count_drop(DropReason::ClientRates);
+            }
+            p.misrated.remove(&slot);
             if p.held.len() >= MAX_HELD_ANSWERS {
                 return metrics.count_drop(DropReason::AnswerBacklog);
             }
@@ -1229,6 +1248,9 @@ impl State {
             .entry(slot)
             .or_insert_with(window)
             .commit(header.counter);
+        if p.misrated.contains(&slot) {
+            return metrics.count_drop(DropReason::ClientRates);
+        }
         if !self.aqm.admit() {
             return self.drop(DropReason::Aqm);
         }

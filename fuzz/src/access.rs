@@ -44,6 +44,7 @@ pub fn access_session(data: &[u8]) {
         &fixed::access_key(slot),
         slot,
         fixed::mailbox(slot),
+        [0; 8],
         1,
         LIMITS,
     );

@@ -92,7 +92,10 @@ pub fn links(without: Option<u32>) -> Links {
     }
 }
 
-/// The access key of client `slot`.
+/// The rates digest the fuzzed provider expects in pulls.
+pub const RATES: [u8; 8] = *b"fz-rates";
+
+/// The access key of the client at `slot`.
 pub fn access_key(slot: u32) -> [u8; 16] {
     [0x20 + slot as u8; 16]
 }

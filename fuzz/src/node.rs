@@ -177,6 +177,7 @@ impl Harness {
                 PULL_FRAMES,
             ),
             answer_delay_us: 1_000,
+            rates: Some(fixed::RATES),
         })
         .with_clock(Clock::Sim(Arc::clone(&now)), 1);
         Harness {
@@ -244,6 +245,11 @@ impl Harness {
                         fixed::mailbox(slot)
                     } else {
                         MailboxId([other; 16])
+                    },
+                    rates: if other & 0x40 == 0 {
+                        fixed::RATES
+                    } else {
+                        [other; 8]
                     },
                     acks,
                 };

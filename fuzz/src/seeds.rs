@@ -138,6 +138,7 @@ fn node_datagram() -> Seeds {
     let body = pull_body(&PullRequest {
         request_id: 9,
         mailbox: fixed::mailbox(1),
+        rates: fixed::RATES,
         acks: vec![1, 2, 3],
     });
     let mut raw_pull = vec![3, 1];
@@ -253,6 +254,7 @@ fn provider_pull() -> Seeds {
         pull_body(&PullRequest {
             request_id: 5,
             mailbox,
+            rates: fixed::RATES,
             acks,
         })
     };
@@ -317,6 +319,7 @@ fn topology_file(scratch: &Path) -> Seeds {
         valid_from: NOW_S - 60,
         valid_until: NOW_S + 86_400,
         layers: 2,
+        network: loopix_directory::NetworkParams::for_layers(2),
     };
     let file = TopologyFile::build(params, &placed, &operator()).unwrap();
     let text = file.to_toml().unwrap();

@@ -476,6 +476,7 @@ impl Emulator {
                                     &r.access_key,
                                     r.slot,
                                     r.mailbox,
+                                    spec.rates.announced().digest(),
                                     wall_clock_us(),
                                     SESSION_LIMITS,
                                 ),
@@ -1063,6 +1064,7 @@ fn prepare_part(
     for (i, m) in emus.iter_mut().enumerate() {
         let e = m.get_mut().unwrap_or_else(|p| p.into_inner());
         e.client.set_rates(spec.rates, start_us, rng);
+        e.session.announce_rates(spec.rates.announced().digest());
         if let Some(t) = e.client.poll_timeout() {
             heap.push(std::cmp::Reverse((t, i as u32, 0)));
         }

@@ -25,7 +25,7 @@ pub mod target;
 
 use std::path::Path;
 
-use loopix_crypto::Geometry;
+use loopix_directory::NetworkParams;
 
 use crate::config::Scenario;
 use crate::emulator::{Emulator, EmulatorSpec};
@@ -45,6 +45,41 @@ pub fn check(s: &Scenario) -> Result<target::Target, String> {
     Ok(target)
 }
 
+/// The emulated clients run at the scenario's rates, which only a network
+/// whose document allows overrides serves: its providers refuse clients at
+/// other rates than the network's (`client_rates`). Refused here, before
+/// any client exists, with the fix.
+fn check_rates_allowed(s: &Scenario, params: &NetworkParams) -> Result<(), String> {
+    if params.allow_rate_overrides {
+        return Ok(());
+    }
+    let sweeps_rates = s.mode == config::Mode::Sweep && s.sweep_by == config::SweepBy::Rate;
+    if !sweeps_rates && s.rates(1.0).announced() == params.client_rates() {
+        return Ok(());
+    }
+    Err(format!(
+        "the network's topology document forbids clients other rates than its own \
+         (params.allow_rate_overrides = false: lambda_p {} lambda_l {} lambda_d {} /s, mean delay \
+         {} ms, pull every {} ms), and the scenario's clients run at {}; their providers would \
+         refuse them. Start the network with `loopix testnet --allow-rate-overrides`, or build \
+         its document with `loopix topology build --allow-rate-overrides`",
+        params.lambda_p,
+        params.lambda_l,
+        params.lambda_d,
+        params.mean_delay_ms,
+        params.pull_period_ms,
+        if sweeps_rates {
+            "rates that a rate sweep raises step by step".to_string()
+        } else {
+            let r = s.rates(1.0).announced();
+            format!(
+                "lambda_p {} lambda_l {} lambda_d {} /s, mean delay {} ms, pull every {} ms",
+                r.lambda_p, r.lambda_l, r.lambda_d, r.mean_delay_ms, r.pull_period_ms
+            )
+        }
+    ))
+}
+
 /// Run a checked scenario end to end: [`check`], then [`execute_on`].
 pub fn execute(s: &Scenario) -> Result<run::Report, String> {
     let target = check(s)?;
@@ -57,8 +92,9 @@ pub fn execute_on(s: &Scenario, target: target::Target) -> Result<run::Report, S
     config::check_out_dir(&s.out)?;
     let layers = target.layers;
     let metrics = target.metrics.clone();
+    check_rates_allowed(s, &target.params)?;
     let mut emu = Emulator::new(EmulatorSpec {
-        geometry: Geometry::DEFAULT,
+        geometry: target.params.geometry()?,
         topology: target.topology,
         registrations: target.registrations,
         rates: s.rates(1.0),
@@ -77,4 +113,43 @@ pub fn execute_on(s: &Scenario, target: target::Target) -> Result<run::Report, S
     let report = run::report(s, steps, layers, stopped);
     output::write_all(Path::new(&s.out), &report, &run::latency_model(s, layers))?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn scenario(flags: &str) -> Scenario {
+        let args = config::Args::try_parse_from(
+            ["loopix-loadgen", "--registrations", "r", "--topology", "t"]
+                .into_iter()
+                .chain(flags.split_whitespace()),
+        )
+        .expect("flags parse");
+        Scenario::resolve(args.scenario_file().expect("scenario")).expect("valid")
+    }
+
+    #[test]
+    fn rates_other_than_the_networks_need_a_document_that_allows_them() {
+        let p = NetworkParams::default();
+        let same = format!(
+            "--mode run --lambda-p {} --lambda-l {} --lambda-d {} --mean-delay-ms {} --pull-ms {}",
+            p.lambda_p, p.lambda_l, p.lambda_d, p.mean_delay_ms, p.pull_period_ms
+        );
+        check_rates_allowed(&scenario(&same), &p).expect("the network's own rates");
+        let faster = same.replace("--lambda-p 2", "--lambda-p 3");
+        let e = check_rates_allowed(&scenario(&faster), &p).expect_err("other rates");
+        assert!(e.contains("allow_rate_overrides = false") && e.contains("--allow-rate-overrides"));
+        assert!(e.contains("lambda_p 3"), "{e}");
+        let sweep = same.replace("--mode run", "--mode sweep --sweep-by rate");
+        let e = check_rates_allowed(&scenario(&sweep), &p).expect_err("a rate sweep");
+        assert!(e.contains("rate sweep"), "{e}");
+        let open = NetworkParams {
+            allow_rate_overrides: true,
+            ..p
+        };
+        check_rates_allowed(&scenario(&faster), &open).expect("allowed");
+        check_rates_allowed(&scenario(&sweep), &open).expect("allowed");
+    }
 }

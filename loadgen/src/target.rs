@@ -30,6 +30,9 @@ pub struct Target {
     /// Mix layers (for the latency model: a message crosses layers + 2
     /// delays, the two providers' included).
     pub layers: u8,
+    /// The network's parameters, from its signed document (the packet
+    /// geometry, and whether clients may run at other rates).
+    pub params: loopix_directory::NetworkParams,
     /// One registration per emulated client.
     pub registrations: Vec<Registration>,
     /// Node metrics endpoints, by name.
@@ -125,6 +128,7 @@ pub fn from_registrations(
     Ok(Target {
         topology: view,
         layers: topo.layers,
+        params: topo.params,
         registrations: regs,
         metrics,
     })
@@ -176,6 +180,7 @@ pub fn from_testnet(dir: &Path, clients: usize) -> Result<Target, String> {
     Ok(Target {
         topology: view,
         layers: topo.layers,
+        params: topo.params,
         registrations,
         metrics,
     })

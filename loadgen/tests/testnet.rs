@@ -49,6 +49,8 @@ fn start_testnet(dir: PathBuf) -> Net {
         layers: 2,
         mixes_per_layer: 1,
         clients: 0,
+        // The scenarios run at rates of their own.
+        allow_rate_overrides: true,
         duration_s: 300.0,
         keep: Some(dir.clone()),
         progress: false,

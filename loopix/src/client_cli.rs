@@ -44,22 +44,8 @@ use serde::{Deserialize, Serialize};
 
 use loopix_directory::descriptor::epoch_at;
 use loopix_directory::topology::{Role, Topology};
+use loopix_directory::NetworkParams;
 use loopix_engine::keyfile::{read_secret, unix_now_s};
-
-/// Default payload rate (`lambda_p`), per second: a message fragment or a
-/// drop every half second on average, so a short message leaves within
-/// about a second. The paper's evaluation uses 10 per minute for each
-/// stream; an interactive CLI client wants a shorter wait.
-pub const DEFAULT_LAMBDA_P: f64 = 2.0;
-/// Default loop rate (`lambda_l`), per second.
-pub const DEFAULT_LAMBDA_L: f64 = 1.0;
-/// Default drop rate (`lambda_d`), per second.
-pub const DEFAULT_LAMBDA_D: f64 = 1.0;
-/// Default mean per-hop delay (1/mu), milliseconds: the paper's evaluation
-/// setting (mu = 1000). Raise it for more mixing at the cost of latency.
-pub const DEFAULT_MEAN_DELAY_MS: f64 = 1.0;
-/// Default pull period, milliseconds.
-pub const DEFAULT_PULL_MS: u64 = 1000;
 
 /// How long one `run_until` slice lasts: signals, epochs and exit
 /// conditions are looked at between slices.
@@ -67,12 +53,27 @@ const SLICE: Duration = Duration::from_millis(100);
 /// How often `run` prints its summary.
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
-/// `client.toml`: every field is required; unknown fields are refused.
+/// `client.toml`: unknown fields are refused.
+///
+/// A client's rates are its network's, from the signed topology document
+/// (`[params]`): a client with rates of its own is told apart by them.
+/// `[dev_rates]` overrides them for tests and development, and only where
+/// the document allows it (`params.allow_rate_overrides`); the provider
+/// refuses such a client otherwise.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     /// The topology file (absolute path).
     pub topology: PathBuf,
+    /// Development only: rates other than the network's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev_rates: Option<DevRates>,
+}
+
+/// `[dev_rates]`: a development override of the network's rates.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevRates {
     /// Payload stream (real fragments or drops), per second; above 0.
     pub lambda_p: f64,
     /// Loop stream, per second; 0 turns it off.
@@ -85,40 +86,28 @@ pub struct ClientConfig {
     pub pull_ms: u64,
 }
 
+impl DevRates {
+    /// As network parameters, to check them the way a document's are.
+    fn as_params(&self, network: &NetworkParams) -> NetworkParams {
+        NetworkParams {
+            lambda_p: self.lambda_p,
+            lambda_l: self.lambda_l,
+            lambda_d: self.lambda_d,
+            mean_delay_ms: self.mean_delay_ms,
+            pull_period_ms: self.pull_ms,
+            ..*network
+        }
+    }
+}
+
 impl ClientConfig {
     /// Check ranges; errors name the field and the fix.
     pub fn check(&self) -> Result<(), String> {
-        let rate = |name: &str, v: f64, zero_ok: bool| {
-            if !v.is_finite() || v < 0.0 || (v == 0.0 && !zero_ok) || v > 1e6 {
-                Err(format!(
-                    "{name} must be a number of packets per second {} 1000000, not {v}",
-                    if zero_ok {
-                        "from 0 to"
-                    } else {
-                        "above 0 and at most"
-                    }
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        rate("lambda_p", self.lambda_p, false)?;
-        rate("lambda_l", self.lambda_l, true)?;
-        rate("lambda_d", self.lambda_d, true)?;
-        if !self.mean_delay_ms.is_finite()
-            || self.mean_delay_ms <= 0.0
-            || self.mean_delay_ms > 3_600_000.0
-        {
-            return Err(format!(
-                "mean_delay_ms must be above 0 and at most 3600000 (one hour), not {}",
-                self.mean_delay_ms
-            ));
-        }
-        if self.pull_ms == 0 || self.pull_ms > 3_600_000 {
-            return Err(format!(
-                "pull_ms must be from 1 to 3600000, not {}",
-                self.pull_ms
-            ));
+        if let Some(d) = &self.dev_rates {
+            let mut p = d.as_params(&NetworkParams::default());
+            p.lambda_m = 0.0;
+            p.check(3)
+                .map_err(|e| format!("[dev_rates]: {}", e.replace("params.", "dev_rates.")))?;
         }
         if !self.topology.is_absolute() {
             return Err(format!(
@@ -133,20 +122,42 @@ impl ClientConfig {
     pub fn load(path: &Path) -> Result<ClientConfig, String> {
         let text = fs::read_to_string(path)
             .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        let c: ClientConfig = toml::from_str(&text)
-            .map_err(|e| format!("{}: {}", path.display(), e.to_string().trim_end()))?;
+        let c: ClientConfig = toml::from_str(&text).map_err(|e| {
+            let mut m = format!("{}: {}", path.display(), e.to_string().trim_end());
+            if [
+                "lambda_p",
+                "lambda_l",
+                "lambda_d",
+                "mean_delay_ms",
+                "pull_ms",
+            ]
+            .iter()
+            .any(|k| m.contains(&format!("unknown field `{k}`")))
+            {
+                m.push_str(
+                    "\na client's rates are its network's now, from the topology document's \
+                     [params]: remove lambda_p, lambda_l, lambda_d, mean_delay_ms and pull_ms \
+                     from this file (or put them under [dev_rates], for development only)",
+                );
+            }
+            m
+        })?;
         c.check().map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(c)
     }
 
-    /// The core's rates.
-    pub fn rates(&self) -> Rates {
-        Rates {
-            lambda_p: self.lambda_p,
-            lambda_l: self.lambda_l,
-            lambda_d: self.lambda_d,
-            mean_delay_us: self.mean_delay_ms * 1000.0,
-            pull_period_us: self.pull_ms * 1000,
+    /// The core's rates: the network's, or `[dev_rates]` where the
+    /// document allows overrides.
+    pub fn rates(&self, network: &NetworkParams) -> Result<Rates, String> {
+        match &self.dev_rates {
+            None => Ok(Rates::of_network(network)),
+            Some(_) if !network.allow_rate_overrides => Err(format!(
+                "client.toml has [dev_rates], but the topology document {} forbids rates other \
+                 than the network's (params.allow_rate_overrides = false), and the provider would \
+                 refuse this client: remove [dev_rates]",
+                self.topology.display()
+            )),
+            Some(d) => Ok(Rates::of_network(&d.as_params(network))),
         }
     }
 }
@@ -207,21 +218,59 @@ pub struct InitArgs {
     /// The signed topology document.
     #[arg(long, value_name = "FILE")]
     topology: PathBuf,
-    /// Payload rate (`lambda_p`), per second.
-    #[arg(long, value_name = "PER_S", default_value_t = DEFAULT_LAMBDA_P, allow_negative_numbers = true)]
-    lambda_p: f64,
-    /// Loop rate (`lambda_l`), per second; 0 turns loops off.
-    #[arg(long, value_name = "PER_S", default_value_t = DEFAULT_LAMBDA_L, allow_negative_numbers = true)]
-    lambda_l: f64,
-    /// Drop rate (`lambda_d`), per second; 0 turns drops off.
-    #[arg(long, value_name = "PER_S", default_value_t = DEFAULT_LAMBDA_D, allow_negative_numbers = true)]
-    lambda_d: f64,
-    /// Mean per-hop delay (1/mu), milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = DEFAULT_MEAN_DELAY_MS, allow_negative_numbers = true)]
-    mu_ms: f64,
-    /// Pull period, milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = DEFAULT_PULL_MS)]
-    pull_ms: u64,
+    /// Development only: run at rates other than the network's (written
+    /// to client.toml as [dev_rates]; the rates not given are the
+    /// network's). Refused unless the topology document allows overrides.
+    #[arg(long)]
+    dev_rates: bool,
+    /// With --dev-rates: payload rate (`lambda_p`), per second.
+    #[arg(
+        long,
+        value_name = "PER_S",
+        requires = "dev_rates",
+        allow_negative_numbers = true
+    )]
+    lambda_p: Option<f64>,
+    /// With --dev-rates: loop rate (`lambda_l`), per second; 0 turns loops off.
+    #[arg(
+        long,
+        value_name = "PER_S",
+        requires = "dev_rates",
+        allow_negative_numbers = true
+    )]
+    lambda_l: Option<f64>,
+    /// With --dev-rates: drop rate (`lambda_d`), per second; 0 turns drops off.
+    #[arg(
+        long,
+        value_name = "PER_S",
+        requires = "dev_rates",
+        allow_negative_numbers = true
+    )]
+    lambda_d: Option<f64>,
+    /// With --dev-rates: mean per-hop delay (1/mu), milliseconds.
+    #[arg(
+        long,
+        value_name = "MS",
+        requires = "dev_rates",
+        allow_negative_numbers = true
+    )]
+    mu_ms: Option<f64>,
+    /// With --dev-rates: pull period, milliseconds.
+    #[arg(long, value_name = "MS", requires = "dev_rates")]
+    pull_ms: Option<u64>,
+}
+
+impl InitArgs {
+    /// `[dev_rates]` from the flags, the network's rates where none is given.
+    fn dev_rates(&self, network: &NetworkParams) -> Option<DevRates> {
+        self.dev_rates.then(|| DevRates {
+            lambda_p: self.lambda_p.unwrap_or(network.lambda_p),
+            lambda_l: self.lambda_l.unwrap_or(network.lambda_l),
+            lambda_d: self.lambda_d.unwrap_or(network.lambda_d),
+            mean_delay_ms: self.mu_ms.unwrap_or(network.mean_delay_ms),
+            pull_ms: self.pull_ms.unwrap_or(network.pull_period_ms),
+        })
+    }
 }
 
 /// `loopix client send`'s options.
@@ -275,13 +324,7 @@ fn seconds(v: &str) -> Result<Duration, String> {
 /// Run `loopix client SUBCOMMAND`.
 pub fn main(cmd: &ClientCmd) -> ExitCode {
     let outcome = match cmd {
-        ClientCmd::Init(a) => init_dir(
-            &a.dir.dir,
-            &a.registration,
-            &a.topology,
-            [a.lambda_p, a.lambda_l, a.lambda_d, a.mu_ms],
-            a.pull_ms,
-        ),
+        ClientCmd::Init(a) => init_dir(a),
         ClientCmd::Send(a) => send(a),
         ClientCmd::Recv(a) => recv_online(
             &a.dir.dir,
@@ -339,13 +382,8 @@ fn read_private(path: &Path) -> Result<String, String> {
     fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn init_dir(
-    dir: &Path,
-    reg_path: &Path,
-    topo_path: &Path,
-    [lambda_p, lambda_l, lambda_d, mean_delay_ms]: [f64; 4],
-    pull_ms: u64,
-) -> Result<(), String> {
+fn init_dir(a: &InitArgs) -> Result<(), String> {
+    let (dir, reg_path, topo_path) = (&a.dir.dir, &a.registration, &a.topology);
     for name in ["client.key", "registration.toml", "client.toml"] {
         let p = dir.join(name);
         if p.exists() {
@@ -363,19 +401,16 @@ fn init_dir(
         .map_err(|e| format!("{}: {}", reg_path.display(), e.trim_end()))?;
     let topology_abs = fs::canonicalize(topo_path)
         .map_err(|e| format!("{}: cannot read: {e}", topo_path.display()))?;
+    let topology = Topology::load(&topology_abs, &reg.operator_key, unix_now_s())
+        .map_err(|e| e.to_string())?;
     let config = ClientConfig {
         topology: topology_abs,
-        lambda_p,
-        lambda_l,
-        lambda_d,
-        mean_delay_ms,
-        pull_ms,
+        dev_rates: a.dev_rates(&topology.params),
     };
     config
         .check()
         .map_err(|e| format!("{e} (from the command-line options)"))?;
-    let topology = Topology::load(&config.topology, &reg.operator_key, unix_now_s())
-        .map_err(|e| e.to_string())?;
+    config.rates(&topology.params)?;
     check_provider(&topology, &reg, reg_path)?;
     let epoch = epoch_at(unix_now_s(), topology.epoch_s);
     client_topology(&topology, epoch).map_err(|e| format!("{}: {e}", topo_path.display()))?;
@@ -394,7 +429,7 @@ fn init_dir(
     write_private(&dir.join("registration.toml"), &reg.to_toml())?;
     let config_text = format!(
         "# loopix client config (written by `loopix client init`).\n\
-         # Rates are per second; mean_delay_ms is 1/mu per hop; pull_ms the pull period.\n{}",
+         # The client's rates are its network's, from the topology document's [params].\n{}",
         toml::to_string(&config).map_err(|e| format!("client.toml: {e}"))?
     );
     write_new(&dir.join("client.toml"), &config_text)?;
@@ -439,11 +474,19 @@ struct Online {
     topology: Topology,
     epoch: u64,
     stop: Arc<AtomicBool>,
-    operator: loopix_crypto::identity::IdentityPublic,
 }
 
 impl Online {
     fn open(dir: &Path) -> Result<Online, String> {
+        Self::open_checked(dir, |_| Ok(()))
+    }
+
+    /// Open the client in `dir`, refusing before it goes online what
+    /// `check` refuses for the network's packet geometry.
+    fn open_checked(
+        dir: &Path,
+        check: impl FnOnce(&Geometry) -> Result<(), String>,
+    ) -> Result<Online, String> {
         let config = ClientConfig::load(&dir.join("client.toml"))?;
         let secret = read_secret(&dir.join("client.key")).map_err(|e| e.to_string())?;
         let reg_path = dir.join("registration.toml");
@@ -455,11 +498,13 @@ impl Online {
         let epoch = epoch_at(unix_now_s(), topology.epoch_s);
         let view = client_topology(&topology, epoch)
             .map_err(|e| format!("{}: {e}", config.topology.display()))?;
-        let geometry = Geometry::DEFAULT;
+        let geometry = topology.params.geometry()?;
+        check(&geometry)?;
+        let rates = config.rates(&topology.params)?;
         let client = Client::new(
             geometry,
             Arc::new(view),
-            config.rates(),
+            rates,
             ClientLimits::default(),
             secret,
             reg.mailbox,
@@ -482,7 +527,6 @@ impl Online {
             reg.provider_id, reg.provider_address, reg.mailbox
         );
         Ok(Online {
-            operator: reg.operator_key,
             driver,
             topology_path: config.topology,
             topology,
@@ -503,7 +547,8 @@ impl Online {
             return;
         }
         self.epoch = epoch;
-        match Topology::load(&self.topology_path, &self.operator, unix_now_s()) {
+        // The successor must keep the network's parameters.
+        match self.topology.reload(&self.topology_path, unix_now_s()) {
             Ok(t) => self.topology = t,
             Err(e) => eprintln!("epoch {epoch}: keeping the old topology: {e}"),
         }
@@ -591,14 +636,10 @@ fn send_online(
     wait: Option<Duration>,
 ) -> Result<(), String> {
     let to = recipient(to)?;
-    Client::check_length(
-        &Geometry::DEFAULT,
-        &ClientLimits::default(),
-        data.len(),
-        with_surb,
-    )
-    .map_err(|e| e.to_string())?;
-    let mut online = Online::open(dir)?;
+    let mut online = Online::open_checked(dir, |g| {
+        Client::check_length(g, &ClientLimits::default(), data.len(), with_surb)
+            .map_err(|e| e.to_string())
+    })?;
     online
         .driver
         .client_mut()

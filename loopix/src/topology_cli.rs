@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use loopix_crypto::IdentityPublic;
 use loopix_directory::descriptor::{epoch_at, NodeDescriptor};
+use loopix_directory::params::MAX_LAYERS;
 use loopix_directory::topology::{BuildParams, Role, Topology, TopologyFile};
+use loopix_directory::NetworkParams;
 use loopix_engine::keyfile::{self, unix_now_s};
 
 use crate::CliError;
@@ -75,9 +77,9 @@ pub struct BuildArgs {
     /// The operator's secret key (from `loopix operator-keygen`).
     #[arg(long, value_name = "FILE")]
     operator_key: PathBuf,
-    /// Mix layers, 1 to 3 (a path needs layers + 3 Sphinx hops; packets
-    /// hold 6).
-    #[arg(long, value_name = "L", value_parser = clap::value_parser!(u8).range(1..))]
+    /// Mix layers, 1 to 10 (the packet geometry is chosen to hold a path
+    /// through them: layers + 3 Sphinx hops).
+    #[arg(long, value_name = "L", value_parser = clap::value_parser!(u8).range(1..=i64::from(MAX_LAYERS)))]
     layers: u8,
     /// The document to write (atomically: beside it, then renamed).
     #[arg(long, value_name = "FILE")]
@@ -97,6 +99,78 @@ pub struct BuildArgs {
     /// 1:keys/mix-a/node.toml).
     #[arg(value_name = "LAYER:DESCRIPTOR", required = true)]
     nodes: Vec<String>,
+    #[command(flatten)]
+    network: NetworkArgs,
+}
+
+/// The network's parameters `topology build` signs into the document
+/// (`[params]`, docs/topology.md): every client and node takes them from
+/// there.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Network parameters (every client and node uses these)")]
+pub struct NetworkArgs {
+    /// Mean per-hop delay (1/µ), milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = NetworkParams::default().mean_delay_ms, allow_negative_numbers = true)]
+    mean_delay_ms: f64,
+    /// Each client's payload stream (λP), per second.
+    #[arg(long, value_name = "R", default_value_t = NetworkParams::default().lambda_p, allow_negative_numbers = true)]
+    lambda_p: f64,
+    /// Each client's loop stream (λL), per second.
+    #[arg(long, value_name = "R", default_value_t = NetworkParams::default().lambda_l, allow_negative_numbers = true)]
+    lambda_l: f64,
+    /// Each client's drop stream (λD), per second.
+    #[arg(long, value_name = "R", default_value_t = NetworkParams::default().lambda_d, allow_negative_numbers = true)]
+    lambda_d: f64,
+    /// Each node's own loops (λM), per second (default 10 per minute).
+    #[arg(long, value_name = "R", default_value_t = NetworkParams::default().lambda_m, hide_default_value = true, allow_negative_numbers = true)]
+    lambda_m: f64,
+    /// How often clients pull their inbox, milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = NetworkParams::default().pull_period_ms)]
+    pull_period_ms: u64,
+    /// Frames in every pull answer (k).
+    #[arg(long, value_name = "K", default_value_t = NetworkParams::default().pull_frames)]
+    pull_frames: u16,
+    /// The path MTU every datagram must fit, bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = NetworkParams::default().mtu)]
+    mtu: u32,
+    /// Sphinx hops a header holds (default: layers + 3).
+    #[arg(long, value_name = "N")]
+    max_hops: Option<u8>,
+    /// Payload bytes of a packet (default: 1056, less where a long header
+    /// would push a frame past the MTU).
+    #[arg(long, value_name = "BYTES")]
+    payload_len: Option<u32>,
+    /// Let clients use other rates than these (tests and development only:
+    /// such a client is told apart by its rates).
+    #[arg(long)]
+    allow_rate_overrides: bool,
+}
+
+impl NetworkArgs {
+    /// The parameters for `layers` mix layers (checked when the document
+    /// is built, each error naming the field).
+    fn params(&self, layers: u8) -> NetworkParams {
+        let mut p = NetworkParams {
+            mean_delay_ms: self.mean_delay_ms,
+            lambda_p: self.lambda_p,
+            lambda_l: self.lambda_l,
+            lambda_d: self.lambda_d,
+            lambda_m: self.lambda_m,
+            pull_period_ms: self.pull_period_ms,
+            pull_frames: self.pull_frames,
+            mtu: self.mtu,
+            allow_rate_overrides: self.allow_rate_overrides,
+            ..NetworkParams::default()
+        };
+        p.set_geometry_for(layers);
+        if let Some(h) = self.max_hops {
+            p.max_hops = h;
+        }
+        if let Some(len) = self.payload_len {
+            p.payload_len = len;
+        }
+        p
+    }
 }
 
 /// `loopix operator-keygen --out FILE`.
@@ -160,9 +234,10 @@ fn placement(spec: &str, layers: u8) -> Result<(NodeDescriptor, Role, u8), CliEr
 
 fn build(a: &BuildArgs) -> Result<(), CliError> {
     let (out, layers, days) = (&a.out, a.layers, a.valid_days);
-    // Clients would refuse the document (ClientError::PathTooLong).
-    loopix_client::check_path_fits(usize::from(layers), &loopix_crypto::Geometry::DEFAULT)
-        .map_err(|e| CliError::Usage(format!("--layers {layers}: {e}")))?;
+    let network = a.network.params(layers);
+    network
+        .check(layers)
+        .map_err(|e| CliError::Usage(format!("{e} (--layers {layers})")))?;
     let now = unix_now_s();
     // Serials only go up: by default the current time, or one more than the
     // document being replaced if that is higher.
@@ -189,6 +264,7 @@ fn build(a: &BuildArgs) -> Result<(), CliError> {
         valid_from: now.saturating_sub(300),
         valid_until: now + days * 86_400,
         layers,
+        network,
     };
     let file = TopologyFile::build(params, &placed, &operator).map_err(|e| e.to_string())?;
     let text = file.to_toml().map_err(|e| e.to_string())?;
@@ -244,6 +320,27 @@ fn describe(file: &TopologyFile, verdict: &Result<Topology, String>, pinned: boo
             .map_or_else(|_| format!("{hex:?} (not a key)"), |k| k.fingerprint())
     };
     let _ = writeln!(o, "operator {}", fp(&file.operator_key));
+    let p = &file.params;
+    let _ = writeln!(
+        o,
+        "params: mean delay {} ms per hop; clients lambda_P {} lambda_L {} lambda_D {} /s, \
+         pull every {} ms, k = {}; nodes lambda_M {:.4} /s; {} hops, {}-byte payload, mtu {}{}",
+        p.mean_delay_ms,
+        p.lambda_p,
+        p.lambda_l,
+        p.lambda_d,
+        p.pull_period_ms,
+        p.pull_frames,
+        p.lambda_m,
+        p.max_hops,
+        p.payload_len,
+        p.mtu,
+        if p.allow_rate_overrides {
+            "; clients MAY override their rates (development)"
+        } else {
+            ""
+        }
+    );
     let current = epoch_at(now, file.epoch_s);
     let mut common: Option<(u64, u64)> = None;
     for n in &file.nodes {

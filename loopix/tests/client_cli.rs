@@ -11,8 +11,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use loopix_client::Address;
-use loopix_directory::topology::Role;
-use loopix_testkit::localnet::{free_udp_addr, LocalNet, LocalNetSpec};
+use loopix_directory::topology::{Role, TopologyFile};
+use loopix_engine::keyfile::read_identity;
+use loopix_testkit::localnet::{free_udp_addr, LocalNet, LocalNetSpec, NetworkParams};
 
 /// Kills the child if the test fails before it exits.
 struct ChildGuard(Option<Child>);
@@ -80,8 +81,14 @@ struct Setup {
 fn setup() -> Setup {
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path().to_owned();
+    // Fast clients, so that sends leave at once: the network's rates.
     let spec = LocalNetSpec {
         layers: 1,
+        params: NetworkParams {
+            lambda_p: 50.0,
+            pull_period_ms: 50,
+            ..LocalNetSpec::default().params
+        },
         ..LocalNetSpec::default()
     };
     let net = LocalNet::create(&root.join("net"), &spec).expect("lay out");
@@ -135,14 +142,31 @@ fn mode(p: &Path) -> u32 {
 fn init_writes_private_files_and_refuses_to_overwrite() {
     let st = setup();
     let dir = st.root.join("alice");
-    let (code, out, err) = init(&st, &dir, &st.registration, &["--lambda-p", "5"]);
+    // Rates of its own only as a development override, and only where the
+    // document allows it: this one does not.
+    let (code, _, err) = init(&st, &dir, &st.registration, &["--lambda-p", "5"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--dev-rates"), "{err}");
+    let (code, _, err) = init(
+        &st,
+        &dir,
+        &st.registration,
+        &["--dev-rates", "--lambda-p", "5"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("allow_rate_overrides = false"), "{err}");
+    assert!(!dir.join("client.key").exists());
+    let (code, out, err) = init(&st, &dir, &st.registration, &[]);
     assert_eq!(code, 0, "{err}");
     let addr = Address::parse(&out).expect("prints the address");
     assert_eq!(addr.mailbox.0, [0xab; 16]);
     assert_eq!(mode(&dir.join("client.key")), 0o600);
     assert_eq!(mode(&dir.join("registration.toml")), 0o600);
     let config = std::fs::read_to_string(dir.join("client.toml")).expect("config");
-    assert!(config.contains("lambda_p = 5.0"), "{config}");
+    assert!(
+        !config.contains("lambda_p"),
+        "the network's rates: {config}"
+    );
     assert!(
         config.contains(&format!(
             "topology = \"{}\"",
@@ -218,18 +242,50 @@ fn bad_files_name_the_field() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("operator signature"), "{err}");
 
+    // Signed, but with parameters out of range: refused naming the field.
+    let operator = read_identity(&st.net.operator_key_path).expect("operator key");
+    let mut file = TopologyFile::read(&st.net.topology_path).expect("read");
+    file.params.lambda_l = -1.0;
+    file.sign(&operator).expect("sign");
+    let negative = st.root.join("negative.toml");
+    std::fs::write(&negative, file.to_toml().expect("toml")).expect("write");
+    let (code, _, err) = loopix(&[
+        "client",
+        "init",
+        "--dir",
+        s(&st.root.join("neg")),
+        "--registration",
+        s(&st.registration),
+        "--topology",
+        s(&negative),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("params.lambda_l is -1"), "{err}");
+
     // client.toml mistakes are named when the client goes online.
     let dir = st.root.join("bob");
     assert_eq!(init(&st, &dir, &st.registration, &[]).0, 0);
     let config = std::fs::read_to_string(dir.join("client.toml")).expect("read");
     let to = dir.join("address.toml");
+    let dev = "\n[dev_rates]\nlambda_p = 2.0\nlambda_l = 1.0\nlambda_d = 1.0\nmean_delay_ms = 1.0\npull_ms = 1000\n";
     for (text, field) in [
         (format!("{config}lambda_x = 1.0\n"), "lambda_x"),
-        (config.replace("pull_ms = 1000", "pull_ms = 0"), "pull_ms"),
         (
-            config.replace("lambda_d = 1.0", "lambda_d = -1.0"),
-            "lambda_d",
+            format!("lambda_p = 2.0\n{config}"),
+            "a client's rates are its network's now",
         ),
+        (
+            format!("{config}{}", dev.replace("pull_ms = 1000", "pull_ms = 0")),
+            "dev_rates.pull_period_ms",
+        ),
+        (
+            format!(
+                "{config}{}",
+                dev.replace("lambda_d = 1.0", "lambda_d = -1.0")
+            ),
+            "dev_rates.lambda_d",
+        ),
+        (format!("{config}{dev}"), "allow_rate_overrides = false"),
     ] {
         std::fs::write(dir.join("client.toml"), text).expect("write");
         let (code, _, err) = loopix(&["client", "send", "--dir", s(&dir), "--to", s(&to), "x"]);
@@ -308,9 +364,8 @@ fn usage_mistakes_exit_2() {
 fn send_and_recv_go_online_and_stop_by_themselves() {
     let st = setup();
     let (alice, bob) = (st.root.join("alice"), st.root.join("bob"));
-    let fast = ["--lambda-p", "50", "--pull-ms", "50"];
-    assert_eq!(init(&st, &alice, &st.registration, &fast).0, 0);
-    assert_eq!(init(&st, &bob, &st.registration, &fast).0, 0);
+    assert_eq!(init(&st, &alice, &st.registration, &[]).0, 0);
+    assert_eq!(init(&st, &bob, &st.registration, &[]).0, 0);
     let to = bob.join("address.toml");
     let (code, out, err) = loopix_in(
         &["client", "send", "--dir", s(&alice), "--to", s(&to)],

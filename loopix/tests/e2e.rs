@@ -17,7 +17,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use loopix_directory::topology::Role;
-use loopix_testkit::localnet::{LocalNet, LocalNetSpec};
+use loopix_testkit::localnet::{LocalNet, LocalNetSpec, NetworkParams};
 use loopix_testkit::supervise::Supervisor;
 
 const BIN: &str = env!("CARGO_BIN_EXE_loopix");
@@ -116,6 +116,15 @@ fn start_network(root: &Path) -> (LocalNet, Supervisor) {
         providers: 2,
         layers: 3,
         mixes_per_layer: 1,
+        // The clients' rates are the network's, signed into the document.
+        params: NetworkParams {
+            lambda_p: 20.0,
+            lambda_l: 2.0,
+            lambda_d: 2.0,
+            mean_delay_ms: 5.0,
+            pull_period_ms: 100,
+            ..LocalNetSpec::default().params
+        },
         ..LocalNetSpec::default()
     };
     let net = LocalNet::create(&root.join("net"), &spec).expect("lay out");
@@ -183,16 +192,6 @@ fn register_a_and_b(root: &Path, net: &LocalNet) -> Vec<PathBuf> {
             s(&reg),
             "--topology",
             s(&net.topology_path),
-            "--lambda-p",
-            "20",
-            "--lambda-l",
-            "2",
-            "--lambda-d",
-            "2",
-            "--mu-ms",
-            "5",
-            "--pull-ms",
-            "100",
         ]);
         assert_eq!(code, 0, "init {who}: {err}");
         dirs.push(dir);

@@ -21,7 +21,7 @@ use loopix_crypto::access::{
 use loopix_crypto::{Delay, Geometry, LinkKey, MailboxId, RouteKey, SecretKey};
 use loopix_engine::config::IoChoice;
 use loopix_engine::metrics::names;
-use loopix_testkit::localnet::{free_tcp_addr, Driver, LocalNet, LocalNetSpec};
+use loopix_testkit::localnet::{free_tcp_addr, Driver, LocalNet, LocalNetSpec, NetworkParams};
 use loopix_testkit::process::{NodeProcess, START_BOUND};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -67,7 +67,10 @@ fn spec() -> LocalNetSpec {
         layers: 1,
         mixes_per_layer: 1,
         io: IoChoice::Portable,
-        pull_frames: K,
+        params: NetworkParams {
+            pull_frames: K,
+            ..LocalNetSpec::default().params
+        },
         ..LocalNetSpec::default()
     }
 }
@@ -165,6 +168,13 @@ struct Client {
     request_id: u64,
     /// The provider's counter on the first frame of the last answer.
     answer_counter: u64,
+    /// The rates digest its pulls announce.
+    rates: [u8; 8],
+}
+
+/// The rates digest of the network's clients.
+fn network_rates() -> [u8; 8] {
+    spec().network().client_rates().digest()
 }
 
 /// One answer: per frame, the message id and packet of a real one.
@@ -183,6 +193,7 @@ impl Client {
             counter: 1,
             request_id: 100,
             answer_counter: 0,
+            rates: network_rates(),
         }
     }
 
@@ -200,6 +211,7 @@ impl Client {
         PullRequest {
             request_id: self.request_id,
             mailbox,
+            rates: self.rates,
             acks: acks.to_vec(),
         }
         .seal(&G, key, slot, self.counter, &mut frame)
@@ -509,6 +521,7 @@ fn a_pull_captured_before_a_restart_is_refused_after_it() {
     PullRequest {
         request_id: 7,
         mailbox: reg.mailbox,
+        rates: network_rates(),
         acks: vec![],
     }
     .seal(
@@ -638,6 +651,62 @@ fn bad_input_is_counted_and_good_clients_are_served() {
     p.wait_metric(names::INBOX_STORED, &[], 4.0);
     assert_eq!(ids(&b.pull(&[])).len(), 1);
     assert_eq!(p.metric(names::REGISTERED_CLIENTS, &[]), 2.0);
+}
+
+/// A client that announces rates other than its network's is refused: the
+/// pull, and its packets until a pull announces the network's rates. A
+/// document that allows overrides serves it.
+#[test]
+fn a_client_with_altered_rates_is_refused_by_its_provider() {
+    for allow in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut spec = spec();
+        spec.params.allow_rate_overrides = allow;
+        let net = LocalNet::create(dir.path(), &spec).expect("lay out");
+        let config = provider_config(&net);
+        let reg = register(&config, "fast");
+        let p = start_provider(&config, net.nodes[0].metrics);
+        let mut fast = Client::new(reg.clone());
+        let mut rates = spec.network().client_rates();
+        rates.lambda_p *= 2.0;
+        fast.rates = rates.digest();
+        let mut mix = LastMix::new(&net);
+        let relay = mix
+            .driver
+            .build_drop_path(&[0, 1], &[0], &mut mix.rng)
+            .expect("build");
+        let mut frame = vec![0u8; G.frame_len()];
+        let mut send_relay = |c: &mut Client| {
+            c.counter += 1;
+            seal_client_packet(&c.key, c.reg.slot, c.counter - 1, &relay, &mut frame)
+                .expect("seal");
+            c.socket
+                .send_to(&frame, c.reg.provider_address)
+                .expect("send");
+        };
+        let refused = |n: f64| p.wait_metric(names::DROPPED, &[("reason", "client_rates")], n);
+        if allow {
+            assert_eq!(fast.pull(&[]).len(), usize::from(K), "allowed: answered");
+            send_relay(&mut fast);
+            p.wait_metric(names::FORWARDED_PACKETS, &[], 1.0);
+            assert_eq!(p.metric(names::DROPPED, &[("reason", "client_rates")]), 0.0);
+            continue;
+        }
+        let key = LinkKey::from_bytes(&reg.access_key);
+        fast.send_pull_as(&key, reg.slot, reg.mailbox, &[]);
+        refused(1.0);
+        let mut buf = vec![0u8; 4096];
+        assert!(fast.socket.recv_from(&mut buf).is_err(), "no answer");
+        send_relay(&mut fast);
+        refused(2.0);
+        assert_eq!(p.metric(names::FORWARDED_PACKETS, &[]), 0.0);
+        // Back to the network's rates: served again.
+        fast.rates = network_rates();
+        assert_eq!(fast.pull(&[]).len(), usize::from(K));
+        send_relay(&mut fast);
+        p.wait_metric(names::FORWARDED_PACKETS, &[], 1.0);
+        assert_eq!(p.metric(names::DROPPED, &[("reason", "client_rates")]), 2.0);
+    }
 }
 
 #[test]

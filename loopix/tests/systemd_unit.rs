@@ -23,7 +23,8 @@ fn example_provider_config_parses() {
     let path = repo().join("systemd/provider.example.toml");
     let text = std::fs::read_to_string(&path).expect("example config");
     let c = loopix_engine::config::MixConfig::parse(&path, &text).expect("example is valid");
-    assert_eq!(c.provider.expect("has [provider]").pull_frames, 8);
+    let p = c.provider.expect("has [provider]");
+    assert_eq!(p.answer_delay_us, 1000);
 }
 
 /// `systemd-analyze verify` on a shipped unit, its binary pointed at the one

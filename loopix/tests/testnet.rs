@@ -188,6 +188,52 @@ fn short_run_delivers_every_message_and_writes_the_summary() {
     }
 }
 
+/// Issue 13: more layers than the default geometry's six hops hold. The
+/// document carries a geometry chosen from the layer count, and every
+/// real message and the loop stream get through four and five layers.
+#[test]
+fn four_and_five_layer_networks_deliver_every_message() {
+    let _one = one_at_a_time();
+    for layers in ["4", "5"] {
+        let v = run_json(
+            &[
+                "--duration-s",
+                "8",
+                "--clients",
+                "4",
+                "--layers",
+                layers,
+                "--mixes-per-layer",
+                "1",
+                "--providers",
+                "1",
+                "--message-rate",
+                "1.5",
+            ],
+            Duration::from_secs(60),
+        );
+        let sent = num(&v, "messages_sent");
+        assert!(sent >= 10.0, "{layers} layers: too few messages: {sent}");
+        assert_eq!(num(&v, "messages_delivered"), sent, "{layers} layers: {v}");
+        assert_eq!(num(&v, "messages_lost"), 0.0, "{layers} layers");
+        assert!(num(&v, "loops_returned") > 10.0, "{layers} layers: {v}");
+        assert_eq!(
+            v["nodes"].as_array().expect("nodes").len(),
+            1 + layers.parse::<usize>().expect("a number")
+        );
+    }
+    // A layer count no geometry is chosen for is refused at start.
+    let out = Command::new(BIN)
+        .args(["testnet", "--layers", "11", "--quiet"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--layers must be 1 to 10"),
+        "{out:?}"
+    );
+}
+
 /// The issue's "an idle network is not silent": with no clients at all,
 /// every mix and provider sends its own loops (λM) through the network
 /// and gets them back, and the summary says so per node.

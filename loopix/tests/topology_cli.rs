@@ -9,6 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use loopix_directory::topology::TopologyFile;
+use loopix_engine::keyfile::read_identity;
 
 fn loopix(args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_loopix"))
@@ -174,6 +175,8 @@ fn build_show_verify_and_tampering() {
         "layer 3 of 3",
         "every node has keys for",
         "signatures: all verify",
+        "params: mean delay 1 ms per hop; clients lambda_P 2 lambda_L 1 lambda_D 1 /s",
+        "6 hops, 1056-byte payload, mtu 1500",
         &t.operator_pub[..16],
     ] {
         assert!(shown.contains(needle), "show lacks {needle:?}:\n{shown}");
@@ -190,6 +193,7 @@ fn build_show_verify_and_tampering() {
     let (ok, msg) = verify(&t.topology, &wrong);
     assert!(!ok && msg.contains("trusted operator key"), "{msg}");
 
+    let operator = read_identity(&t.root.join("operator.key")).expect("operator key");
     let id1 = TopologyFile::read(&t.topology).expect("read").nodes[1]
         .id
         .clone();
@@ -219,6 +223,31 @@ fn build_show_verify_and_tampering() {
         (
             tampered(&t, "missing.toml", |f| f.nodes.retain(|n| n.layer != 2)),
             vec!["layer 2 has no mix".into()],
+        ),
+        // Signed by the operator, but out of range: refused by name.
+        (
+            tampered(&t, "negative.toml", |f| {
+                f.params.lambda_l = -1.0;
+                f.sign(&operator).expect("sign");
+            }),
+            vec!["params.lambda_l is -1".into()],
+        ),
+        (
+            tampered(&t, "mtu.toml", |f| {
+                f.params.mtu = 1300;
+                f.sign(&operator).expect("sign");
+            }),
+            vec![
+                "params.payload_len 1056 with params.max_hops 6".into(),
+                "over params.mtu 1300".into(),
+            ],
+        ),
+        (
+            tampered(&t, "hops.toml", |f| {
+                f.params.max_hops = 5;
+                f.sign(&operator).expect("sign");
+            }),
+            vec!["params.max_hops is 5 but a path through 3 layers takes 6 hops".into()],
         ),
     ];
     for (path, needles) in &cases {
@@ -293,6 +322,36 @@ fn build_refuses_descriptor_without_address() {
             .code(),
         Some(2)
     );
+    // Network parameters out of range, or a geometry that cannot hold the
+    // path, are refused naming the field and the numbers.
+    let out_path = dir.path().join("t.toml");
+    let build = |extra: &[&str]| {
+        let mut args = vec![
+            "topology",
+            "build",
+            "--operator-key",
+            s(&op),
+            "--out",
+            s(&out_path),
+        ];
+        args.extend_from_slice(extra);
+        let keys_arg = format!("1:{}", s(&keys));
+        args.push(&keys_arg);
+        let out = loopix(&args);
+        (out.status.code(), text(&out))
+    };
+    let (code, msg) = build(&["--layers", "4", "--max-hops", "6"]);
+    assert_eq!(code, Some(2), "{msg}");
+    assert!(
+        msg.contains("params.max_hops is 6 but a path through 4 layers takes 7 hops"),
+        "{msg}"
+    );
+    let (code, msg) = build(&["--layers", "1", "--lambda-l", "-1"]);
+    assert_eq!(code, Some(2), "{msg}");
+    assert!(msg.contains("params.lambda_l is -1"), "{msg}");
+    let (code, msg) = build(&["--layers", "11"]);
+    assert_eq!(code, Some(2), "{msg}");
+    assert!(msg.contains("--layers"), "{msg}");
     // An operator key is never overwritten.
     let out = loopix(&["operator-keygen", "--out", s(&op)]);
     assert_eq!(out.status.code(), Some(1));

@@ -22,6 +22,7 @@ use rand_core::CryptoRngCore;
 
 use loopix_directory::descriptor::{epoch_at, NodeDescriptor};
 use loopix_directory::topology::{BuildParams, Role, Topology, TopologyFile};
+pub use loopix_directory::NetworkParams;
 use loopix_engine::config::IoChoice;
 use loopix_engine::keyfile::{self, unix_now_s, NodeSecrets};
 
@@ -56,16 +57,13 @@ pub struct LocalNetSpec {
     pub grace_s: u64,
     /// Epoch keys to generate per node, from the current epoch on.
     pub key_epochs: u64,
-    /// Providers: `provider.pull_frames`.
-    pub pull_frames: u16,
     /// Providers: `provider.max_messages_per_client`.
     pub max_messages_per_client: u32,
-    /// `loops.lambda_m` of every node: 0 (no loops) by default, so that
-    /// tests counting packets see only their own; `loopix testnet` sets
-    /// the node default.
-    pub lambda_m: f64,
-    /// `loops.mean_delay_ms` of every node.
-    pub loop_delay_ms: f64,
+    /// The network's parameters, signed into the topology document. The
+    /// geometry is set from `layers` when the network is laid out. By
+    /// default `lambda_m` is 0 (no node loops), so that tests counting
+    /// packets see only their own; `loopix testnet` sets the node default.
+    pub params: NetworkParams,
     /// `detector.window_s` of every node (0: the node default).
     pub detector_window_s: u64,
     /// Names of nodes (`mix-l2-0`) placed behind a front: the topology
@@ -74,6 +72,15 @@ pub struct LocalNetSpec {
     pub fronted: Vec<String>,
     /// `engine.socket_buffer_bytes` of every node.
     pub socket_buffer_bytes: usize,
+}
+
+impl LocalNetSpec {
+    /// `params` with the geometry for `layers`: what the document carries.
+    pub fn network(&self) -> NetworkParams {
+        let mut p = self.params;
+        p.set_geometry_for(self.layers);
+        p
+    }
 }
 
 impl Default for LocalNetSpec {
@@ -93,10 +100,11 @@ impl Default for LocalNetSpec {
             epoch_s: 3600,
             grace_s: 300,
             key_epochs: 2,
-            pull_frames: 8,
             max_messages_per_client: 10_000,
-            lambda_m: 0.0,
-            loop_delay_ms: 1.0,
+            params: NetworkParams {
+                lambda_m: 0.0,
+                ..NetworkParams::default()
+            },
             detector_window_s: 0,
             fronted: Vec::new(),
             socket_buffer_bytes: 8 << 20,
@@ -287,6 +295,7 @@ impl LocalNet {
             valid_from: now.saturating_sub(300),
             valid_until: now + 30 * 86_400,
             layers: spec.layers,
+            network: spec.network(),
         };
         let topology_path = dir.join("topology.toml");
         let file =
@@ -394,6 +403,7 @@ impl Driver {
             });
             route_keys.push(n.mix_keys.get(&epoch).and_then(|k| RouteKey::new(k).ok()));
         }
+        let geometry = topology.params.geometry()?;
         Ok(Driver {
             topology,
             index: index as u32,
@@ -401,7 +411,7 @@ impl Driver {
             epoch,
             links,
             route_keys,
-            geometry: Geometry::DEFAULT,
+            geometry,
             // From the wall clock in microseconds, as a node's shards count:
             // a node restarted between two drivers remembers the counters
             // the first one used and refuses them again (docs/restarts.md).
@@ -571,7 +581,7 @@ fn config_text(
         "[node]\nkey_dir = {:?}\ntopology = {:?}\nlisten = \"{}\"\n{public}operator_key = \"{operator}\"\n\n\
          [engine]\nshards = {}\npin_cores = {}\nfirst_core = {}\nio = \"{io}\"\npool_packets = {}\ndelay_cap_ms = {}\nsocket_buffer_bytes = {}\n\n\
          [replay]\nrate_pps = {}\n\n[epochs]\ngrace_s = {}\n\n[metrics]\nlisten = \"{}\"\n\n[shutdown]\ndrain_ms = {}\n\n\
-         [loops]\nlambda_m = {:?}\nmean_delay_ms = {:?}\n\n[detector]\nwindow_s = {}\n",
+         [detector]\nwindow_s = {}\n",
         n.key_dir.display().to_string(),
         topology_path.display().to_string(),
         n.listen,
@@ -585,8 +595,6 @@ fn config_text(
         spec.grace_s,
         n.metrics,
         spec.drain_ms,
-        spec.lambda_m,
-        spec.loop_delay_ms,
         spec.detector_window_s,
     );
     if n.role != Role::Provider {
@@ -594,9 +602,8 @@ fn config_text(
     }
     let data_dir = n.key_dir.with_extension("data");
     let section = format!(
-        "\n[provider]\ndata_dir = {:?}\npull_frames = {}\nmax_messages_per_client = {}\n",
+        "\n[provider]\ndata_dir = {:?}\nmax_messages_per_client = {}\n",
         data_dir.display().to_string(),
-        spec.pull_frames,
         spec.max_messages_per_client,
     );
     n.data_dir = Some(data_dir);

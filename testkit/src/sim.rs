@@ -36,6 +36,7 @@ use loopix_crypto::{Geometry, MailboxId, NodeId, SecretKey};
 use loopix_directory::descriptor::{self, epoch_at, node_id_of, NodeDescriptor};
 use loopix_directory::routes::route_table;
 use loopix_directory::topology::{BuildParams, Role, Topology, TopologyFile};
+use loopix_directory::NetworkParams;
 use loopix_engine::io::sim::SimNet;
 use loopix_engine::loops::{LoopMaker, LoopSettings};
 use loopix_engine::metrics::{DropReason, ShardMetrics};
@@ -84,6 +85,22 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
+    /// The parameters the simulated network's document carries.
+    pub fn network(&self) -> NetworkParams {
+        let mut p = NetworkParams {
+            mean_delay_ms: self.rates.mean_delay_us / 1000.0,
+            lambda_p: self.rates.lambda_p,
+            lambda_l: self.rates.lambda_l,
+            lambda_d: self.rates.lambda_d,
+            lambda_m: self.lambda_m,
+            pull_period_ms: self.rates.pull_period_us / 1000,
+            pull_frames: self.pull_frames,
+            ..NetworkParams::default()
+        };
+        p.set_geometry_for(self.layers);
+        p
+    }
+
     /// A small network: 2 providers, 2 layers of 2 mixes, 2 clients each,
     /// 5 ms mean delays, pulls every 50 ms.
     pub fn small(seed: u64) -> SimConfig {
@@ -247,7 +264,7 @@ impl SimNetwork {
             placed.push((d, role, layer));
             keys.push((identity, link, mix));
         }
-        let topology = Self::sign(&operator, &placed, config.layers, 1);
+        let topology = Self::sign(&operator, &placed, &config, 1);
         // tmpfs where there is one: the inbox syncs every commit.
         let base = Some(PathBuf::from("/dev/shm"))
             .filter(|p| p.is_dir())
@@ -285,14 +302,15 @@ impl SimNetwork {
     fn sign(
         operator: &IdentityKey,
         placed: &[(NodeDescriptor, Role, u8)],
-        layers: u8,
+        config: &SimConfig,
         serial: u64,
     ) -> Topology {
         let params = BuildParams {
             serial,
             valid_from: START_UNIX_S - 60,
             valid_until: START_UNIX_S + 86_400,
-            layers,
+            layers: config.layers,
+            network: config.network(),
         };
         let file = TopologyFile::build(params, placed, operator).expect("a valid network");
         Topology::from_file("sim", file, &operator.public(), START_UNIX_S).expect("it checks")
@@ -373,6 +391,7 @@ impl SimNetwork {
                         self.config.pull_frames,
                     ),
                     answer_delay_us: 1_000,
+                    rates: Some(self.config.network().client_rates().digest()),
                 });
                 inbox = Some(SimInbox {
                     work: rx,
@@ -446,6 +465,7 @@ impl SimNetwork {
                     &access_key,
                     slot,
                     mailbox,
+                    self.config.rates.announced().digest(),
                     1 + j as u64 * 1_000_000,
                     SessionLimits::CLIENT,
                 );
@@ -706,7 +726,7 @@ impl SimNetwork {
             reordered.extend(placed[start..end].iter().rev().cloned());
             start = end;
         }
-        let next = Self::sign(&self.operator, &reordered, self.config.layers, 2);
+        let next = Self::sign(&self.operator, &reordered, &self.config, 2);
         self.topology
             .check_successor(&next, "sim")
             .expect("a valid successor");

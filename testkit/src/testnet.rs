@@ -25,7 +25,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 
 use loopix_client::driver::{self, Driver, Flow, BUILD_AHEAD_US};
 use loopix_client::{Address, Client, ClientLimits, ClientTopology, Event, Rates, Registration};
-use loopix_crypto::{Geometry, SecretKey};
+use loopix_crypto::SecretKey;
 use loopix_tuning::model::{ks_p_value, ks_statistic, LatencyModel};
 use rand_core::{OsRng, RngCore};
 use serde::Serialize;
@@ -34,7 +34,9 @@ use crate::localnet::{self, LocalNet, LocalNetSpec};
 use crate::metrics::Metrics;
 use crate::proxy::BlockingProxy;
 use crate::supervise::Supervisor;
+use loopix_directory::params::MAX_LAYERS;
 use loopix_directory::topology::Role;
+use loopix_directory::NetworkParams;
 use loopix_engine::config::IoChoice;
 use loopix_engine::metrics::names;
 
@@ -45,7 +47,7 @@ use loopix_engine::metrics::names;
 /// what parsing no flags gives. Ranges are checked by [`Self::check`].
 #[derive(Debug, Clone, Serialize, clap::Args)]
 pub struct TestnetOptions {
-    /// Mix layers (1 to 4).
+    /// Mix layers (1 to 10).
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub layers: u8,
     /// Mixes in each layer.
@@ -115,6 +117,11 @@ pub struct TestnetOptions {
     /// Frames in a pull answer (`k`).
     #[arg(long, value_name = "K", default_value_t = 16)]
     pub pull_frames: u16,
+    /// Let clients run at other rates than the network's (signed into the
+    /// document: development only). `loopix-loadgen --testnet DIR` needs it
+    /// for scenarios whose rates are not the testnet's.
+    #[arg(long)]
+    pub allow_rate_overrides: bool,
     /// Real messages each client writes per second (a Poisson process).
     #[arg(
         long,
@@ -224,12 +231,9 @@ impl TestnetOptions {
     /// Refuse values that cannot make a network, naming the option.
     pub fn check(&self) -> Result<(), String> {
         let bad = |what: &str, why: &str| Err(format!("--{what} {why}"));
-        let max_layers = Geometry::DEFAULT.max_hops() - loopix_client::PATH_HOPS_BEYOND_LAYERS;
-        if self.layers == 0 {
-            return Err(format!("--layers must be 1 to {max_layers}"));
+        if self.layers == 0 || self.layers > MAX_LAYERS {
+            return Err(format!("--layers must be 1 to {MAX_LAYERS}"));
         }
-        loopix_client::check_path_fits(usize::from(self.layers), &Geometry::DEFAULT)
-            .map_err(|e| format!("--layers must be 1 to {max_layers}: {e}"))?;
         if self.mixes_per_layer == 0 || self.mixes_per_layer > 16 {
             return bad("mixes-per-layer", "must be 1 to 16");
         }
@@ -265,6 +269,10 @@ impl TestnetOptions {
         if self.pull_ms == 0 || self.pull_ms > 60_000 {
             return bad("pull-ms", "must be 1 to 60000");
         }
+        // What every node and client would refuse in the document.
+        self.network()
+            .check(self.layers)
+            .map_err(|e| format!("the network's parameters: {e}"))?;
         if !(1.0..=86_400.0).contains(&self.duration_s) {
             return bad("duration-s", "must be 1 to 86400");
         }
@@ -281,6 +289,24 @@ impl TestnetOptions {
             );
         }
         Ok(())
+    }
+
+    /// The parameters the network's signed document carries: these rates,
+    /// and the geometry for `layers`.
+    pub fn network(&self) -> NetworkParams {
+        let mut p = NetworkParams {
+            mean_delay_ms: self.mu_ms,
+            lambda_p: self.lambda_p,
+            lambda_l: self.lambda_l,
+            lambda_d: self.lambda_d,
+            lambda_m: self.lambda_m,
+            pull_period_ms: self.pull_ms,
+            pull_frames: self.pull_frames,
+            allow_rate_overrides: self.allow_rate_overrides,
+            ..NetworkParams::default()
+        };
+        p.set_geometry_for(self.layers);
+        p
     }
 
     /// Hops that add an `Exp(mu)` delay on a path: the first provider,
@@ -772,9 +798,7 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
         layers: opts.layers,
         mixes_per_layer: opts.mixes_per_layer,
         io: opts.io,
-        pull_frames: opts.pull_frames,
-        lambda_m: opts.lambda_m,
-        loop_delay_ms: opts.mu_ms,
+        params: opts.network(),
         detector_window_s: opts.detector_window_s,
         fronted: opts.attack.iter().map(|a| a.node.clone()).collect(),
         ..LocalNetSpec::default()
@@ -966,14 +990,10 @@ fn start_clients(
     stop: &AtomicBool,
 ) -> Result<(Vec<Driver>, Vec<Address>), String> {
     let topology = net.topology()?;
-    let geometry = Geometry::DEFAULT;
-    let rates = Rates {
-        lambda_p: opts.lambda_p,
-        lambda_l: opts.lambda_l,
-        lambda_d: opts.lambda_d,
-        mean_delay_us: opts.mu_ms * 1000.0,
-        pull_period_us: opts.pull_ms * 1000,
-    };
+    // The client's rates and geometry are the network's, from the signed
+    // document, as `loopix client` takes them.
+    let geometry = topology.params.geometry()?;
+    let rates = Rates::of_network(&topology.params);
     let providers: Vec<usize> = (0..net.nodes.len())
         .filter(|&i| net.nodes[i].role == Role::Provider)
         .collect();

@@ -105,7 +105,7 @@ use loopix_engine::io::{socket, Backend};
 use loopix_engine::keyfile::load_node_secrets;
 use loopix_engine::metrics::names;
 use loopix_engine::replay::ReplayFilters;
-use loopix_testkit::localnet::{Driver, LocalNet, LocalNetSpec};
+use loopix_testkit::localnet::{Driver, LocalNet, LocalNetSpec, NetworkParams};
 use loopix_testkit::metrics::Metrics;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -1158,7 +1158,10 @@ fn run(opts: &Options) -> Result<String, String> {
         rate_pps: opts.filter_rate_pps,
         drain_ms: 200,
         delay_cap_ms: 60_000,
-        lambda_m: opts.lambda_m,
+        params: NetworkParams {
+            lambda_m: opts.lambda_m,
+            ..LocalNetSpec::default().params
+        },
         ..LocalNetSpec::default()
     };
     let net = LocalNet::create(dir.path(), &spec)?;

@@ -56,6 +56,11 @@ pub fn target(net: &Net, regs: Vec<Registration>) -> Target {
     Target {
         topology: Arc::clone(&net.topology),
         layers: 1,
+        // The fake provider checks no rates.
+        params: loopix_directory::NetworkParams {
+            allow_rate_overrides: true,
+            ..loopix_directory::NetworkParams::default()
+        },
         registrations: regs,
         metrics: Vec::new(),
     }
