@@ -493,7 +493,9 @@ impl DetectorSection {
     }
 
     /// Check `[detector]` against the loop rate.
-    fn check(&self, lambda_m: f64) -> Result<(), Invalid> {
+    /// Check `[detector]`; against the network's `lambda_m` once the
+    /// document's parameters are known (`None` before).
+    fn check(&self, lambda_m: Option<f64>) -> Result<(), Invalid> {
         let d = self;
         if !(d.threshold.is_finite() && d.threshold > 0.0 && d.threshold < 1.0) {
             return Err((
@@ -530,23 +532,33 @@ impl DetectorSection {
             return Err(("detector.min_loops", "must be at least 1".into()));
         }
         if !(d.cover_multiple.is_finite() && (1.0..=100.0).contains(&d.cover_multiple))
-            || lambda_m * d.cover_multiple > 100_000.0
+            || lambda_m.unwrap_or(0.0) * d.cover_multiple > 100_000.0
         {
             return Err((
                 "detector.cover_multiple",
                 format!(
-                    "is {}; use 1 to 100, with loops.lambda_m × cover_multiple at most 100000",
+                    "is {}; use 1 to 100, with params.lambda_m × cover_multiple at most 100000",
                     d.cover_multiple
                 ),
             ));
         }
+        if d.window_s > 86_400 {
+            return Err((
+                "detector.window_s",
+                format!("is {} s; use at most 86400 (a day)", d.window_s),
+            ));
+        }
+        let Some(lambda_m) = lambda_m else {
+            return Ok(());
+        };
         let window_s = d.window_s_for(lambda_m);
         let expected = lambda_m * window_s as f64;
         if lambda_m > 0.0 && expected < f64::from(d.min_loops) {
             return Err((
                 "detector.window_s",
                 format!(
-                    "is {window_s} s, in which loops.lambda_m = {lambda_m}/s sends {expected:.1} loops, \
+                    "is {window_s} s, in which the topology document's params.lambda_m = {lambda_m}/s \
+                     sends {expected:.1} loops, \
                      fewer than detector.min_loops ({}); use at least {} s, or 0 for the default",
                     d.min_loops,
                     (f64::from(d.min_loops) / lambda_m).ceil()
@@ -556,7 +568,7 @@ impl DetectorSection {
         if window_s > 86_400 {
             return Err((
                 "detector.window_s",
-                format!("is {window_s} s; use at most 86400 (a day), or raise loops.lambda_m"),
+                format!("is {window_s} s; use at most 86400 (a day), or raise params.lambda_m"),
             ));
         }
         Ok(())
@@ -813,6 +825,10 @@ pub struct MixConfig {
     /// the topology document's parameters are taken).
     #[serde(skip)]
     pub source: PathBuf,
+    /// The network's parameters, once taken from the topology document
+    /// ([`MixConfig::take_network`]); `None` after parsing.
+    #[serde(skip)]
+    pub network: Option<NetworkParams>,
     /// `[node]`
     pub node: NodeSection,
     /// `[engine]`
@@ -856,6 +872,7 @@ impl MixConfig {
     /// the per-hop delay of loops, and a provider's `k`) and check them
     /// against this file's settings.
     pub fn take_network(&mut self, params: &NetworkParams) -> Result<(), ConfigError> {
+        self.network = Some(*params);
         self.loops.lambda_m = params.lambda_m;
         self.loops.mean_delay_ms = params.mean_delay_ms;
         if let Some(p) = self.provider.as_mut() {
@@ -931,7 +948,9 @@ impl MixConfig {
         self.loops
             .check(self.engine.delay_cap_ms)
             .map_err(invalid)?;
-        self.detector.check(self.loops.lambda_m).map_err(invalid)?;
+        self.detector
+            .check(self.network.map(|p| p.lambda_m))
+            .map_err(invalid)?;
         self.aqm.check().map_err(invalid)?;
         if self.shutdown.drain_ms > 600_000 {
             return Err(bad(
@@ -1027,6 +1046,16 @@ operator_key = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a
             "{e}"
         );
         assert!(e.contains("mix.toml"), "names the config file: {e}");
+        // 10 per minute for 60 s: 10 loops, fewer than 20.
+        let mut c = parse(&format!("{MINIMAL}[detector]\nwindow_s = 60\n")).expect("valid");
+        let e = c
+            .take_network(&NetworkParams::default())
+            .expect_err("too few loops")
+            .to_string();
+        assert!(
+            e.contains("detector.window_s") && e.contains("params.lambda_m"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1091,8 +1120,7 @@ operator_key = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a
                 "detector.hysteresis",
             ),
             (
-                // 10 per minute for 60 s: 10 loops, fewer than 20.
-                format!("{MINIMAL}[detector]\nwindow_s = 60\n"),
+                format!("{MINIMAL}[detector]\nwindow_s = 100000\n"),
                 "detector.window_s",
             ),
             (

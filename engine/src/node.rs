@@ -508,15 +508,22 @@ fn identify<'c>(
     Ok((secrets, whoami, own))
 }
 
-fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
-    let name = role.name();
-    let now_s = unix_now_s();
+/// The signed topology, and `config` with the network's parameters taken
+/// from it (checked against the file's settings).
+fn with_network(config: &MixConfig, now_s: u64) -> Result<(Topology, MixConfig), String> {
     let topology = Topology::load(&config.node.topology, &config.node.operator_key, now_s)
         .map_err(|e| e.to_string())?;
     let mut config = config.clone();
     config
         .take_network(&topology.params)
         .map_err(|e| e.to_string())?;
+    Ok((topology, config))
+}
+
+fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
+    let name = role.name();
+    let now_s = unix_now_s();
+    let (topology, config) = with_network(config, now_s)?;
     let config = &config;
     let (secrets, whoami, own) = identify(config, &topology, role, now_s)?;
     let own_id = whoami.id;

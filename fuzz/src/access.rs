@@ -34,12 +34,9 @@ const LIMITS: SessionLimits = SessionLimits {
 /// Operations read from one input at most.
 const MAX_OPS: usize = 512;
 
-/// See the module documentation.
-pub fn access_session(data: &[u8]) {
-    let g = Geometry::DEFAULT;
-    let slot = 0;
-    let key = LinkKey::from_bytes(&fixed::access_key(slot));
-    let mut s = AccessSession::new(
+/// The session under test: client `slot`'s, from counter 1.
+fn session(g: Geometry, slot: u32) -> AccessSession {
+    AccessSession::new(
         g,
         &fixed::access_key(slot),
         slot,
@@ -47,7 +44,15 @@ pub fn access_session(data: &[u8]) {
         [0; 8],
         1,
         LIMITS,
-    );
+    )
+}
+
+/// See the module documentation.
+pub fn access_session(data: &[u8]) {
+    let g = Geometry::DEFAULT;
+    let slot = 0;
+    let key = LinkKey::from_bytes(&fixed::access_key(slot));
+    let mut s = session(g, slot);
     let mut input = Input::new(data);
     let mut requests: Vec<u64> = Vec::new();
     let mut handled: VecDeque<u64> = VecDeque::new();

@@ -302,6 +302,29 @@ fn span(from_now_s: i128) -> String {
 }
 
 /// A readable description of `file` and the result of checking it.
+/// The `params:` line of `topology show`.
+fn describe_params(p: &NetworkParams) -> String {
+    format!(
+        "params: mean delay {} ms per hop; clients lambda_P {} lambda_L {} lambda_D {} /s, \
+         pull every {} ms, k = {}; nodes lambda_M {:.4} /s; {} hops, {}-byte payload, mtu {}{}",
+        p.mean_delay_ms,
+        p.lambda_p,
+        p.lambda_l,
+        p.lambda_d,
+        p.pull_period_ms,
+        p.pull_frames,
+        p.lambda_m,
+        p.max_hops,
+        p.payload_len,
+        p.mtu,
+        if p.allow_rate_overrides {
+            "; clients MAY override their rates (development)"
+        } else {
+            ""
+        }
+    )
+}
+
 fn describe(file: &TopologyFile, verdict: &Result<Topology, String>, pinned: bool) -> String {
     let now = unix_now_s();
     let mut o = String::new();
@@ -320,27 +343,7 @@ fn describe(file: &TopologyFile, verdict: &Result<Topology, String>, pinned: boo
             .map_or_else(|_| format!("{hex:?} (not a key)"), |k| k.fingerprint())
     };
     let _ = writeln!(o, "operator {}", fp(&file.operator_key));
-    let p = &file.params;
-    let _ = writeln!(
-        o,
-        "params: mean delay {} ms per hop; clients lambda_P {} lambda_L {} lambda_D {} /s, \
-         pull every {} ms, k = {}; nodes lambda_M {:.4} /s; {} hops, {}-byte payload, mtu {}{}",
-        p.mean_delay_ms,
-        p.lambda_p,
-        p.lambda_l,
-        p.lambda_d,
-        p.pull_period_ms,
-        p.pull_frames,
-        p.lambda_m,
-        p.max_hops,
-        p.payload_len,
-        p.mtu,
-        if p.allow_rate_overrides {
-            "; clients MAY override their rates (development)"
-        } else {
-            ""
-        }
-    );
+    let _ = writeln!(o, "{}", describe_params(&file.params));
     let current = epoch_at(now, file.epoch_s);
     let mut common: Option<(u64, u64)> = None;
     for n in &file.nodes {

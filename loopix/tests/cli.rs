@@ -96,7 +96,7 @@ fn usage_mistakes_exit_2_and_name_the_flag() {
         ),
         (&["topology", "build", "--layers", "0"], "--layers"),
         (&["testnet", "--io", "fast"], "--io"),
-        (&["testnet", "--layers", "9"], "--layers"),
+        (&["testnet", "--layers", "11"], "--layers"),
         (&["client", "recv", "--dir", "d", "--count", "0"], "--count"),
         // A mistake only the command sees, printed the way clap prints its own.
         (

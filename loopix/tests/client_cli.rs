@@ -261,8 +261,13 @@ fn bad_files_name_the_field() {
     ]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("params.lambda_l is -1"), "{err}");
+}
 
-    // client.toml mistakes are named when the client goes online.
+/// client.toml mistakes are named when the client goes online; so is a
+/// message too long to leave, and a registration others can read.
+#[test]
+fn client_toml_mistakes_are_named() {
+    let st = setup();
     let dir = st.root.join("bob");
     assert_eq!(init(&st, &dir, &st.registration, &[]).0, 0);
     let config = std::fs::read_to_string(dir.join("client.toml")).expect("read");

@@ -168,7 +168,7 @@ impl Net {
             valid_from: now - 300,
             valid_until: now + 86_400,
             layers: 3,
-            network: self.net.topology().expect("the current document").params,
+            network: self.net.params,
         };
         let file = TopologyFile::build(params, &placed, &operator).expect("build");
         write_document(&self.net.topology_path, &file);

@@ -156,6 +156,67 @@ fn flip(hex: &mut String, at: usize) {
     hex.replace_range(at..at + 1, c);
 }
 
+/// Documents with one fault each, and what the refusal must name.
+fn tampered_cases(t: &Setup) -> Vec<(PathBuf, Vec<String>)> {
+    let operator = read_identity(&t.root.join("operator.key")).expect("operator key");
+    let id1 = TopologyFile::read(&t.topology).expect("read").nodes[1]
+        .id
+        .clone();
+    vec![
+        (
+            tampered(t, "mixkey.toml", |f| {
+                flip(&mut f.nodes[1].mix_keys[0].signature, 9)
+            }),
+            vec![format!("node 1 ({id1})"), "mix key for epoch".into()],
+        ),
+        (
+            tampered(t, "operator.toml", |f| flip(&mut f.signature, 3)),
+            vec!["operator signature".into(), "does not verify".into()],
+        ),
+        (
+            tampered(t, "twice.toml", |f| {
+                let mut again = f.nodes[1].clone();
+                again.layer = 2;
+                f.nodes.push(again);
+            }),
+            vec![
+                format!("node 4 ({id1})"),
+                "also listed as node 1".into(),
+                "one layer".into(),
+            ],
+        ),
+        (
+            tampered(t, "missing.toml", |f| f.nodes.retain(|n| n.layer != 2)),
+            vec!["layer 2 has no mix".into()],
+        ),
+        // Signed by the operator, but out of range: refused by name.
+        (
+            tampered(t, "negative.toml", |f| {
+                f.params.lambda_l = -1.0;
+                f.sign(&operator).expect("sign");
+            }),
+            vec!["params.lambda_l is -1".into()],
+        ),
+        (
+            tampered(t, "mtu.toml", |f| {
+                f.params.mtu = 1300;
+                f.sign(&operator).expect("sign");
+            }),
+            vec![
+                "params.payload_len 1056 with params.max_hops 6".into(),
+                "over params.mtu 1300".into(),
+            ],
+        ),
+        (
+            tampered(t, "hops.toml", |f| {
+                f.params.max_hops = 5;
+                f.sign(&operator).expect("sign");
+            }),
+            vec!["params.max_hops is 5 but a path through 3 layers takes 6 hops".into()],
+        ),
+    ]
+}
+
 #[test]
 fn build_show_verify_and_tampering() {
     let t = setup();
@@ -193,63 +254,7 @@ fn build_show_verify_and_tampering() {
     let (ok, msg) = verify(&t.topology, &wrong);
     assert!(!ok && msg.contains("trusted operator key"), "{msg}");
 
-    let operator = read_identity(&t.root.join("operator.key")).expect("operator key");
-    let id1 = TopologyFile::read(&t.topology).expect("read").nodes[1]
-        .id
-        .clone();
-    let cases: Vec<(PathBuf, Vec<String>)> = vec![
-        (
-            tampered(&t, "mixkey.toml", |f| {
-                flip(&mut f.nodes[1].mix_keys[0].signature, 9)
-            }),
-            vec![format!("node 1 ({id1})"), "mix key for epoch".into()],
-        ),
-        (
-            tampered(&t, "operator.toml", |f| flip(&mut f.signature, 3)),
-            vec!["operator signature".into(), "does not verify".into()],
-        ),
-        (
-            tampered(&t, "twice.toml", |f| {
-                let mut again = f.nodes[1].clone();
-                again.layer = 2;
-                f.nodes.push(again);
-            }),
-            vec![
-                format!("node 4 ({id1})"),
-                "also listed as node 1".into(),
-                "one layer".into(),
-            ],
-        ),
-        (
-            tampered(&t, "missing.toml", |f| f.nodes.retain(|n| n.layer != 2)),
-            vec!["layer 2 has no mix".into()],
-        ),
-        // Signed by the operator, but out of range: refused by name.
-        (
-            tampered(&t, "negative.toml", |f| {
-                f.params.lambda_l = -1.0;
-                f.sign(&operator).expect("sign");
-            }),
-            vec!["params.lambda_l is -1".into()],
-        ),
-        (
-            tampered(&t, "mtu.toml", |f| {
-                f.params.mtu = 1300;
-                f.sign(&operator).expect("sign");
-            }),
-            vec![
-                "params.payload_len 1056 with params.max_hops 6".into(),
-                "over params.mtu 1300".into(),
-            ],
-        ),
-        (
-            tampered(&t, "hops.toml", |f| {
-                f.params.max_hops = 5;
-                f.sign(&operator).expect("sign");
-            }),
-            vec!["params.max_hops is 5 but a path through 3 layers takes 6 hops".into()],
-        ),
-    ];
+    let cases = tampered_cases(&t);
     for (path, needles) in &cases {
         let (ok, msg) = verify(path, &t.operator_pub);
         assert!(!ok, "{} verified", path.display());

@@ -98,8 +98,12 @@ impl FakeNet {
             valid_from: now_s - 300,
             valid_until: now_s + 86_400,
             layers: 1,
-            // The default geometry (`G`), roomier than one layer needs.
-            network: loopix_directory::NetworkParams::default(),
+            // The default geometry (`G`), roomier than one layer needs;
+            // the fake checks no client's rates, so it allows any.
+            network: loopix_directory::NetworkParams {
+                allow_rate_overrides: true,
+                ..loopix_directory::NetworkParams::default()
+            },
         };
         TopologyFile::build(params, &placed, &Self::operator())
             .expect("builds")

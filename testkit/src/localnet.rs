@@ -155,6 +155,8 @@ pub struct LocalNet {
     pub operator_key_path: PathBuf,
     /// The operator's public key, trusted by every node's config.
     pub operator: IdentityPublic,
+    /// The network's parameters, as signed into the first document.
+    pub params: NetworkParams,
     /// Nodes, in topology order: providers first, then layer by layer.
     pub nodes: Vec<LocalNode>,
 }
@@ -325,6 +327,7 @@ impl LocalNet {
             topology_path,
             operator_key_path,
             operator,
+            params: spec.network(),
             nodes,
         })
     }

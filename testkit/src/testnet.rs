@@ -1344,24 +1344,37 @@ mod tests {
     }
 
     #[test]
-    fn layers_the_packets_cannot_hold_are_refused_naming_the_numbers() {
-        for layers in 1..=3 {
+    fn every_layer_count_to_ten_gets_a_geometry_that_holds_it() {
+        for layers in 1..=10 {
             let o = TestnetOptions {
                 layers,
                 ..TestnetOptions::default()
             };
             assert!(o.check().is_ok(), "{layers} layers");
+            let g = o.network().geometry().expect("valid");
+            assert!(
+                g.max_hops() >= usize::from(layers) + 3,
+                "{layers} layers: {g:?}"
+            );
         }
+        for layers in [0, 11] {
+            let e = TestnetOptions {
+                layers,
+                ..TestnetOptions::default()
+            }
+            .check()
+            .expect_err("out of range");
+            assert!(e.contains("--layers must be 1 to 10"), "{e}");
+        }
+        // A parameter every node would refuse in the document is refused
+        // here, naming it.
         let e = TestnetOptions {
-            layers: 4,
+            pull_frames: 0,
             ..TestnetOptions::default()
         }
         .check()
-        .expect_err("4 layers need 7 hops");
-        assert!(
-            e.contains("--layers must be 1 to 3") && e.contains("needs 7 Sphinx hops"),
-            "{e}"
-        );
+        .expect_err("k = 0");
+        assert!(e.contains("params.pull_frames"), "{e}");
     }
 
     #[test]
