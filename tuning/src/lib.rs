@@ -12,6 +12,7 @@ pub mod anonymity;
 pub mod error;
 pub mod model;
 pub mod rng;
+pub mod sim;
 pub mod stats;
 
 pub use error::ParamError;

@@ -1,0 +1,39 @@
+//! Reproduces the sweeps of the paper's Figures 6, 7 and 8 and prints a
+//! table per figure with the wall-clock time each took:
+//! `CARGO_TARGET_DIR=/tmp/ttune cargo run --release -p loopix-tuning --example figures [fig6|fig7|fig8] [repetitions]`.
+
+use std::time::Instant;
+
+use loopix_tuning::sim::{linspace, sweep, SimParams, SweepParam};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let which = args.first().map(String::as_str).unwrap_or("all");
+    let reps: u32 = match args.get(1) {
+        Some(r) => r.parse()?,
+        None => 100,
+    };
+    let base = SimParams::default();
+    let figs = [
+        ("fig6", SweepParam::LambdaOverMu, linspace(0.5, 10.0, 20)),
+        ("fig7", SweepParam::Layers, linspace(1.0, 10.0, 10)),
+        ("fig8", SweepParam::Corrupt, linspace(0.0, 0.5, 11)),
+    ];
+    for (name, param, values) in figs {
+        if which != "all" && which != name {
+            continue;
+        }
+        let t = Instant::now();
+        let points = sweep(&base, param, &values, reps, 1)?;
+        let secs = t.elapsed().as_secs_f64();
+        println!("{name}: {param:?}, {reps} repetitions per point, {secs:.2} s");
+        println!("{:>8} {:>10} {:>10} {:>6} {:>12}", "value", "eps_mean", "eps_std", "finite", "entropy_bits");
+        for (v, s) in values.iter().zip(&points) {
+            println!(
+                "{v:>8.3} {:>10.4} {:>10.4} {:>6} {:>12.3}",
+                s.epsilon_mean, s.epsilon_std, s.epsilon_finite, s.entropy_mean_bits
+            );
+        }
+    }
+    Ok(())
+}
