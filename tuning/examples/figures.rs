@@ -27,7 +27,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let points = sweep(&base, param, &values, reps, 1)?;
         let secs = t.elapsed().as_secs_f64();
         println!("{name}: {param:?}, {reps} repetitions per point, {secs:.2} s");
-        println!("{:>8} {:>10} {:>10} {:>6} {:>12}", "value", "eps_mean", "eps_std", "finite", "entropy_bits");
+        println!(
+            "{:>8} {:>10} {:>10} {:>6} {:>12}",
+            "value", "eps_mean", "eps_std", "finite", "entropy_bits"
+        );
         for (v, s) in values.iter().zip(&points) {
             println!(
                 "{v:>8.3} {:>10.4} {:>10.4} {:>6} {:>12.3}",
