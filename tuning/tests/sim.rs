@@ -178,3 +178,44 @@ fn figure8_epsilon_grows_with_corruption() {
     let eps = means(SweepParam::Corrupt, &[0.0, 0.3, 0.6]);
     assert!(eps[0] < eps[1] && eps[1] < eps[2], "{eps:?}");
 }
+
+/// The exact burn-in shortcut gives the same ε and entropy as simulating
+/// the burn-in (a short one here, long enough for three layers at µ = 1 to
+/// fill: `P(Gamma(3, 1) > 40)` is about `1e-14`), within four standard
+/// errors of the difference.
+#[test]
+fn exact_burn_in_matches_simulated_burn_in() {
+    let base = SimParams {
+        burn_in_s: 40.0,
+        ..SimParams::default()
+    };
+    let exact = simulate(&base, 100, 5).unwrap();
+    let simulated = simulate(
+        &SimParams {
+            burn_in: BurnIn::Simulated,
+            ..base
+        },
+        100,
+        5,
+    )
+    .unwrap();
+    let se = |a: f64, b: f64| ((a * a + b * b) / 100.0).sqrt();
+    let (e, s) = (&exact, &simulated);
+    eprintln!(
+        "exact {} +- {}, simulated {} +- {}; entropy {} vs {}",
+        e.epsilon_mean,
+        e.epsilon_std,
+        s.epsilon_mean,
+        s.epsilon_std,
+        e.entropy_mean_bits,
+        s.entropy_mean_bits
+    );
+    let d = (e.epsilon_mean - s.epsilon_mean).abs();
+    assert!(
+        d < 4.0 * se(e.epsilon_std, s.epsilon_std),
+        "ε differs by {d}"
+    );
+    let d = (e.entropy_mean_bits - s.entropy_mean_bits).abs();
+    let lim = 4.0 * se(e.entropy_std_bits, s.entropy_std_bits);
+    assert!(d < lim, "entropy differs by {d} (limit {lim})");
+}

@@ -99,6 +99,44 @@ struct Mix {
     sum: Label,
 }
 
+impl Mix {
+    fn new(honest: bool) -> Self {
+        Self {
+            honest,
+            count: 0,
+            sum: [0.0; 4],
+        }
+    }
+
+    /// A message with belief `label` enters.
+    fn admit(&mut self, label: &Label) {
+        self.count += 1;
+        if self.honest {
+            for (s, x) in self.sum.iter_mut().zip(label) {
+                *s += x;
+            }
+        }
+    }
+
+    /// A message that came in with belief `label` leaves: returns its
+    /// belief on the way out.
+    fn release(&mut self, label: &Label) -> Label {
+        debug_assert!(self.count >= 1);
+        let mut out = *label;
+        if self.honest {
+            // Theorem 1: the departing message is each held one with
+            // probability 1/n.
+            let share = 1.0 / self.count as f64;
+            for (o, s) in out.iter_mut().zip(self.sum.iter_mut()) {
+                *o = *s * share;
+                *s = (*s - *o).max(0.0);
+            }
+        }
+        self.count -= 1;
+        out
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Msg {
     label: Label,
@@ -131,13 +169,7 @@ impl Net<'_> {
 
     /// A message with `label` enters mix `mix` at `now`.
     fn arrive(&mut self, now: f64, label: Label, mix: u32) {
-        let m = &mut self.mixes[mix as usize];
-        m.count += 1;
-        if m.honest {
-            for (s, x) in m.sum.iter_mut().zip(label) {
-                *s += x;
-            }
-        }
+        self.mixes[mix as usize].admit(&label);
         let msg = Msg { label, mix };
         let id = match self.free.pop() {
             Some(id) => {
@@ -154,20 +186,8 @@ impl Net<'_> {
     }
 
     fn depart(&mut self, now: f64, id: u32) {
-        let Msg { mut label, mix } = self.msgs[id as usize].clone();
-        let m = &mut self.mixes[mix as usize];
-        debug_assert!(m.count >= 1);
-        if m.honest {
-            // Theorem 1: the departing message is each held one with
-            // probability 1/n.
-            let share = 1.0 / m.count as f64;
-            for (l, s) in label.iter_mut().zip(m.sum.iter_mut()) {
-                *l = *s * share;
-                *s -= *l;
-                *s = s.max(0.0);
-            }
-        }
-        m.count -= 1;
+        let Msg { label, mix } = self.msgs[id as usize].clone();
+        let label = self.mixes[mix as usize].release(&label);
         let width = self.p.width;
         let layer = mix / width;
         if layer + 1 == self.p.layers {
@@ -218,14 +238,7 @@ impl Net<'_> {
 fn build_mixes(p: &SimParams, rng: &mut ChaCha8Rng) -> Vec<Mix> {
     let total = (p.layers * p.width) as usize;
     let measured = (p.layers - 1) as usize * p.width as usize;
-    let mut mixes = vec![
-        Mix {
-            honest: true,
-            count: 0,
-            sum: [0.0; 4],
-        };
-        total
-    ];
+    let mut mixes = vec![Mix::new(true); total];
     let mut others: Vec<usize> = (0..total).filter(|&i| i != measured).collect();
     for i in 0..p.corrupt_mixes() as usize {
         let j = i + index(rng, others.len() - i);
@@ -235,9 +248,9 @@ fn build_mixes(p: &SimParams, rng: &mut ChaCha8Rng) -> Vec<Mix> {
     mixes
 }
 
-/// Runs one repetition of the experiment with `rng`, sampling the measured
-/// mix's pool per `probe` if given (its `mix` then replaces the measured
-/// mix for the probe only). `p` must have passed validation.
+/// Runs one repetition of the experiment with `rng`, sampling the pool
+/// size of `probe.mix` if a probe is given. `p` must have passed
+/// validation.
 pub fn run(p: &SimParams, mut rng: ChaCha8Rng, probe: Option<Probe>) -> Outcome {
     let mixes = build_mixes(p, &mut rng);
     let start_s = match p.burn_in {
@@ -316,5 +329,61 @@ fn fill_stationary(net: &mut Net<'_>) {
                 net.arrive(net.start_s, UNLABELLED, mix);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::anonymity::{theorem1, Observation};
+
+    /// The honest mix's update is Theorem 1: of `n` messages, one the
+    /// target, `n - k` leave, `l` arrive, and the next to leave is the
+    /// target with probability `k / (n (k + l))` (or a given later arrival,
+    /// made the target instead, with `1 / (k + l)`).
+    #[test]
+    fn honest_mix_follows_theorem1() {
+        let target: Label = [1.0, 0.0, 0.0, 1.0];
+        for (n, k, l) in [
+            (1u64, 1u64, 0u64),
+            (5, 2, 3),
+            (10, 0, 4),
+            (7, 7, 0),
+            (3, 1, 100),
+        ] {
+            let o = Observation::new(n, k, l).ok();
+            let Some(o) = o else { continue };
+            let want = theorem1(o);
+            for later_is_target in [false, true] {
+                let mut m = Mix::new(true);
+                for i in 0..n {
+                    let t = i == 0 && !later_is_target;
+                    m.admit(if t { &target } else { &UNLABELLED });
+                }
+                for _ in 0..n - k {
+                    m.release(&UNLABELLED);
+                }
+                for i in 0..l {
+                    let t = i == 0 && later_is_target;
+                    m.admit(if t { &target } else { &UNLABELLED });
+                }
+                let out = m.release(&UNLABELLED);
+                let p = if later_is_target {
+                    want.later_each
+                } else {
+                    want.initial_each
+                };
+                if later_is_target && l == 0 {
+                    continue;
+                }
+                assert!((out[3] - p).abs() < 1e-12, "{o:?}: {} vs {p}", out[3]);
+                assert!((out[0] + out[1] + out[2] - 1.0).abs() < 1e-12);
+            }
+        }
+        // A corrupt mix passes the belief through.
+        let mut c = Mix::new(false);
+        c.admit(&target);
+        c.admit(&UNLABELLED);
+        assert_eq!(c.release(&target), target);
     }
 }
