@@ -3,7 +3,8 @@
 //! clients` manage its clients, `operator-keygen` and `topology` make
 //! signed topology documents (`topology_cli.rs`), `client ...` is the
 //! Loopix client (see `client_cli`), `testnet` runs a whole network on
-//! loopback (`loopix_testkit::testnet`), `completions` and `man` print a
+//! loopback (`loopix_testkit::testnet`), `tune` the anonymity simulator
+//! (`tune_cli.rs`), `completions` and `man` print a
 //! shell completion script and the man page (`man --dir DIR` writes a page
 //! for every subcommand too).
 //!
@@ -27,6 +28,7 @@ use loopix_testkit::testnet::{self, TestnetOptions};
 
 mod client_cli;
 mod topology_cli;
+mod tune_cli;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -87,6 +89,10 @@ enum Cmd {
     /// ends or Ctrl-C. Exit 0 on a clean run, 1 on a failure (a node that
     /// died, lost messages), 130 when interrupted.
     Testnet(TestnetOptions),
+    /// The anonymity simulator of the paper's section 4.3: ε for given
+    /// delays, layers and corruption, at one point or over a sweep.
+    #[command(subcommand)]
+    Tune(tune_cli::TuneCmd),
     /// Print a shell completion script to stdout.
     Completions {
         /// The shell.
@@ -361,6 +367,7 @@ fn main() -> ExitCode {
         Cmd::Topology(t) => finish(&["topology", t.name()], topology_cli::topology(&t)),
         Cmd::Client(c) => client_cli::main(&c),
         Cmd::Testnet(opts) => run_testnet(&opts),
+        Cmd::Tune(t) => finish(&["tune", t.name()], tune_cli::tune(&t)),
         Cmd::Completions { shell } => generated(Some(shell), None),
         Cmd::Man { dir } => generated(None, dir.as_deref()),
     }

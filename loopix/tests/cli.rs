@@ -47,6 +47,9 @@ const COMMANDS: &[&[&str]] = &[
     &["client", "run"],
     &["client", "address"],
     &["testnet"],
+    &["tune"],
+    &["tune", "simulate"],
+    &["tune", "sweep"],
     &["completions"],
     &["man"],
 ];
