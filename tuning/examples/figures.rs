@@ -14,10 +14,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => 100,
     };
     let base = SimParams::default();
+    // The paper's axes (arXiv version, its Figures 5-7): µ from 0.2 to 2.0
+    // with λ = 2 (so λ/µ from 10 down to 1), 2 to 19 layers, 0 to 100 %
+    // corrupt; three layers of three mixes otherwise, µ = 1.
+    let lambda_over_mu: Vec<f64> = linspace(0.2, 2.0, 10)
+        .into_iter()
+        .map(|mu| base.sender_rate_per_s / mu)
+        .collect();
     let figs = [
-        ("fig6", SweepParam::LambdaOverMu, linspace(0.5, 10.0, 20)),
-        ("fig7", SweepParam::Layers, linspace(1.0, 10.0, 10)),
-        ("fig8", SweepParam::Corrupt, linspace(0.0, 0.5, 11)),
+        ("fig6", SweepParam::LambdaOverMu, lambda_over_mu),
+        ("fig7", SweepParam::Layers, linspace(1.0, 19.0, 19)),
+        ("fig8", SweepParam::Corrupt, linspace(0.0, 1.0, 11)),
     ];
     for (name, param, values) in figs {
         if which != "all" && which != name {
