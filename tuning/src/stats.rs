@@ -154,13 +154,16 @@ pub fn entropy_bits(w: impl IntoIterator<Item = f64> + Clone) -> f64 {
     if total <= 0.0 {
         return 0.0;
     }
-    -w.into_iter()
+    let h = -w
+        .into_iter()
         .filter(|x| *x > 0.0)
         .map(|x| {
             let p = x / total;
             p * p.log2()
         })
-        .sum::<f64>()
+        .sum::<f64>();
+    // One certain outcome sums to -0.0; rounding can leave a tiny negative.
+    h.max(0.0)
 }
 
 /// Mean and (sample, n - 1) standard deviation; `(NaN, NaN)` when empty,
@@ -210,6 +213,7 @@ mod tests {
     fn entropy_of_uniform_is_log2_n() {
         assert!((entropy_bits([1.0; 8]) - 3.0).abs() < 1e-12);
         assert_eq!(entropy_bits([0.0, 2.0]), 0.0);
+        assert!(entropy_bits([0.0, 2.0]).is_sign_positive());
         let (m, s) = mean_std(&[1.0, 2.0, 3.0]);
         assert!((m - 2.0).abs() < 1e-12 && (s - 1.0).abs() < 1e-12);
     }

@@ -94,7 +94,7 @@ fn same_seed_same_bytes_and_sweep_agrees_with_simulate() {
 /// Each case breaks one field of the default parameters.
 type Breaker = (&'static str, fn(&mut SimParams));
 
-const BAD: [Breaker; 13] = [
+const BAD: [Breaker; 14] = [
     ("sender_rate_per_s", |p| p.sender_rate_per_s = 0.0),
     ("sender_rate_per_s", |p| p.sender_rate_per_s = -2.0),
     ("mu_per_s", |p| p.mu_per_s = f64::NAN),
@@ -104,6 +104,10 @@ const BAD: [Breaker; 13] = [
     ("corrupt_fraction", |p| p.corrupt_fraction = f64::NAN),
     ("layers", |p| p.layers = 0),
     ("width", |p| p.width = 0),
+    ("width", |p| {
+        p.layers = 1000;
+        p.width = 1001;
+    }),
     ("senders", |p| p.senders = 1),
     ("measure_s", |p| p.measure_s = 0.0),
     ("burn_in_s", |p| p.burn_in_s = -1.0),

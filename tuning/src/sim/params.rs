@@ -79,6 +79,9 @@ pub const SENDERS_MAX: u32 = 1_000_000;
 pub const LAYERS_MAX: u32 = 1_000;
 /// The most mixes per layer a run accepts.
 pub const WIDTH_MAX: u32 = 100_000;
+/// The most mixes in all (`layers * width`): each repetition holds one
+/// pool per mix.
+pub const MIXES_MAX: u32 = 1_000_000;
 
 impl SimParams {
     /// `λ/µ`, the x axis of Figure 6.
@@ -110,6 +113,13 @@ impl SimParams {
                 "width",
                 self.width,
                 "must be from 1 to 100000",
+            ));
+        }
+        if self.layers * self.width > MIXES_MAX {
+            return Err(ParamError::new(
+                "width",
+                self.width,
+                "times layers must be at most 1000000 mixes",
             ));
         }
         let f = self.corrupt_fraction;
