@@ -203,6 +203,7 @@ pub fn single_mix_entropy_bits(
 #[allow(clippy::unwrap_used)] // reason: in a test a failed unwrap is the test failing, with the value printed
 mod tests {
     use super::*;
+    use crate::rng::exp_sample;
     use rand_chacha::ChaCha8Rng;
     use rand_core::SeedableRng;
 
@@ -229,6 +230,40 @@ mod tests {
         assert!((total - 1.0).abs() < 1e-9, "{total}");
         let want = mixed_with_target_mean(lambda, mu).unwrap();
         assert!((mean - want).abs() < 1e-6, "{mean} {want}");
+    }
+
+    /// For every 25th message of a simulated Poisson mix, the number of
+    /// other messages whose stay overlaps its own, against the pmf.
+    #[test]
+    fn mixed_with_target_matches_a_simulated_mix() {
+        let (lambda, mu) = (5.0, 1.0);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let (mut t, mut stays) = (0.0, Vec::new());
+        while stays.len() < 30_000 {
+            t += exp_sample(&mut rng, lambda);
+            stays.push((t, t + exp_sample(&mut rng, mu)));
+        }
+        let longest = stays.iter().map(|(a, d)| d - a).fold(0.0, f64::max);
+        let mut samples = Vec::new();
+        // Skip the first and last stretches, where the mix is not in
+        // steady state or the run ends.
+        for i in (1000..stays.len() - 1000).step_by(25) {
+            let (a, d) = stays[i];
+            let overlapping = stays
+                .iter()
+                .enumerate()
+                .filter(|&(j, &(aj, dj))| j != i && aj < d && dj > a && aj > a - longest)
+                .count();
+            samples.push(overlapping as u64);
+        }
+        let pmf = |k| mixed_with_target_pmf(lambda, mu, k).unwrap();
+        let chi = crate::stats::chi_square_discrete(&samples, pmf).unwrap();
+        assert!(chi.p_value > 0.01, "{chi:?}");
+        // And the test can fail: the same samples are not Pois(λ/µ), the
+        // pool a target finds on arrival only.
+        let pool = |k| pool_pmf(lambda, mu, k).unwrap();
+        let chi = crate::stats::chi_square_discrete(&samples, pool).unwrap();
+        assert!(chi.p_value < 0.01, "{chi:?}");
     }
 
     #[test]
