@@ -163,10 +163,12 @@ fn figure6_epsilon_falls_as_lambda_over_mu_grows() {
     // The paper: λ/µ = 1 is "a weak form of anonymity", λ/µ >= 2 "a good
     // choice", and ε grows "closer and closer to zero" beyond. Its plot
     // (µ from 0.2 to 2 with λ = 2, three layers of three) has a y axis up
-    // to 1.0, so every mean with λ/µ >= 1 lies below 1.
-    assert!(eps[1] > 0.3 && eps[1] < 1.0, "λ/µ = 1: {}", eps[1]);
-    assert!(eps[2] < 0.35, "λ/µ = 2: {}", eps[2]);
-    assert!(eps[4] < 0.1, "λ/µ = 8: {}", eps[4]);
+    // to 1.0, so every mean with λ/µ >= 1 lies below 1. The bounds sit
+    // three standard errors (100 repetitions) beyond our means over seeds
+    // 1 to 7: 0.43 at λ/µ = 1 (sd 0.6), 0.19 at 2, 0.03 at 8.
+    assert!(eps[1] > 0.25 && eps[1] < 1.0, "λ/µ = 1: {}", eps[1]);
+    assert!(eps[2] < 0.3, "λ/µ = 2: {}", eps[2]);
+    assert!(eps[4] < 0.06, "λ/µ = 8: {}", eps[4]);
 }
 
 #[test]
