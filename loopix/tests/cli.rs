@@ -125,11 +125,13 @@ fn usage_mistakes_exit_2_and_name_the_flag() {
                 "k",
                 "--layers",
                 "4",
+                "--max-hops",
+                "6",
                 "--out",
                 "/nonexistent/t.toml",
                 "1:x",
             ],
-            "needs 7 Sphinx hops",
+            "params.max_hops is 6 but a path through 4 layers takes 7 hops",
         ),
     ] {
         let out = loopix(args);
