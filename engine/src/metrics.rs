@@ -18,6 +18,8 @@
 //!   unknown_mailbox|storage_error}`, `loopix_inbox_expired_total`,
 //!   `loopix_inbox_acked_total`, `loopix_inbox_foreign_acks_total`,
 //!   `loopix_inbox_dropped_unregistered_total`, `loopix_inbox_commits_total`,
+//!   `loopix_inbox_store_wait_microseconds_total` over
+//!   `loopix_inbox_store_waits_total` (the mean wait for a durable commit),
 //!   `loopix_pulls_total`, `loopix_pull_frames_total` (all frames sent, real
 //!   and dummy), `loopix_pull_real_frames_total`,
 //!   `loopix_pull_send_failed_total`, `loopix_pull_read_errors_total`,
@@ -367,6 +369,11 @@ pub struct ProviderMetrics {
     pub dropped_unregistered: AtomicU64,
     /// Durable transactions of stores.
     pub commits: AtomicU64,
+    /// Microseconds stored packets waited from their handover to the
+    /// writer to their durable commit, summed.
+    pub store_wait_us: AtomicU64,
+    /// Stored packets `store_wait_us` sums over.
+    pub store_waits: AtomicU64,
     /// Pull requests answered.
     pub pulls: AtomicU64,
     /// Delivery frames sent (real and dummy).
@@ -516,6 +523,11 @@ pub mod names {
     pub const INBOX_DROPPED_UNREGISTERED: &str = "loopix_inbox_dropped_unregistered_total";
     /// Providers: group commits.
     pub const INBOX_COMMITS: &str = "loopix_inbox_commits_total";
+    /// Providers: microseconds stored packets waited for their durable
+    /// commit, summed (the mean is this over `INBOX_STORE_WAITS`).
+    pub const INBOX_STORE_WAIT_US: &str = "loopix_inbox_store_wait_microseconds_total";
+    /// Providers: stored packets `INBOX_STORE_WAIT_US` sums over.
+    pub const INBOX_STORE_WAITS: &str = "loopix_inbox_store_waits_total";
     /// Providers: packets not stored, by `reason`.
     pub const INBOX_REFUSED: &str = "loopix_inbox_refused_total";
     /// Providers: pull requests answered.
@@ -734,7 +746,7 @@ pub fn render(node_labels: &[(&str, &str)], shards: &[Arc<ShardMetrics>], io: &s
 }
 
 /// A provider's plain counters: (name, help, value).
-fn provider_counters(p: &ProviderMetrics) -> [(&'static str, &'static str, &AtomicU64); 12] {
+fn provider_counters(p: &ProviderMetrics) -> [(&'static str, &'static str, &AtomicU64); 14] {
     [
         (
             names::INBOX_STORED,
@@ -761,6 +773,16 @@ fn provider_counters(p: &ProviderMetrics) -> [(&'static str, &'static str, &Atom
             names::INBOX_COMMITS,
             "Durable transactions of stores (group commits)",
             &p.commits,
+        ),
+        (
+            names::INBOX_STORE_WAIT_US,
+            "Microseconds stored packets waited from handover to durable commit, summed",
+            &p.store_wait_us,
+        ),
+        (
+            names::INBOX_STORE_WAITS,
+            "Stored packets the store wait sums over",
+            &p.store_waits,
         ),
         (names::PULLS, "Pull requests answered", &p.pulls),
         (

@@ -328,7 +328,10 @@ impl State {
         let g = self.settings.geometry;
         let range = packet_range(&g);
         let packet = self.pool.slot(idx)[range].to_vec();
-        match p.writer.try_send(WriterWork::Store(mailbox, packet)) {
+        match p
+            .writer
+            .try_send(WriterWork::Store(mailbox, packet, Instant::now()))
+        {
             Ok(()) => {
                 self.metrics.to_inbox.fetch_add(1, Ordering::Relaxed);
             }

@@ -71,7 +71,7 @@ fn check_inbox(rx: &Receiver<WriterWork>, seen: &mut InboxSeen) {
     let g = Geometry::DEFAULT;
     while let Ok(work) = rx.try_recv() {
         match work {
-            WriterWork::Store(_, packet) => {
+            WriterWork::Store(_, packet, _) => {
                 assert_eq!(packet.len(), g.packet_len(), "stored packet length");
                 seen.stores += 1;
             }

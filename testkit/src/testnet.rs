@@ -7,7 +7,8 @@
 //! each other for the run's duration, and then stops everything and prints
 //! (and with `--json FILE` writes) a summary: messages sent, delivered and
 //! lost; message and loop latency quantiles beside the Poisson model's
-//! (per-hop `Exp(mu)` delays, the time in the sender's FIFO buffer and the wait for
+//! (per-hop `Exp(mu)` delays, the time in the sender's FIFO buffer, the
+//! providers' measured time to store a delivery durably, and the wait for
 //! the next pull); per-node packets per second and drops by reason.
 //!
 //! Invariants: every child is stopped and the directory removed (unless
@@ -227,6 +228,18 @@ impl Attack {
     }
 }
 
+impl Quantiles {
+    /// Every quantile `d` later.
+    fn shifted(self, d: f64) -> Quantiles {
+        Quantiles {
+            p50: self.p50 + d,
+            p90: self.p90 + d,
+            p99: self.p99 + d,
+            max: self.max + d,
+        }
+    }
+}
+
 impl TestnetOptions {
     /// Refuse values that cannot make a network, naming the option.
     pub fn check(&self) -> Result<(), String> {
@@ -429,6 +442,11 @@ pub struct Summary {
     pub message_latency: LatencyReport,
     /// Loop round trip, seconds.
     pub loop_latency: LatencyReport,
+    /// The providers' mean time from a delivery's handover to its durable
+    /// commit (group commit and fsync), milliseconds, measured over the
+    /// run: a delivery is visible to pulls only after it, so both models
+    /// add it. `None` when nothing was stored.
+    pub store_wait_ms: Option<f64>,
     /// Per node.
     pub nodes: Vec<NodeReport>,
     /// The (n−1) attacker's counts, if there was one.
@@ -858,6 +876,7 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
         }
     }
     let nodes = node_reports(&net, elapsed_s, &first_alarm);
+    let store_wait_s = store_wait_s(&net);
     let attack = finish_attack(opts, proxy);
     for (name, status) in sup.stop_all(Duration::from_secs(10)) {
         match status {
@@ -872,7 +891,13 @@ pub fn run(opts: &TestnetOptions, stop: Arc<AtomicBool>) -> Result<Summary, Stri
         .map_err(|_| "client threads still hold the ledger")?
         .into_inner()
         .map_err(|_| "ledger lock poisoned")?;
-    let mut summary = summarize(opts, l, elapsed_s, nodes, model_quantiles(mq));
+    let mut summary = summarize(
+        opts,
+        l,
+        elapsed_s,
+        nodes,
+        (model_quantiles(mq), store_wait_s),
+    );
     summary.attack = attack;
     if let Some(path) = &opts.json {
         let text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
@@ -1146,18 +1171,33 @@ fn node_reports(net: &LocalNet, elapsed_s: f64, first_alarm: &[Option<f64>]) -> 
         .collect()
 }
 
-/// The run's summary from the clients' ledger and the nodes' counters.
+/// The providers' mean wait for a durable store over the run, seconds.
+fn store_wait_s(net: &LocalNet) -> Option<f64> {
+    let (mut us, mut n) = (0.0, 0.0);
+    for p in net.nodes.iter().filter(|n| n.role == Role::Provider) {
+        let m = Metrics::scrape(p.metrics)?;
+        us += m.sum(names::INBOX_STORE_WAIT_US, &[]);
+        n += m.sum(names::INBOX_STORE_WAITS, &[]);
+    }
+    (n > 0.0).then(|| us / n / 1e6)
+}
+
+/// The run's summary from the clients' ledger and the nodes' counters;
+/// the models add the providers' measured store wait (`store_wait_s`).
 fn summarize(
     opts: &TestnetOptions,
     l: Ledger,
     elapsed_s: f64,
     nodes: Vec<NodeReport>,
-    message_model: Quantiles,
+    (message_model, store_wait_s): (Quantiles, Option<f64>),
 ) -> Summary {
     let sent = l.sent.len() as u64;
     let delivered = l.delivered.len() as u64;
     let duplicated = l.delivered.values().filter(|&&n| n > 1).count() as u64;
-    let lm = opts.loop_model();
+    let store = store_wait_s.unwrap_or(0.0);
+    let mut lm = opts.loop_model();
+    lm.offset += store;
+    let message_model = message_model.shifted(store);
     let loop_cdf = |x: f64| lm.cdf(x);
     Summary {
         options: opts.clone(),
@@ -1175,6 +1215,7 @@ fn summarize(
             model_quantiles(|q| lm.quantile(q)),
             Some(&loop_cdf),
         ),
+        store_wait_ms: store_wait_s.map(|s| s * 1e3),
         nodes,
         attack: None,
     }
@@ -1195,6 +1236,12 @@ pub fn render(s: &Summary) -> String {
         "  rates per client: lambda_P {} lambda_L {} lambda_D {} /s, messages {} /s; mean delay {} ms per hop; pull every {} ms; node loops lambda_M {:.4} /s",
         o.lambda_p, o.lambda_l, o.lambda_d, o.message_rate, o.mu_ms, o.pull_ms, o.lambda_m
     );
+    if let Some(w) = s.store_wait_ms {
+        let _ = writeln!(
+            out,
+            "  providers' measured store wait (handover to durable commit): {w:.2} ms on average, in both models"
+        );
+    }
     let _ = writeln!(
         out,
         "messages: sent {}  delivered {}  lost {}  duplicated {}  never left {}",

@@ -216,8 +216,9 @@ impl RegistryWatch {
 /// What a provider's shards hand its inbox writer.
 #[derive(Debug)]
 pub enum WriterWork {
-    /// Store this processed packet (`packet_len` bytes) in `mailbox`.
-    Store(MailboxId, Vec<u8>),
+    /// Store this processed packet (`packet_len` bytes) in `mailbox`;
+    /// handed over at that instant (its store time is measured from it).
+    Store(MailboxId, Vec<u8>, Instant),
     /// Remove acknowledged messages: per answered pull, the client's
     /// mailbox, the pull's sequence number (see [`PullShared`]) and the
     /// ids. A shard hands them over every `ACK_HANDOFF_US`, not per pull, so
@@ -257,6 +258,8 @@ struct Runner {
 pub struct Round {
     /// Packets to store, in arrival order.
     pub stores: Vec<(MailboxId, Vec<u8>)>,
+    /// When each of `stores` was handed to the writer.
+    pub handed: Vec<Instant>,
     /// Acknowledgements: (mailbox, pull sequence number, ids).
     pub acks: Vec<(MailboxId, u64, Vec<MessageId>)>,
 }
@@ -265,7 +268,10 @@ impl Round {
     /// Add one piece of work.
     pub fn take(&mut self, w: WriterWork) {
         match w {
-            WriterWork::Store(m, bytes) => self.stores.push((m, bytes)),
+            WriterWork::Store(m, bytes, at) => {
+                self.stores.push((m, bytes));
+                self.handed.push(at);
+            }
             WriterWork::Acks(mut acks) => self.acks.append(&mut acks),
         }
     }
@@ -280,6 +286,7 @@ impl Round {
         let done: Vec<(MailboxId, u64)> = self.acks.iter().map(|(m, seq, _)| (*m, *seq)).collect();
         shared.committed(&done);
         self.stores.clear();
+        self.handed.clear();
         self.acks.clear();
     }
 }
@@ -403,11 +410,27 @@ impl Runner {
             return;
         }
         let stores = round.stores.len();
+        let handed = std::mem::take(&mut round.handed);
         let errors = commit_round(&mut self.t.inbox, &self.t.shared, unix_now_s(), round);
         // Outcomes are counted by the inbox (published from its stats).
         let stores_failed = errors.iter().any(|(_, n, _)| *n > 0);
         if stores > 0 && !stores_failed {
             self.t.metrics.commits.fetch_add(1, Ordering::Relaxed);
+            // From each packet's handover to its durable commit: the time a
+            // delivery waits before a pull can see it.
+            let done = Instant::now();
+            let waited_us: u128 = handed
+                .iter()
+                .map(|t| done.saturating_duration_since(*t).as_micros())
+                .sum();
+            self.t.metrics.store_wait_us.fetch_add(
+                u64::try_from(waited_us).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            self.t
+                .metrics
+                .store_waits
+                .fetch_add(handed.len() as u64, Ordering::Relaxed);
         }
         for (what, lost, e) in errors {
             self.t
