@@ -568,6 +568,24 @@ impl Online {
     }
 
     /// One slice online.
+    /// Before going offline: stay until the acknowledgements of what this
+    /// session received have left in a pull, at the pull schedule (an extra
+    /// pull would stand out), for at most three pull periods; events that
+    /// arrive meanwhile go to `on_event`.
+    fn settle(
+        &mut self,
+        mut on_event: impl FnMut(&mut Client, Event) -> Flow,
+    ) -> Result<(), String> {
+        let period = Duration::from_micros(self.driver.client().rates().pull_period_us);
+        let end = Instant::now() + 3 * period;
+        while self.driver.acks_pending() > 0 && Instant::now() < end {
+            self.step(&mut on_event)?;
+        }
+        // The pull that carried them is answered within the provider's
+        // answer delay; let that answer arrive rather than be refused.
+        self.step(&mut on_event)
+    }
+
     fn step(&mut self, on_event: impl FnMut(&mut Client, Event) -> Flow) -> Result<(), String> {
         self.refresh_epoch();
         self.driver
@@ -696,6 +714,7 @@ fn recv_online(
         reply,
         received: 0,
         failure: None,
+        seen: SeenIds::load(&dir.join(SEEN_FILE))?,
     };
     loop {
         online.step(|c, e| r.handle(c, e))?;
@@ -707,10 +726,12 @@ fn recv_online(
             while online.driver.queued() > 0 && !online.stopped() {
                 online.step(|c, e| r.handle(c, e))?;
             }
+            online.settle(|c, e| r.handle(c, e))?;
             return Ok(());
         }
         let timed_out = end.is_some_and(|end| Instant::now() >= end);
         if timed_out || online.stopped() {
+            online.settle(|c, e| r.handle(c, e))?;
             return match count {
                 Some(n) => Err(format!(
                     "{} after {} of {n} messages",
@@ -727,18 +748,90 @@ fn recv_online(
     }
 }
 
+/// The client directory's journal of messages `recv` has shown.
+const SEEN_FILE: &str = "seen.ids";
+/// Message ids the journal keeps (the newest): far more than a provider
+/// holds unacknowledged for one client.
+const SEEN_KEEP: usize = 4096;
+
+/// Ids of the messages shown in this and earlier sessions, so that one the
+/// provider offers again (its acknowledgement never reached it, or was lost
+/// in a crash before it was durable) is not shown twice. Appended one hex
+/// line per message as it is shown; trimmed to the newest [`SEEN_KEEP`] at
+/// load.
+struct SeenIds {
+    path: PathBuf,
+    ids: std::collections::HashSet<[u8; 16]>,
+}
+
+impl SeenIds {
+    fn load(path: &Path) -> Result<SeenIds, String> {
+        let text = match fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        let newest = &lines[lines.len().saturating_sub(SEEN_KEEP)..];
+        let mut ids = std::collections::HashSet::new();
+        for line in newest {
+            let mut id = [0u8; 16];
+            // A damaged line is skipped: at worst one message shows twice.
+            if hex::decode_to_slice(line.trim(), &mut id).is_ok() {
+                ids.insert(id);
+            }
+        }
+        if newest.len() < lines.len() {
+            let kept: String = newest.iter().map(|l| format!("{l}\n")).collect();
+            fs::write(path, kept).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        Ok(SeenIds {
+            path: path.to_owned(),
+            ids,
+        })
+    }
+
+    /// Record `id`; false if it was shown before.
+    fn first_time(&mut self, id: [u8; 16]) -> Result<bool, String> {
+        if !self.ids.insert(id) {
+            return Ok(false);
+        }
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        f.write_all(format!("{}\n", hex::encode(id)).as_bytes())
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        Ok(true)
+    }
+}
+
 /// What `recv` does with each event.
 struct Receiver<'a> {
     out: Option<&'a Path>,
     reply: Option<&'a [u8]>,
     received: u64,
     failure: Option<String>,
+    seen: SeenIds,
 }
 
 impl Receiver<'_> {
     fn handle(&mut self, c: &mut Client, e: Event) -> Flow {
         match e {
             Event::Message { id, data, surb } => {
+                match self.seen.first_time(id) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        eprintln!("a message shown in an earlier session came again; skipped");
+                        return Flow::Continue;
+                    }
+                    Err(e) => {
+                        self.failure = Some(e);
+                        return Flow::Stop;
+                    }
+                }
                 self.received += 1;
                 let n = self.received;
                 match self.out {

@@ -280,3 +280,65 @@ fn multi_packet_message_to_a_client_started_later_and_a_surb_reply() {
         assert!(st.is_some_and(|s| s.success()), "{name}: {st:?}");
     }
 }
+
+/// Issue 14: `recv` twice in a row never shows a message twice. The first
+/// session acknowledges what it showed before it leaves (at the pull
+/// schedule), and the client's journal of shown ids catches a message the
+/// provider offers again anyway.
+#[test]
+fn recv_twice_in_a_row_never_shows_a_message_twice() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let (net, mut nodes) = start_network(root);
+    let dirs = register_a_and_b(root, &net);
+    std::thread::sleep(Duration::from_millis(1500));
+    let to = dirs[1].join("address.toml");
+    const N: usize = 12;
+    for i in 0..N {
+        let (code, _, err) = loopix(&[
+            "client",
+            "send",
+            "--dir",
+            s(&dirs[0]),
+            "--to",
+            s(&to),
+            &format!("message number {i:02}"),
+        ]);
+        assert_eq!(code, 0, "send {i}: {err}");
+    }
+    let mut shown: Vec<String> = Vec::new();
+    // The first session stops at half of them; the second takes the rest
+    // and then waits a while for anything offered again.
+    for (count, timeout) in [(Some(N / 2), "60"), (None, "4")] {
+        let n = count.map(|n| n.to_string());
+        let mut args = vec!["client", "recv", "--dir", s(&dirs[1]), "--timeout", timeout];
+        if let Some(n) = &n {
+            args.extend(["--count", n]);
+        }
+        let (code, out, err) = loopix(&args);
+        assert_eq!(code, 0, "recv: {err}");
+        shown.extend(
+            out.lines()
+                .filter(|l| l.starts_with("message "))
+                .map(String::from),
+        );
+    }
+    let mut unique = shown.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        shown.len(),
+        "a message shown twice: {shown:?}"
+    );
+    assert_eq!(shown.len(), N, "every message shown once: {shown:?}");
+    let journal = std::fs::read_to_string(dirs[1].join("seen.ids")).expect("journal");
+    assert_eq!(journal.lines().count(), N);
+
+    if let Some((name, st, tail)) = nodes.check_exited() {
+        panic!("{name} exited {st} during the test: {tail}");
+    }
+    for (name, st) in nodes.stop_all(Duration::from_secs(10)) {
+        assert!(st.is_some_and(|s| s.success()), "{name}: {st:?}");
+    }
+}
