@@ -4,7 +4,8 @@
 //! signed topology documents (`topology_cli.rs`), `client ...` is the
 //! Loopix client (see `client_cli`), `testnet` runs a whole network on
 //! loopback (`loopix_testkit::testnet`), `tune` the anonymity simulator
-//! (`tune_cli.rs`), `completions` and `man` print a
+//! (`tune_cli.rs`, `tune recommend` in `tune_recommend.rs`), `doctor`
+//! the host readiness checks (`doctor_cli.rs`), `completions` and `man` print a
 //! shell completion script and the man page (`man --dir DIR` writes a page
 //! for every subcommand too).
 //!
@@ -27,8 +28,10 @@ use loopix_engine::provider;
 use loopix_testkit::testnet::{self, TestnetOptions};
 
 mod client_cli;
+mod doctor_cli;
 mod topology_cli;
 mod tune_cli;
+mod tune_recommend;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -93,6 +96,12 @@ enum Cmd {
     /// delays, layers and corruption, at one point or over a sweep.
     #[command(subcommand)]
     Tune(tune_cli::TuneCmd),
+    /// Check this host's readiness to run a node: io_uring, CPU features,
+    /// memlock, socket buffers, clock source, cores.
+    ///
+    /// Each check prints ok, warn or fail, and the fix when not ok. Exit 0
+    /// when nothing fails (warnings allowed), 1 when a check fails.
+    Doctor(doctor_cli::DoctorArgs),
     /// Print a shell completion script to stdout.
     Completions {
         /// The shell.
@@ -368,6 +377,7 @@ fn main() -> ExitCode {
         Cmd::Client(c) => client_cli::main(&c),
         Cmd::Testnet(opts) => run_testnet(&opts),
         Cmd::Tune(t) => finish(&["tune", t.name()], tune_cli::tune(&t)),
+        Cmd::Doctor(a) => finish(&["doctor"], doctor_cli::doctor(&a)),
         Cmd::Completions { shell } => generated(Some(shell), None),
         Cmd::Man { dir } => generated(None, dir.as_deref()),
     }

@@ -18,6 +18,10 @@ pub enum TuneCmd {
     Simulate(NetArgs),
     /// Run it over a range of one parameter (Figures 6, 7 and 8).
     Sweep(SweepArgs),
+    /// Search layers, mixes per layer and delays for the sets that meet an
+    /// ε and/or entropy target within a latency budget, sorted by latency,
+    /// with the cover traffic's overhead and the load per mix.
+    Recommend(crate::tune_recommend::RecommendArgs),
 }
 
 impl TuneCmd {
@@ -26,6 +30,7 @@ impl TuneCmd {
         match self {
             TuneCmd::Simulate(_) => "simulate",
             TuneCmd::Sweep(_) => "sweep",
+            TuneCmd::Recommend(_) => "recommend",
         }
     }
 }
@@ -207,6 +212,7 @@ pub fn tune(cmd: &TuneCmd) -> Result<(), CliError> {
                 sim::sweep(&base, param, &values, a.net.repetitions, a.net.seed).map_err(usage)?;
             print_points(a.net.format(), name, &values, &points)
         }
+        TuneCmd::Recommend(a) => crate::tune_recommend::recommend(a),
     }
 }
 

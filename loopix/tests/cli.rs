@@ -50,6 +50,8 @@ const COMMANDS: &[&[&str]] = &[
     &["tune"],
     &["tune", "simulate"],
     &["tune", "sweep"],
+    &["tune", "recommend"],
+    &["doctor"],
     &["completions"],
     &["man"],
 ];
