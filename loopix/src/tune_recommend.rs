@@ -198,8 +198,8 @@ impl RecommendArgs {
             non_negative("--min-entropy-bits", h)?;
         }
         positive("--latency-budget-ms", self.latency_budget_ms)?;
-        if self.clients < 2 {
-            return Err(usage("--clients", "must be at least 2 (S0 and S1)"));
+        if !(2..=sim::params::SENDERS_MAX).contains(&self.clients) {
+            return Err(usage("--clients", "must be from 2 (S0 and S1) to 1000000"));
         }
         positive("--lambda-p", self.lambda_p)?;
         non_negative("--lambda-l", self.lambda_l)?;
@@ -451,8 +451,13 @@ fn impossible(a: &RecommendArgs, answer: &Answer) -> String {
             a.latency_budget_ms, a.pull_ms
         );
     }
+    let stopped = if answer.truncated {
+        " before the search stopped at its event bound"
+    } else {
+        ""
+    };
     format!(
-        "no parameter set meets {target} within {} ms ({} of {} sets within the budget \
+        "no parameter set meets {target} within {} ms{stopped} ({} of {} sets within the budget \
          simulated); raise --latency-budget-ms, --clients or the cover rates, or relax the target",
         a.latency_budget_ms, answer.simulated, answer.within_budget
     )
