@@ -114,6 +114,8 @@ impl ControlPlane<'_> {
                 self.own_index = index;
                 let m = &self.control_metrics;
                 m.serial.store(self.topology.serial, Ordering::Relaxed);
+                let p = &self.topology.params;
+                m.set_params(p.mean_delay_ms, p.lambda_m);
                 m.reloads_ok.fetch_add(1, Ordering::Relaxed);
             }
             Err(why) => {

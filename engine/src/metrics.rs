@@ -42,7 +42,9 @@
 //!   `loopix_nminus1_alarm` and `loopix_nminus1_alarms_total`; restart
 //!   safety's `loopix_state_syncs_total`, `loopix_state_sync_errors_total`,
 //!   `loopix_state_sync_seconds`, `loopix_future_keys` and
-//!   `loopix_retired_keys_deleted_total`;
+//!   `loopix_retired_keys_deleted_total`; and the network parameters in
+//!   use, `loopix_params_mean_delay_seconds` (1/µ) and
+//!   `loopix_params_lambda_m_per_second` (λM);
 //! - AQM, per shard: `loopix_aqm_drop_probability` and
 //!   `loopix_dropped_total{reason="aqm"}`.
 
@@ -436,6 +438,10 @@ pub struct ControlMetrics {
     pub future_keys: AtomicU64,
     /// Retired mix keys deleted.
     pub retired_keys_deleted: AtomicU64,
+    /// The network's mean delay per hop (1/µ), seconds, as `f64::to_bits`.
+    pub params_mean_delay_bits: AtomicU64,
+    /// The network's loop rate per mix (λM), per second, as `f64::to_bits`.
+    pub params_lambda_m_bits: AtomicU64,
 }
 
 impl ControlMetrics {
@@ -446,6 +452,17 @@ impl ControlMetrics {
         m.loops_ratio_bits
             .store(f64::NAN.to_bits(), Ordering::Relaxed);
         m
+    }
+
+    /// Record the network parameters in use (the topology document's
+    /// `params.mean_delay_ms` and `params.lambda_m`), served as gauges so
+    /// that tools need not read the document.
+    pub fn set_params(&self, mean_delay_ms: f64, lambda_m_per_s: f64) {
+        let delay_s = mean_delay_ms / 1e3;
+        self.params_mean_delay_bits
+            .store(delay_s.to_bits(), Ordering::Relaxed);
+        self.params_lambda_m_bits
+            .store(lambda_m_per_s.to_bits(), Ordering::Relaxed);
     }
 }
 
@@ -563,6 +580,12 @@ pub mod names {
     pub const FUTURE_KEYS: &str = "loopix_future_keys";
     /// Retired mix keys deleted.
     pub const RETIRED_KEYS_DELETED: &str = "loopix_retired_keys_deleted_total";
+    /// The network's mean delay per hop, 1/µ, seconds (gauge, from the
+    /// topology document's `params.mean_delay_ms`).
+    pub const PARAMS_MEAN_DELAY_S: &str = "loopix_params_mean_delay_seconds";
+    /// The network's loop rate per mix, λM, per second (gauge, from
+    /// `params.lambda_m`).
+    pub const PARAMS_LAMBDA_M: &str = "loopix_params_lambda_m_per_second";
 }
 
 /// The name to register a counter under: the client library adds `_total`.
@@ -681,6 +704,27 @@ fn register_state(registry: &mut Registry, base: &Labels, t: &ControlMetrics) {
     );
 }
 
+/// The network parameters in use, from the topology document.
+fn register_params(registry: &mut Registry, base: &Labels, t: &ControlMetrics) {
+    for (name, help, v) in [
+        (
+            names::PARAMS_MEAN_DELAY_S,
+            "The network's mean delay per hop (1/mu), seconds, from params.mean_delay_ms",
+            &t.params_mean_delay_bits,
+        ),
+        (
+            names::PARAMS_LAMBDA_M,
+            "The network's loop rate per mix (lambda_M), per second, from params.lambda_m",
+            &t.params_lambda_m_bits,
+        ),
+    ] {
+        let f = Family::<Labels, FloatGauge>::default();
+        f.get_or_create(base)
+            .set(f64::from_bits(v.load(Ordering::Relaxed)));
+        registry.register(name, help, f);
+    }
+}
+
 fn register_control(
     registry: &mut Registry,
     base: &Labels,
@@ -706,6 +750,7 @@ fn register_control(
     );
     register_detector(registry, base, t);
     register_state(registry, base, t);
+    register_params(registry, base, t);
     let queue_full = Family::<Labels, Counter>::default();
     queue_full.get_or_create(base).inc_by(
         shards
@@ -1216,6 +1261,19 @@ mod tests {
             "loopix_pulls_total{node=\"n1\"} 0",
             "loopix_delivered_to_inbox_total{node=\"n1\",shard=\"0\"} 5",
             "reason=\"pull_wrong_mailbox\"",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn network_params_are_served_as_gauges() {
+        let c = ControlMetrics::serving(7);
+        c.set_params(250.0, 2.5);
+        let text = render_node(&[("node", "n1")], &[], "portable", None, Some(&c));
+        for line in [
+            "loopix_params_mean_delay_seconds{node=\"n1\"} 0.25",
+            "loopix_params_lambda_m_per_second{node=\"n1\"} 2.5",
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }

@@ -536,6 +536,7 @@ fn run_node(config: &MixConfig, role: Role) -> Result<(), String> {
     let prov = ProviderStart::open(config)?;
     let signals = Signals::register()?;
     let control_metrics = Arc::new(ControlMetrics::serving(topology.serial));
+    control_metrics.set_params(topology.params.mean_delay_ms, topology.params.lambda_m);
     let start = Instant::now();
     let built = ShardPlan {
         config,

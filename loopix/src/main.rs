@@ -4,8 +4,9 @@
 //! signed topology documents (`topology_cli.rs`), `client ...` is the
 //! Loopix client (see `client_cli`), `testnet` runs a whole network on
 //! loopback (`loopix_testkit::testnet`), `tune` the anonymity simulator
-//! (`tune_cli.rs`, `tune recommend` in `tune_recommend.rs`), `doctor`
-//! the host readiness checks (`doctor_cli.rs`), `completions` and `man` print a
+//! (`tune_cli.rs`, `tune recommend` in `tune_recommend.rs`, the live
+//! anonymity meter `tune live` in `tune_live.rs`), `doctor` the host
+//! readiness checks (`doctor_cli.rs`), `completions` and `man` print a
 //! shell completion script and the man page (`man --dir DIR` writes a page
 //! for every subcommand too).
 //!
@@ -31,6 +32,7 @@ mod client_cli;
 mod doctor_cli;
 mod topology_cli;
 mod tune_cli;
+mod tune_live;
 mod tune_recommend;
 
 #[global_allocator]

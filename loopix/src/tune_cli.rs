@@ -22,6 +22,9 @@ pub enum TuneCmd {
     /// ε and/or entropy target within a latency budget, sorted by latency,
     /// with the cover traffic's overhead and the load per mix.
     Recommend(crate::tune_recommend::RecommendArgs),
+    /// Measure a running network: per node λ, µ, the pool Lemma 1
+    /// expects against the measured one, and the model's entropy.
+    Live(crate::tune_live::LiveArgs),
 }
 
 impl TuneCmd {
@@ -31,6 +34,7 @@ impl TuneCmd {
             TuneCmd::Simulate(_) => "simulate",
             TuneCmd::Sweep(_) => "sweep",
             TuneCmd::Recommend(_) => "recommend",
+            TuneCmd::Live(_) => "live",
         }
     }
 }
@@ -213,6 +217,7 @@ pub fn tune(cmd: &TuneCmd) -> Result<(), CliError> {
             print_points(a.net.format(), name, &values, &points)
         }
         TuneCmd::Recommend(a) => crate::tune_recommend::recommend(a),
+        TuneCmd::Live(a) => crate::tune_live::live(a),
     }
 }
 

@@ -9,6 +9,7 @@
 //! - `process`: one child node process (start, wait until up, metrics,
 //!   signals, bounded stop, killed on drop);
 //! - `metrics`: one reader of a node's `/metrics`, by the engine's names;
+//! - `pool_meter`: a live node's λ, µ, pool and entropy against Lemma 1;
 //! - `fake_provider`: a provider in a thread, for client and load generator
 //!   tests (access links, routing, k-frame pull answers);
 //! - `supervise`: the testnet's children, a dead one noticed, clean stop;
@@ -20,6 +21,7 @@
 pub mod fake_provider;
 pub mod localnet;
 pub mod metrics;
+pub mod pool_meter;
 pub mod process;
 pub mod proxy;
 pub mod sim;
