@@ -16,6 +16,7 @@ use crate::CliError;
 
 /// `loopix tune live`'s options.
 #[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
 pub struct LiveArgs {
     /// A node's metrics endpoint, NAME=HOST:PORT; repeat for every node.
     #[arg(long = "metrics", value_name = "NAME=HOST:PORT", required = true, value_parser = parse_target)]
