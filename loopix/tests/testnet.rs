@@ -185,6 +185,20 @@ fn short_run_delivers_every_message_and_writes_the_summary() {
         for (reason, count) in drops {
             assert_eq!(reason, "shutting_down", "{} dropped {count}", n["name"]);
         }
+        // Every mix carries the anonymity meter: λ > 0 and Lemma 1's pool.
+        if n["role"] == "mix" {
+            let pool = &n["pool"];
+            let (lambda, mu) = (num(pool, "lambda_per_s"), num(pool, "mu_per_s"));
+            assert!(lambda > 0.0 && mu > 0.0, "{n}");
+            assert!(
+                (num(pool, "model_pool") - lambda / mu).abs() < 1e-9 * (lambda / mu),
+                "{n}"
+            );
+            num(pool, "measured_pool");
+            num(pool, "model_entropy_bits");
+        } else {
+            assert!(n["pool"].is_null(), "{n}");
+        }
     }
 }
 

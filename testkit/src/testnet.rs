@@ -33,6 +33,7 @@ use serde::Serialize;
 
 use crate::localnet::{self, LocalNet, LocalNetSpec};
 use crate::metrics::Metrics;
+use crate::pool_meter::{node_load, render_loads, NodeLoad};
 use crate::proxy::BlockingProxy;
 use crate::supervise::Supervisor;
 use loopix_directory::params::MAX_LAYERS;
@@ -403,6 +404,11 @@ pub struct NodeReport {
     pub alarms: u64,
     /// Seconds from the start of the run to its first alarm.
     pub first_alarm_s: Option<f64>,
+    /// Mixes: the anonymity meter over the run (`loopix tune live`'s
+    /// figures: λ is the run's mean arrival rate, the measured pool the
+    /// gauge at the end); `None` for providers or a node without the
+    /// params gauge.
+    pub pool: Option<NodeLoad>,
 }
 
 /// What the (n−1) attacker did.
@@ -1151,6 +1157,11 @@ fn node_reports(net: &LocalNet, elapsed_s: f64, first_alarm: &[Option<f64>]) -> 
             let sum = |name: &str| m.sum(name, &[]) as u64;
             let loops_sent = sum(names::LOOPS_SENT);
             let loops_returned = sum(names::LOOPS_RETURNED);
+            // The counters started at zero with the node, so the empty page
+            // is the first scrape.
+            let pool = (n.role == Role::Mix)
+                .then(|| node_load(&n.name(), &Metrics::default(), &m, elapsed_s, &[]).ok())
+                .flatten();
             NodeReport {
                 name: n.name(),
                 role: n.role.name().into(),
@@ -1166,6 +1177,7 @@ fn node_reports(net: &LocalNet, elapsed_s: f64, first_alarm: &[Option<f64>]) -> 
                 loops_lost: sum(names::LOOPS_LOST),
                 alarms: sum(names::NMINUS1_ALARMS),
                 first_alarm_s,
+                pool,
             }
         })
         .collect()
@@ -1332,6 +1344,11 @@ fn render_nodes(out: &mut String, s: &Summary) {
                     .join(", ")
             }
         );
+    }
+    let loads: Vec<NodeLoad> = s.nodes.iter().filter_map(|n| n.pool.clone()).collect();
+    if !loads.is_empty() {
+        let _ = writeln!(out, "mix pools (Lemma 1: model pool = lambda/mu):");
+        out.push_str(&render_loads(&loads));
     }
     let alarmed: Vec<String> = s
         .nodes
