@@ -3,28 +3,8 @@
 //! and names the flag, and `completions` and `man` print their scripts
 //! (`man --dir` writes a page per subcommand).
 
-use std::process::{Command, Output};
-
-fn loopix(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_loopix"))
-        .args(args)
-        .output()
-        .expect("run loopix");
-    assert!(
-        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+mod common;
+use common::{loopix, stderr, stdout};
 
 /// Every command path, as the words before `--help`.
 const COMMANDS: &[&[&str]] = &[

@@ -2,28 +2,8 @@
 //! on stdout with exit 0, the same output for the same seed, and exit 2
 //! with the flag named for a parameter out of its domain.
 
-use std::process::{Command, Output};
-
-fn loopix(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_loopix"))
-        .args(args)
-        .output()
-        .expect("run loopix");
-    assert!(
-        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+mod common;
+use common::{loopix, stderr, stdout};
 
 /// Few repetitions and a short measurement keep a debug build quick.
 const SMALL: &[&str] = &["--repetitions", "4", "--measure-s", "30"];

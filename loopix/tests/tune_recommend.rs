@@ -4,26 +4,11 @@
 //! bytes, an impossible target exits 1 with a message saying so, and a
 //! bad flag exits 2 naming it.
 
-use std::process::{Command, Output};
+mod common;
+use common::{loopix, stderr};
+use std::process::Output;
 
 use loopix_tuning::sim::{self, BurnIn, SimParams};
-
-fn loopix(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_loopix"))
-        .args(args)
-        .output()
-        .expect("run loopix");
-    assert!(
-        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// A small grid and few repetitions keep a debug build quick.
 const SMALL: &[&str] = &[
