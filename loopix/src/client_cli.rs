@@ -865,19 +865,32 @@ impl Receiver<'_> {
 
 fn run_online(dir: &Path) -> Result<(), String> {
     let mut online = Online::open(dir)?;
+    // Messages shown by this or an earlier `recv` or `run` are not shown
+    // again (as `recv`).
+    let mut seen = SeenIds::load(&dir.join(SEEN_FILE))?;
+    let mut failure = None;
     let started = Instant::now();
     let mut next_summary = started + SUMMARY_EVERY;
     let mut rtts: Vec<u64> = Vec::new();
     while !online.stopped() {
         online.step(|_, e| {
             match e {
-                Event::Message { data, .. } => println!("{}", show("message", &data)),
+                Event::Message { id, data, .. } => match seen.first_time(id) {
+                    Ok(true) => println!("{}", show("message", &data)),
+                    Ok(false) => {
+                        eprintln!("a message shown in an earlier session came again; skipped")
+                    }
+                    Err(e) => failure = Some(e),
+                },
                 Event::Reply { data, .. } => println!("{}", show("reply", &data)),
                 Event::LoopReturned { rtt_us } => rtts.push(rtt_us),
                 Event::Pull { .. } => {}
             }
             Flow::Continue
         })?;
+        if let Some(e) = failure.take() {
+            return Err(e);
+        }
         if Instant::now() >= next_summary {
             next_summary += SUMMARY_EVERY;
             let c = online.driver.client().stats();
