@@ -320,6 +320,8 @@ pub struct ShardMetrics {
     drops: [AtomicU64; DropReason::ALL.len()],
     /// Packets held in the pool now.
     pub pool_in_use: AtomicU64,
+    /// Of those, this node's own loops waiting to leave.
+    pub pool_own_loops: AtomicU64,
     /// Pool capacity.
     pub pool_capacity: AtomicU64,
     /// Replay filter bytes held (all open epochs).
@@ -511,6 +513,9 @@ pub mod names {
     pub const DROPPED: &str = "loopix_dropped_total";
     /// Packets held in a shard's pool (gauge).
     pub const POOL_IN_USE: &str = "loopix_pool_in_use_packets";
+    /// Of a shard's pool, this node's own loops waiting to leave (gauge):
+    /// the mix's pool in the paper's sense is the difference.
+    pub const POOL_OWN_LOOPS: &str = "loopix_pool_own_loops_packets";
     /// Size of a shard's pool (gauge).
     pub const POOL_CAPACITY: &str = "loopix_pool_capacity_packets";
     /// Replay filter memory (gauge): the node's filters, shared by its
@@ -961,6 +966,7 @@ struct ShardFamilies {
     cover: Family<Labels, Counter>,
     dropped: Family<Labels, Counter>,
     pool_in_use: Family<Labels, Gauge>,
+    pool_own_loops: Family<Labels, Gauge>,
     pool_capacity: Family<Labels, Gauge>,
     filter_bytes: Family<Labels, Gauge>,
     filter_fill: Family<Labels, FloatGauge>,
@@ -990,6 +996,7 @@ impl ShardFamilies {
             cover: Family::default(),
             dropped: Family::default(),
             pool_in_use: Family::default(),
+            pool_own_loops: Family::default(),
             pool_capacity: Family::default(),
             filter_bytes: Family::default(),
             filter_fill: Family::default(),
@@ -1026,6 +1033,9 @@ impl ShardFamilies {
             }
             let gauge = |v: &AtomicU64| i64::try_from(load(v)).unwrap_or(i64::MAX);
             f.pool_in_use.get_or_create(&l).set(gauge(&s.pool_in_use));
+            f.pool_own_loops
+                .get_or_create(&l)
+                .set(gauge(&s.pool_own_loops));
             f.pool_capacity
                 .get_or_create(&l)
                 .set(gauge(&s.pool_capacity));
@@ -1089,6 +1099,11 @@ impl ShardFamilies {
             POOL_IN_USE,
             "Packets held in the shard's pool",
             self.pool_in_use,
+        );
+        r.register(
+            POOL_OWN_LOOPS,
+            "Of the packets in the pool, this node's own loops waiting to leave",
+            self.pool_own_loops,
         );
         r.register(
             POOL_CAPACITY,

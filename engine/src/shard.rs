@@ -286,6 +286,9 @@ struct Pool {
     next_peer: Vec<u32>,
     /// The slot holds one of this node's own loops (counted when it leaves).
     is_loop: Vec<bool>,
+    /// Slots whose `is_loop` is set: this node's loops waiting to leave,
+    /// which are not part of the mix's pool in the paper's sense.
+    held_loops: u64,
 }
 
 impl Pool {
@@ -296,6 +299,7 @@ impl Pool {
             free: (0..capacity).rev().collect(),
             next_peer: vec![0; capacity as usize],
             is_loop: vec![false; capacity as usize],
+            held_loops: 0,
         }
     }
     fn slot(&mut self, i: u32) -> &mut [u8] {
@@ -347,6 +351,10 @@ impl State {
             self.pool.free.len() + self.wheel.len(),
             self.settings.pool_packets as usize,
             "pool free + on the wheel = capacity"
+        );
+        debug_assert!(
+            self.pool.held_loops as usize <= self.wheel.len(),
+            "more own loops held than slots on the wheel"
         );
         #[cfg(debug_assertions)]
         for &idx in self.pool.free.iter().rev().take(4) {
@@ -777,6 +785,8 @@ impl Shard {
         let m = &st.metrics;
         m.pool_in_use
             .store(st.pool.in_use() as u64, Ordering::Relaxed);
+        m.pool_own_loops
+            .store(st.pool.held_loops, Ordering::Relaxed);
         m.aqm_drop_bits
             .store(st.aqm.drop_probability().to_bits(), Ordering::Relaxed);
     }
@@ -785,6 +795,9 @@ impl Shard {
         let st = &mut self.state;
         let peer_index = st.pool.next_peer[idx as usize];
         let own_loop = std::mem::take(&mut st.pool.is_loop[idx as usize]);
+        if own_loop {
+            st.pool.held_loops = st.pool.held_loops.saturating_sub(1);
+        }
         let counter = st.counter;
         st.counter = st.counter.wrapping_add(1);
         let own = match &st.previous {
@@ -857,7 +870,9 @@ impl Shard {
         let mut deliveries = Vec::new();
         let pool = &mut st.pool;
         st.wheel.drain(|idx, _| {
-            pool.is_loop[idx as usize] = false;
+            if std::mem::take(&mut pool.is_loop[idx as usize]) {
+                pool.held_loops = pool.held_loops.saturating_sub(1);
+            }
             if pool.next_peer[idx as usize] == TO_INBOX {
                 // Accepted for a client: store it now rather than lose it
                 // (its mixing delay is cut short, only at a stop).
@@ -975,6 +990,7 @@ impl State {
             return;
         }
         self.pool.is_loop[idx as usize] = true;
+        self.pool.held_loops += 1;
         if p.depart_us < now {
             m.loops_late.fetch_add(1, Ordering::Relaxed);
         }

@@ -41,9 +41,11 @@ pub struct NodeLoad {
     pub model_entropy_bits: f64,
 }
 
-/// Packets in the node's pools now, summed over shards.
+/// Packets in the node's pools now, summed over shards, leaving out the
+/// node's own loops waiting to leave (built ahead, they are not mixed with
+/// anything yet): the pool of the paper's Lemma 1.
 pub fn pool_occupancy(m: &Metrics) -> f64 {
-    m.sum(names::POOL_IN_USE, &[])
+    (m.sum(names::POOL_IN_USE, &[]) - m.sum(names::POOL_OWN_LOOPS, &[])).max(0.0)
 }
 
 /// The mean entropy in bits of a uniform choice among `K` messages, `K ~

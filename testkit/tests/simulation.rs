@@ -343,8 +343,18 @@ fn an_idle_mix_departs_as_a_poisson_process_of_loops() {
         let _ = sim.net.captured();
         let (from_us, until_us) = (sim.now_us(), 162_000_000);
         let mut times = Vec::new();
+        let mut held_seen = 0u64;
         while sim.now_us() < until_us {
             sim.run_until(sim.now_us() + config.step_us);
+            // The pool gauge counts the node's own loops built ahead; the
+            // part of it that is theirs is never more than the whole.
+            for node in &sim.nodes {
+                let load =
+                    |v: &std::sync::atomic::AtomicU64| v.load(std::sync::atomic::Ordering::Relaxed);
+                let own = load(&node.metrics.pool_own_loops);
+                assert!(own <= load(&node.metrics.pool_in_use), "seed {seed}");
+                held_seen = held_seen.max(own);
+            }
             let now = sim.now_us() as f64 / 1e6;
             for (from, to, _) in sim.net.captured() {
                 if (from, to) == (mix1, mix2) {
@@ -352,6 +362,7 @@ fn an_idle_mix_departs_as_a_poisson_process_of_loops() {
                 }
             }
         }
+        assert!(held_seen > 0, "seed {seed}: no own loop ever held ahead");
         let rate = 3.0 * lambda_m;
         let span = (until_us - from_us) as f64 / 1e6;
         let expected = rate * span;
