@@ -134,10 +134,11 @@ fn check_layers(topology: &ClientTopology, geometry: &Geometry) -> Result<(), Cl
 }
 
 /// A path through `layers` mix layers fits in `geometry`'s hops; the error
-/// names the hops needed and held, and the layer limit. Also for commands
-/// that make a network or a topology document, so they refuse what every
-/// client would.
-pub fn check_path_fits(layers: usize, geometry: &Geometry) -> Result<(), ClientError> {
+/// names the hops needed and held. Commands that make a network or a
+/// topology document refuse the same through `NetworkParams::check`, which
+/// every document passes before a client sees it; this guards a core given
+/// a geometry of its caller's choosing.
+fn check_path_fits(layers: usize, geometry: &Geometry) -> Result<(), ClientError> {
     let needed = layers + PATH_HOPS_BEYOND_LAYERS;
     if needed > geometry.max_hops() {
         return Err(ClientError::PathTooLong {

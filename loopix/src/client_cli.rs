@@ -104,9 +104,8 @@ impl ClientConfig {
     /// Check ranges; errors name the field and the fix.
     pub fn check(&self) -> Result<(), String> {
         if let Some(d) = &self.dev_rates {
-            let mut p = d.as_params(&NetworkParams::default());
-            p.lambda_m = 0.0;
-            p.check(3)
+            d.as_params(&NetworkParams::default())
+                .check(3)
                 .map_err(|e| format!("[dev_rates]: {}", e.replace("params.", "dev_rates.")))?;
         }
         if !self.topology.is_absolute() {
